@@ -1,0 +1,117 @@
+"""Every error vdata raises on purpose.
+
+One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
+
+    VdataError
+     ├── SourceError                      reading a source dataset
+     │    ├── SourceFileNotFound          (FileNotFoundError) no such file or URL
+     │    ├── NotARootFile                (ValueError) the bytes are not a ROOT file
+     │    ├── TreeNotFound                (KeyError) lists the trees in the file
+     │    ├── ColumnNotFound              (KeyError) lists close matches
+     │    ├── UninterpretableColumn       (TypeError) names the column and its ROOT type
+     │    ├── SchemaMismatch              (ValueError) files of one dataset disagree
+     │    └── RemoteReadError             (OSError) a remote read failed
+     ├── RangeOutOfBounds                 (IndexError) a range outside the dataset
+     └── FormatError                      (ValueError) unknown format, or a table the
+                                          format cannot hold (names the column)
+
+Messages name the file, tree, column or range at fault. Errors from uproot and the
+operating system are translated in :mod:`vdata._uproot` with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ColumnNotFound",
+    "FormatError",
+    "NotARootFile",
+    "RangeOutOfBounds",
+    "RemoteReadError",
+    "SchemaMismatch",
+    "SourceError",
+    "SourceFileNotFound",
+    "TreeNotFound",
+    "UninterpretableColumn",
+    "VdataError",
+]
+
+
+class VdataError(Exception):
+    """Base of every error vdata raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        # KeyError would otherwise print the repr of the message, quotes and all.
+        return self.message
+
+
+class SourceError(VdataError):
+    """A source dataset could not be opened or read."""
+
+
+class SourceFileNotFound(SourceError, FileNotFoundError):
+    """A file or URL of a dataset does not exist."""
+
+    def __init__(self, path: str, reason: str = "no such file") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+class NotARootFile(SourceError, ValueError):
+    """The bytes at a path are not a ROOT file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} is not a ROOT file: {reason}")
+        self.path = path
+
+
+class TreeNotFound(SourceError, KeyError):
+    """The file has no TTree or RNTuple of the requested name."""
+
+    def __init__(self, path: str, tree: str, available: list[str]) -> None:
+        listed = ", ".join(repr(t) for t in available) if available else "none"
+        super().__init__(f"{path} has no tree {tree!r}; trees in the file: {listed}")
+        self.path = path
+        self.tree = tree
+        self.available = available
+
+
+class ColumnNotFound(SourceError, KeyError):
+    """A requested column (or glob pattern) matches no column of the dataset."""
+
+    def __init__(self, column: str, where: str, close: list[str]) -> None:
+        hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+        super().__init__(f"no column {column!r} in {where}{hint}")
+        self.column = column
+        self.close_matches = close
+
+
+class UninterpretableColumn(SourceError, TypeError):
+    """uproot cannot turn a column's bytes into arrays; the other columns still read."""
+
+    def __init__(self, column: str, root_type: str, path: str, reason: str) -> None:
+        super().__init__(
+            f"column {column!r} (ROOT type {root_type!r}) in {path} cannot be read by uproot: {reason}"
+        )
+        self.column = column
+        self.root_type = root_type
+        self.path = path
+
+
+class SchemaMismatch(SourceError, ValueError):
+    """The files of one dataset do not have the same columns and types."""
+
+
+class RemoteReadError(SourceError, OSError):
+    """Reading a remote file failed (connection, HTTP status, range support)."""
+
+
+class RangeOutOfBounds(VdataError, IndexError):
+    """An event range lies (partly) outside the dataset, or spans two files."""
+
+
+class FormatError(VdataError, ValueError):
+    """An unknown output format, or a table that the format cannot hold."""

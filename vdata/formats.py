@@ -1,0 +1,196 @@
+"""Output formats: a ``pyarrow.Table`` as an Arrow IPC stream, Parquet, or a ROOT TTree.
+
+Each format reads back (:func:`read_table`) equal to what was written, types included.
+
+ROOT output keeps NanoAOD naming: jagged columns ``Muon_pt``, ``Muon_eta`` with equal list
+lengths share one counter branch ``nMuon`` (or the ``NMuon``-style counter the table already
+had). uproot writes counters as ``int32``, so the table's Arrow schema is stored next to the
+tree (a ``TObjString`` named :data:`SCHEMA_KEY`) and :func:`read_table` restores the types.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import uproot
+
+from vdata.errors import FormatError
+
+__all__ = ["FORMATS", "MEDIA_TYPES", "encode_table", "read_table", "write_table"]
+
+FORMATS = ("arrow", "parquet", "root")
+MEDIA_TYPES = {
+    "arrow": "application/vnd.apache.arrow.stream",
+    "parquet": "application/vnd.apache.parquet",
+    "root": "application/x-root",
+}
+ROOT_TREE = "Events"
+SCHEMA_KEY = "vdata_arrow_schema"
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def write_table(table: pa.Table, path: str | os.PathLike[str], format: str) -> Path:
+    """Write ``table`` to ``path`` as ``"arrow"`` (IPC stream), ``"parquet"`` or ``"root"``."""
+    _check_format(format)
+    path = Path(path)
+    if format == "arrow":
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    elif format == "parquet":
+        _write_parquet(table, str(path))
+    else:
+        _write_root(table, path)
+    return path
+
+
+def encode_table(table: pa.Table, format: str) -> bytes:
+    """The bytes :func:`write_table` would write."""
+    _check_format(format)
+    if format == "arrow":
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+    if format == "parquet":
+        sink = pa.BufferOutputStream()
+        _write_parquet(table, sink)
+        return sink.getvalue().to_pybytes()
+    with tempfile.TemporaryDirectory(prefix="vdata-root-") as tmp:
+        out = Path(tmp) / "range.root"
+        _write_root(table, out)
+        return out.read_bytes()
+
+
+def read_table(path: str | os.PathLike[str], format: str) -> pa.Table:
+    """Read back a file written by :func:`write_table`."""
+    _check_format(format)
+    path = Path(path)
+    if format == "arrow":
+        with pa.OSFile(str(path), "rb") as source:
+            return pa.ipc.open_stream(source).read_all()
+    if format == "parquet":
+        return pq.read_table(str(path))
+    with uproot.open(str(path)) as f:
+        if SCHEMA_KEY not in f:
+            return ak.to_arrow_table(f[ROOT_TREE].arrays(), extensionarray=False)
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(str(f[SCHEMA_KEY]))))
+        if len(schema) == 0:
+            return schema.empty_table()
+        wanted = set(schema.names)
+        arrays = f[ROOT_TREE].arrays(filter_name=wanted.__contains__)
+    # Counters come back as int32: cast on the awkward side, which adds no validity bitmap
+    # (an Arrow cast would, and the column would then read as optional).
+    for field in schema:
+        if pa.types.is_integer(field.type) and str(arrays[field.name].type.content) != str(field.type):
+            arrays[field.name] = ak.values_astype(arrays[field.name], field.type.to_pandas_dtype())
+    table = ak.to_arrow_table(arrays, extensionarray=False).select(schema.names)
+    return table if table.schema.equals(schema) else table.cast(schema)
+
+
+def _write_parquet(table: pa.Table, where: str | pa.NativeFile) -> None:
+    try:
+        pq.write_table(table, where)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        # pyarrow's message names the column (e.g. a struct with no fields)
+        raise FormatError(f"cannot write this table as parquet: {exc}") from exc
+
+
+# -- ROOT ------------------------------------------------------------------------------------
+
+
+def _writable(dtype: pa.DataType) -> bool:
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
+
+
+def _is_string(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
+def _check_root_types(schema: pa.Schema) -> None:
+    for field in schema:
+        t = field.type
+        if _is_string(t):
+            continue
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            t = t.value_type
+        if not _writable(t):
+            raise FormatError(
+                f"column {field.name!r} of type {field.type} cannot be written to a ROOT TTree "
+                f"(numbers, booleans, strings and lists of numbers or booleans only); write arrow or parquet instead"
+            )
+
+
+def _lengths(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.combine_chunks().value_lengths().fill_null(0), dtype=np.int64)
+
+
+def _counter_names(table: pa.Table) -> tuple[Callable[[str], str], set[str]]:
+    """How to name each jagged column's counter, and which existing columns are counters.
+
+    ``Muon_pt`` and ``Muon_eta`` of equal lengths share ``nMuon``; if the table already has a
+    flat integer column ``nMuon`` or ``NMuon`` equal to those lengths it is that counter (and
+    uproot writes it). A jagged column that matches no group gets a counter of its own.
+    """
+    jagged = [f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+    lengths = {name: _lengths(table[name]) for name in jagged}
+    groups: dict[str, list[str]] = {}
+    for name in jagged:
+        prefix = name.split("_", 1)[0] if "_" in name else name
+        groups.setdefault(prefix, []).append(name)
+    names: dict[str, str] = {}
+    existing: set[str] = set()
+    for prefix, members in groups.items():
+        for name in members:
+            for candidate in (f"n{prefix}", f"N{prefix}", f"n{name}"):
+                if candidate in table.column_names:
+                    t = table.schema.field(candidate).type
+                    if pa.types.is_integer(t) and np.array_equal(
+                        np.asarray(table[candidate].to_numpy(), dtype=np.int64), lengths[name]
+                    ):
+                        names[name] = candidate
+                        existing.add(candidate)
+                        break
+                elif candidate != f"N{prefix}" and (
+                    candidate == f"n{name}"
+                    or all(np.array_equal(lengths[m], lengths[name]) for m in members)
+                ):
+                    names[name] = candidate
+                    break
+            else:
+                raise FormatError(
+                    f"column {name!r}: no free name for its counter branch "
+                    f"(n{prefix} and n{name} are columns with other values)"
+                )
+    return (lambda counted: names[counted]), existing
+
+
+def _write_root(table: pa.Table, path: Path) -> None:
+    _check_root_types(table.schema)
+    counter_name, counters = _counter_names(table)
+    data = {}
+    for name in table.column_names:
+        if name in counters:
+            continue  # uproot writes the counter from the list lengths
+        column = ak.from_arrow(table[name], highlevel=True)
+        dtype = table.schema.field(name).type
+        if _is_string(dtype) or pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+            data[name] = column
+        else:
+            data[name] = ak.to_numpy(column)  # flat, or fixed-size lists as 2-d arrays
+    with uproot.recreate(str(path)) as f:
+        if data:
+            f.mktree(ROOT_TREE, data, counter_name=counter_name)
+        f[SCHEMA_KEY] = base64.b64encode(table.schema.serialize().to_pybytes()).decode()
