@@ -25,7 +25,8 @@ How to run
     .venv/bin/python bench/read.py                      # 1,000,000 events (first run generates ~1 min)
     .venv/bin/python bench/read.py --events 50000       # quick check, a few seconds
 
-LZ4 needs the ``lz4`` and ``xxhash`` packages; without them the LZ4 case is skipped (and says so).
+uproot 5.7 writes and reads LZ4 through ``cramjam`` and ``xxhash`` (its own dependencies); a compression
+that uproot cannot use here is skipped, and the output says why.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class CaseResult:
     ranges: int
     range_events: int
     generated_s: float | None
+    open_s: dict[str, float] = field(default_factory=dict)
     warmup: dict[str, float] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
     library: list[dict[str, float]] = field(default_factory=list)
@@ -208,20 +210,23 @@ class CaseResult:
     target_met: bool = False
 
 
-def _clear_array_caches(files: list[Any]) -> int:
+def _clear_array_caches(files: list[Any]) -> bool:
     """Empty uproot's per-file array cache (``uproot.open(..., array_cache="100 MB")`` by default).
 
     uproot keys that cache by branch and exact entry window, so without this every pass after the
     first would be served from memory (~50x faster) instead of reading and decompressing baskets.
-    Returns how many caches were cleared.
+    True if every file now has an empty cache or none at all; False if one is not an uproot file.
     """
-    cleared = 0
+    ok = True
     for f in files:
-        cache = getattr(getattr(f, "file", f), "array_cache", None)
-        if cache is not None and hasattr(cache, "clear"):
+        file = getattr(f, "file", f)  # ReadOnlyDirectory -> ReadOnlyFile
+        if not hasattr(file, "array_cache"):
+            ok = False
+            continue
+        cache = file.array_cache
+        if cache is not None:
             cache.clear()
-            cleared += 1
-    return cleared
+    return ok
 
 
 def _library_files(ds: Any) -> list[Any]:
@@ -256,15 +261,20 @@ def measure(
     repeats: int,
     generated_s: float | None,
     log: Callable[[str], None],
+    warmup_passes: int = 0,
 ) -> CaseResult:
     import vdata  # imported late so that the generator works before the library lands
 
     # Outside the timed region: the library's dataset and uproot's file handle, each opened once.
+    t0 = time.perf_counter()
     ds = vdata.open_dataset([str(path)], TREE)
+    open_library_s = time.perf_counter() - t0
     ranges = list(ds.ranges(range_events))
     columns = list(ds.columns)
+    t0 = time.perf_counter()
     tree_file = uproot.open(path)
     tree = tree_file[TREE]
+    open_uproot_s = time.perf_counter() - t0
     missing = [c for c in columns if c not in tree.keys()]
     if missing:
         raise RuntimeError(f"library columns not in the tree: {missing}")
@@ -288,6 +298,7 @@ def measure(
         range_events=range_events,
         generated_s=generated_s,
     )
+    result.open_s = {"library_open_dataset": open_library_s, "uproot_open": open_uproot_s}
     covered = sum(r.stop - r.first for r in ranges)
     if covered != ds.num_events or ds.num_events != tree.num_entries:
         log(f"[warn] ranges cover {covered} entries; dataset {ds.num_events}; tree {tree.num_entries}")
@@ -318,10 +329,16 @@ def measure(
         # and ours, before each pass (untimed). If the library's files cannot be reached, close
         # them instead (they reopen on the next read, inside the timed pass: a few ms).
         lib_files = _library_files(ds)
-        if not lib_files or _clear_array_caches(lib_files) < len(lib_files):
+        if not lib_files or not _clear_array_caches(lib_files):
             ds.close()
             result.check["library_reopened_in_pass"] = True
         _clear_array_caches([tree_file])
+
+    # Optional untimed full passes: the first full pass in a process is ~10-50% slower whichever
+    # reader does it (memory growth, not the reader); the median of 3 absorbs it, these remove it.
+    for _ in range(warmup_passes):
+        for fn in (lib_read, uproot_read):
+            _timed_pass(fn, ranges, clear_caches)
 
     lib_passes: list[Pass] = []
     up_passes: list[Pass] = []
@@ -335,6 +352,7 @@ def measure(
             log(f"  {compression} rep {rep + 1}/{repeats} {name:7s}: {p.wall_s:6.3f} s "
                 f"({p.events_per_s / 1e6:.2f} M ev/s, {p.mb_per_s:.0f} MB/s, cpu {p.cpu_s:.2f} s)")
     tree_file.close()
+    ds.close()
 
     def dump(passes: list[Pass]) -> list[dict[str, float]]:
         return [
@@ -372,6 +390,13 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.absolute().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = None
     try:
@@ -388,20 +413,24 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": {
-            name: _version(name) for name in ("vdata", "uproot", "awkward", "pyarrow", "numpy", "lz4", "xxhash")
+            name: _version(name) for name in ("vdata", "uproot", "awkward", "pyarrow", "numpy", "cramjam", "xxhash")
         },
     }
 
 
-def lz4_available() -> str | None:
-    """None if uproot can write/read LZ4 here, else the reason."""
-    missing = []
-    for mod in ("lz4", "xxhash"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    return f"missing Python packages: {', '.join(missing)} (pip install lz4 xxhash)" if missing else None
+def codec_unavailable(compression: str) -> str | None:
+    """None if uproot can compress and decompress with ``compression`` here, else the reason.
+
+    uproot 5.7 does LZ4/ZSTD through ``cramjam`` (and LZ4 checksums through ``xxhash``), both
+    uproot dependencies; older versions needed the ``lz4`` package.
+    """
+    codec = {"zlib": uproot.ZLIB(1), "lz4": uproot.LZ4(1)}[compression]
+    try:
+        payload = bytes(range(256)) * 64
+        compressed = uproot.compression.compress(payload, codec)  # imports the backends
+        return None if compressed else f"uproot produced no {compression} output"
+    except Exception as exc:  # noqa: BLE001 - ImportError or anything a missing backend raises
+        return f"{type(exc).__name__}: {exc}"
 
 
 def print_table(res: CaseResult) -> None:
@@ -410,7 +439,8 @@ def print_table(res: CaseResult) -> None:
     details = (
         f"{res.compression}: {res.events:,} events, {res.columns} columns, {res.ranges} ranges of "
         f"<= {res.range_events:,}, file {res.file_mb:.1f} MB, Arrow {m['library_arrow_mb']:.1f} MB "
-        f"(library) / {m['uproot_arrow_mb']:.1f} MB (uproot); warm-up read excluded "
+        f"(library) / {m['uproot_arrow_mb']:.1f} MB (uproot); untimed: open (library "
+        f"{res.open_s['library_open_dataset']:.3f} s, uproot {res.open_s['uproot_open']:.3f} s), warm-up read "
         f"(library {res.warmup['library_s']:.3f} s, uproot {res.warmup['uproot_s']:.3f} s)"
     )
     print(details)
@@ -443,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000, help="events in each generated file")
     parser.add_argument("--range-events", type=int, default=100_000, help="target events per range")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per reader (median reported)")
+    parser.add_argument("--warmup-passes", type=int, default=0,
+                        help="extra untimed full passes per reader before timing (default 0: only "
+                             "one warm-up read of the first range)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache of generated inputs")
     parser.add_argument("--chunk-events", type=int, default=100_000,
                         help="events per tree.extend() call (= per basket/cluster) when generating")
@@ -451,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     parser.add_argument("--generate-only", action="store_true", help="only generate the input files")
     args = parser.parse_args(argv)
-    if args.events <= 0 or args.range_events <= 0 or args.repeats <= 0 or args.chunk_events <= 0:
+    if min(args.events, args.range_events, args.repeats, args.chunk_events) <= 0 or args.warmup_passes < 0:
         parser.error("--events, --range-events, --repeats and --chunk-events must be positive")
 
     def log(msg: str) -> None:
@@ -461,14 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
         + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     log("timing: datasets/files opened outside the timed loop; one untimed warm-up read per reader "
-        "excludes first-call costs; uproot array caches emptied before each pass; passes alternate "
+        f"excludes first-call costs (+{args.warmup_passes} untimed full passes); uproot array caches emptied before each pass; passes alternate "
         f"library/uproot; medians of {args.repeats} passes over all ranges")
 
     compressions = args.compression or ["zlib", "lz4"]
     out: dict[str, Any] = {
         "benchmark": "read",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([_relative(Path(sys.executable)), *sys.argv]),
         "config": {
             "events": args.events,
             "range_events": args.range_events,
@@ -477,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": SEED,
             "target_ratio": TARGET_RATIO,
             "warmup": "one untimed read of the first range per reader before timing",
+            "warmup_passes": args.warmup_passes,
             "caches": "uproot array caches (library's and bare uproot's) emptied before every pass",
         },
         "machine": info,
@@ -485,15 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     all_met = True
     for comp in compressions:
-        if comp == "lz4" and (reason := lz4_available()):
-            log(f"[skip] lz4: {reason}")
+        if reason := codec_unavailable(comp):
+            log(f"[skip] {comp}: {reason}")
             out["skipped"][comp] = reason
             all_met = False
             continue
         path, gen_s = ensure_input(args.work_dir, args.events, comp, args.chunk_events, log)
         if args.generate_only:
             continue
-        res = measure(path, comp, args.range_events, args.repeats, gen_s, log)
+        res = measure(path, comp, args.range_events, args.repeats, gen_s, log, args.warmup_passes)
         print_table(res)
         out["results"][comp] = asdict(res)
         all_met = all_met and res.target_met

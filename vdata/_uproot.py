@@ -70,9 +70,9 @@ def open_file(path: str) -> Any:
         reason = "is a directory, not a file" if os.path.isdir(path) else "no such file"
         raise SourceFileNotFound(path, reason)
     try:
-        return uproot.open(path)
+        return uproot.open(path, array_cache=None)
     except FileNotFoundError as exc:
-        raise SourceFileNotFound(path, str(exc).splitlines()[0] if str(exc) else "not found") from exc
+        raise SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file") from exc
     except ValueError as exc:
         if "not a ROOT file" in str(exc):
             raise NotARootFile(path, str(exc).splitlines()[0]) from exc

@@ -10,6 +10,7 @@ extensionarray=False)`` for the same entries.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,15 +156,15 @@ class SourceDataset:
         self._lock = threading.Lock()
 
 
-def open_dataset(paths: str | Sequence[str], tree: str) -> SourceDataset:
+def open_dataset(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], tree: str) -> SourceDataset:
     """Open ``tree`` (a TTree or RNTuple; ``"dir/sub/tree"`` for one in a sub-directory)
     in one or more ROOT files, local paths or http(s) URLs, as one dataset in the order given.
 
     Every file must offer the same columns with the same types as the first.
     """
-    if isinstance(paths, str):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [str(p) for p in paths]
+    paths = [os.fspath(p) for p in paths]
     if not paths:
         raise SchemaMismatch(f"a dataset needs at least one file (tree {tree!r})")
     files: list[SourceFile] = []

@@ -1,0 +1,23 @@
+"""Where the real ROOT test files are, and what each holds (../shared/data/README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+
+# Every event tree of every file in ../shared/data (see its README), with the number of entries.
+EVENT_TREES = [
+    ("nanoAOD_2015_CMS_Open_Data_ttbar.root", "Events", 200),
+    ("uproot-HZZ.root", "events", 2421),
+    ("uproot-HZZ-lz4.root", "events", 2421),
+    ("uproot-HZZ-zstd.root", "events", 2421),
+    ("uproot-Zmumu.root", "events", 2304),
+    ("uproot-issue412.root", "test", 1_000_000),
+    ("uproot-nesteddirs.root", "one/two/tree", 100),
+    ("uproot-nesteddirs.root", "one/tree", 4),
+    ("uproot-nesteddirs.root", "three/tree", 100),
+    ("uproot-physlite-rntuple_v1-0-0-0.root", "EventData", 100),
+    ("uproot-physlite-rntuple_v1-0-0-0.root", "EventTag", 100),
+]

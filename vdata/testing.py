@@ -1,0 +1,199 @@
+"""Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range``,
+and NaN-aware comparison of Arrow tables.
+
+Python's ``http.server`` ignores ``Range`` headers, and uproot reads remote files with
+(multi-)range requests, so tests need a server that answers 206 with the requested bytes.
+Written by hand because no maintained PyPI package offers a small embeddable one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+
+import awkward as ak
+import pyarrow as pa
+
+__all__ = ["RangeFileServer", "assert_tables_equal", "tables_equal"]
+
+_RANGE = re.compile(r"(\d*)-(\d*)")
+
+
+def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """Byte ranges ``[start, stop)`` of a ``Range: bytes=...`` header, or None if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes":
+        return None
+    out = []
+    for part in spec.split(","):
+        m = _RANGE.fullmatch(part.strip())
+        if not m or m.group(0) == "-":
+            return None
+        a, b = m.groups()
+        if a == "":  # suffix range: the last b bytes
+            start, stop = max(0, size - int(b)), size
+        else:
+            start, stop = int(a), size if b == "" else min(int(b) + 1, size)
+        if start >= size or start >= stop:
+            return None
+        out.append((start, stop))
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _file(self) -> Path | None:
+        relative = self.path.split("?", 1)[0].lstrip("/")
+        path = (self.server.root / relative).resolve()
+        if self.server.root not in path.parents or not path.is_file():
+            return None
+        return path
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        self.server.requests += 1
+        path = self._file()
+        if path is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        size = path.stat().st_size
+        header = self.headers.get("Range")
+        if header is None:
+            self._send(HTTPStatus.OK, [(0, size)], size, path, body)
+            return
+        ranges = _parse_ranges(header, size)
+        if ranges is None:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._send(HTTPStatus.PARTIAL_CONTENT, ranges, size, path, body)
+
+    def _send(self, status: HTTPStatus, ranges: list[tuple[int, int]], size: int, path: Path, body: bool) -> None:
+        with open(path, "rb") as f:
+            pieces = []
+            for start, stop in ranges:
+                f.seek(start)
+                pieces.append(f.read(stop - start))
+        self.server.bytes_sent += sum(len(p) for p in pieces) if body else 0
+        self.send_response(status)
+        self.send_header("Accept-Ranges", "bytes")
+        if len(ranges) == 1:
+            payload = pieces[0]
+            self.send_header("Content-Type", "application/octet-stream")
+            if status == HTTPStatus.PARTIAL_CONTENT:
+                start, stop = ranges[0]
+                self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        else:
+            boundary = "vdata-byteranges"
+            parts = []
+            for (start, stop), piece in zip(ranges, pieces):
+                head = (
+                    f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+                    f"Content-Range: bytes {start}-{stop - 1}/{size}\r\n\r\n"
+                ).encode()
+                parts.append(head + piece + b"\r\n")
+            payload = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            self.send_header("Content-Type", f"multipart/byteranges; boundary={boundary}")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root: Path, host: str) -> None:
+        self.root = root.resolve()
+        self.requests = 0
+        self.bytes_sent = 0
+        super().__init__((host, 0), _Handler)
+
+
+class RangeFileServer:
+    """Serve the files under ``root`` on ``http://127.0.0.1:<free port>/``, in a thread.
+
+    Use as a context manager; it stops (and closes its socket) on exit, also after an error.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], host: str = "127.0.0.1") -> None:
+        self._server = _Server(Path(root), host)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="range-file-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._server.bytes_sent
+
+    def start(self) -> RangeFileServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> RangeFileServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def tables_equal(a: pa.Table, b: pa.Table) -> bool:
+    """Same schema (names, types, order) and same values, NaN equal to NaN."""
+    if not a.schema.equals(b.schema) or a.num_rows != b.num_rows:
+        return False
+    return all(
+        ak.array_equal(ak.from_arrow(a[name]), ak.from_arrow(b[name]), equal_nan=True, dtype_exact=True)
+        for name in a.column_names
+    )
+
+
+def assert_tables_equal(actual: pa.Table, expected: pa.Table, what: str = "table") -> None:
+    """Raise AssertionError naming the first column that differs."""
+    if actual.equals(expected):
+        return
+    if not actual.schema.equals(expected.schema):
+        diff = [
+            f"{f.name}: {f.type} != {expected.schema.field(f.name).type if f.name in expected.schema.names else 'missing'}"
+            for f in actual.schema
+            if f.name not in expected.schema.names or not f.equals(expected.schema.field(f.name))
+        ]
+        raise AssertionError(
+            f"{what}: schemas differ ({actual.schema.names[:3]}... vs {expected.schema.names[:3]}...): {diff[:5]}"
+        )
+    if actual.num_rows != expected.num_rows:
+        raise AssertionError(f"{what}: {actual.num_rows} rows, expected {expected.num_rows}")
+    for name in actual.column_names:
+        a, b = ak.from_arrow(actual[name]), ak.from_arrow(expected[name])
+        if not ak.array_equal(a, b, equal_nan=True, dtype_exact=True):
+            raise AssertionError(f"{what}: column {name!r} differs: {a.tolist()[:3]} vs {b.tolist()[:3]}")
