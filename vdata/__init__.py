@@ -5,7 +5,6 @@ the service grows, recipes, materialization, the cache, jobs and the Ray engine)
 a user calls is re-exported here.
 """
 
-from __future__ import annotations
 
 from vdata.errors import (
     ColumnNotFound,
@@ -27,9 +26,9 @@ from vdata.sources import SourceDataset, SourceFile, open_dataset
 __version__ = "0.1.0"
 
 __all__ = [
-    "FORMATS",
     "ColumnNotFound",
     "EventRange",
+    "FORMATS",
     "FormatError",
     "NotARootFile",
     "RangeOutOfBounds",

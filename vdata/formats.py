@@ -153,28 +153,37 @@ def _counter_names(table: pa.Table) -> tuple[Callable[[str], str], set[str]]:
     names: dict[str, str] = {}
     existing: set[str] = set()
     for prefix, members in groups.items():
+        shared = all(np.array_equal(lengths[m], lengths[members[0]]) for m in members)
         for name in members:
-            for candidate in (f"n{prefix}", f"N{prefix}", f"n{name}"):
-                if candidate in table.column_names:
-                    t = table.schema.field(candidate).type
-                    if pa.types.is_integer(t) and np.array_equal(
-                        np.asarray(table[candidate].to_numpy(), dtype=np.int64), lengths[name]
-                    ):
-                        names[name] = candidate
-                        existing.add(candidate)
-                        break
-                elif candidate != f"N{prefix}" and (
-                    candidate == f"n{name}"
-                    or all(np.array_equal(lengths[m], lengths[name]) for m in members)
-                ):
-                    names[name] = candidate
-                    break
-            else:
-                raise FormatError(
-                    f"column {name!r}: no free name for its counter branch "
-                    f"(n{prefix} and n{name} are columns with other values)"
-                )
+            names[name] = _counter_for(table, name, prefix, lengths[name], shared)
+            if names[name] in table.column_names:
+                existing.add(names[name])
     return (lambda counted: names[counted]), existing
+
+
+def _counter_for(table: pa.Table, name: str, prefix: str, lengths: np.ndarray, shared: bool) -> str:
+    """An existing integer column equal to the lengths, else ``n<prefix>`` (shared) or ``n<name>``."""
+    candidates = (f"n{prefix}", f"N{prefix}", f"n{name}")
+    for candidate in candidates:
+        if candidate in table.column_names and pa.types.is_integer(table.schema.field(candidate).type):
+            if np.array_equal(np.asarray(table[candidate].to_numpy(), dtype=np.int64), lengths):
+                return candidate
+    for candidate in (f"n{prefix}", f"n{name}") if shared else (f"n{name}",):
+        if candidate not in table.column_names:
+            return candidate
+    raise FormatError(
+        f"column {name!r}: no free name for its counter branch ({' and '.join(candidates)} are "
+        f"columns with other values)"
+    )
+
+
+def _has_nulls(column: pa.ChunkedArray) -> bool:
+    if column.null_count:
+        return True
+    dtype = column.type
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        return any(chunk.flatten().null_count for chunk in column.chunks)
+    return False
 
 
 def _write_root(table: pa.Table, path: Path) -> None:
@@ -184,7 +193,10 @@ def _write_root(table: pa.Table, path: Path) -> None:
     for name in table.column_names:
         if name in counters:
             continue  # uproot writes the counter from the list lengths
-        column = ak.from_arrow(table[name], highlevel=True)
+        if _has_nulls(table[name]):
+            raise FormatError(f"column {name!r} has missing values, which a ROOT TTree cannot hold")
+        # nullable Arrow fields without nulls come back as option types; ROOT has none
+        column = ak.drop_none(ak.from_arrow(table[name], highlevel=True), axis=None)
         dtype = table.schema.field(name).type
         if _is_string(dtype) or pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
             data[name] = column

@@ -1,0 +1,113 @@
+"""Arrow, Parquet and ROOT output read back equal to the input; ROOT keeps NanoAOD naming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import uproot
+from realdata import EVENT_TREES
+
+import vdata
+from vdata.formats import encode_table
+from vdata.testing import assert_tables_equal
+
+# ROOT TTrees hold numbers, booleans, strings and lists of numbers; these trees have more.
+NOT_FOR_TTREE = {"three/tree", "EventData", "EventTag"}
+
+
+@pytest.fixture(scope="module")
+def first_ranges(shared_data: Path) -> dict[str, pa.Table]:
+    tables = {}
+    for name, tree, _ in EVENT_TREES:
+        ds = vdata.open_dataset(shared_data / name, tree)
+        tables[f"{name}:{tree}"] = ds.read(ds.ranges(1500)[0])
+    return tables
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
+def test_columnar_formats_round_trip_every_tree(first_ranges: dict[str, pa.Table], tmp_path: Path, fmt: str) -> None:
+    for key, table in first_ranges.items():
+        if fmt == "parquet" and key.endswith(":EventData"):
+            continue  # has structs with no fields, which Parquet cannot hold: see the test below
+        path = vdata.write_table(table, tmp_path / f"out.{fmt}", fmt)
+        assert_tables_equal(vdata.read_table(path, fmt), table, what=f"{key} as {fmt}")
+        assert path.read_bytes() == encode_table(table, fmt) or fmt == "parquet"
+
+
+def test_root_round_trips_every_tree_it_can_hold(first_ranges: dict[str, pa.Table], tmp_path: Path) -> None:
+    written = 0
+    for key, table in first_ranges.items():
+        if key.rsplit(":", 1)[1] in NOT_FOR_TTREE:
+            continue
+        path = vdata.write_table(table, tmp_path / "out.root", "root")
+        assert_tables_equal(vdata.read_table(path, "root"), table, what=f"{key} as root")
+        written += 1
+    assert written == len(first_ranges) - len(NOT_FOR_TTREE)
+
+
+def test_root_output_keeps_nanoaod_naming(first_ranges: dict[str, pa.Table], tmp_path: Path) -> None:
+    table = first_ranges["nanoAOD_2015_CMS_Open_Data_ttbar.root:Events"]
+    path = vdata.write_table(table, tmp_path / "nano.root", "root")
+    with uproot.open(path) as f:
+        tree = f["Events"]
+        assert set(tree.keys()) == set(table.column_names)
+        # a NanoAOD reader: jagged muons counted by nMuon
+        muon = tree.arrays(["nMuon", "Muon_pt"])
+        assert muon["nMuon"].tolist() == [len(x) for x in muon["Muon_pt"].tolist()]
+        assert tree["Muon_pt"].count_branch.name == "nMuon"
+    # HZZ counts its muons with NMuon: that counter is reused, not doubled with an nMuon
+    hzz = first_ranges["uproot-HZZ.root:events"]
+    path = vdata.write_table(hzz, tmp_path / "hzz.root", "root")
+    with uproot.open(path) as f:
+        assert f["Events"]["Muon_Px"].count_branch.name == "NMuon"
+        assert "nMuon" not in f["Events"].keys()
+
+
+def test_generated_collections_get_counters(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "Jet_pt": pa.array([[1.0, 2.0], [], [3.0]], pa.large_list(pa.float32())),
+            "Jet_eta": pa.array([[0.1, 0.2], [], [0.3]], pa.large_list(pa.float32())),
+            "tracks": pa.array([[1], [2, 3], []], pa.large_list(pa.int64())),
+            "weight": pa.array([1.0, 0.5, 2.0]),
+            "label": pa.array(["a", "bc", ""], pa.large_string()),
+        }
+    )
+    path = vdata.write_table(table, tmp_path / "gen.root", "root")
+    with uproot.open(path) as f:
+        assert set(f["Events"].keys()) == {"nJet", "Jet_pt", "Jet_eta", "ntracks", "tracks", "weight", "label"}
+    assert_tables_equal(vdata.read_table(path, "root"), table)
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "parquet", "root"])
+def test_empty_table_round_trips(tmp_path: Path, fmt: str) -> None:
+    table = pa.table({"x": pa.array([], pa.float64()), "n": pa.array([], pa.int32())})
+    assert_tables_equal(vdata.read_table(vdata.write_table(table, tmp_path / f"e.{fmt}", fmt), fmt), table)
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(vdata.FormatError, match="'csv'"):
+        vdata.write_table(pa.table({"x": [1]}), tmp_path / "x.csv", "csv")
+
+
+def test_root_refuses_what_a_ttree_cannot_hold_and_names_the_column(
+    first_ranges: dict[str, pa.Table], tmp_path: Path
+) -> None:
+    table = first_ranges["uproot-nesteddirs.root:three/tree"]
+    with pytest.raises(vdata.FormatError, match="'StlVecStr'"):
+        vdata.write_table(table, tmp_path / "x.root", "root")
+    assert not (tmp_path / "x.root").exists()  # refused before anything is written
+
+
+def test_parquet_refuses_empty_structs_and_names_the_column(first_ranges: dict[str, pa.Table], tmp_path: Path) -> None:
+    table = first_ranges["uproot-physlite-rntuple_v1-0-0-0.root:EventData"]
+    with pytest.raises(vdata.FormatError, match="EventInfoAux:"):
+        vdata.write_table(table, tmp_path / "x.parquet", "parquet")
+
+
+def test_root_refuses_missing_values(tmp_path: Path) -> None:
+    table = pa.table({"ok": [1.0, 2.0], "Jet_pt": pa.array([[1.0, None], []], pa.large_list(pa.float64()))})
+    with pytest.raises(vdata.FormatError, match="'Jet_pt' has missing values"):
+        vdata.write_table(table, tmp_path / "x.root", "root")
