@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m vdata.demo --data-dir data
+	$(VENV)/bin/vdata demo --data-dir data
 
 test: $(STAMP)
 	$(PY) -m pytest

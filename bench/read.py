@@ -50,80 +50,21 @@ import numpy as np
 import pyarrow as pa
 import uproot
 
+import vdata
+from vdata.synthetic import write_nanoaod_like
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "bench" / "results" / "input"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "read.json"
 TREE = "Events"
 SEED = 20261125
 TARGET_RATIO = 0.9
-GENERATOR_VERSION = 1  # bump when the generated content changes: it is part of the file name
+GENERATOR_VERSION = 2  # bump when the generated content changes: it is part of the file name
 
 
 # --------------------------------------------------------------------------------------------------
 # Input generation
 # --------------------------------------------------------------------------------------------------
-
-def _jagged(counts: np.ndarray, flat: np.ndarray) -> ak.Array:
-    return ak.unflatten(flat, counts)
-
-
-def _collection(rng: np.random.Generator, counts: np.ndarray, fields: dict[str, str]) -> ak.Array:
-    """A record of jagged fields; ``fields`` maps a field name to the kind of values to draw."""
-    total = int(counts.sum())
-    out: dict[str, ak.Array] = {}
-    for name, kind in fields.items():
-        if kind == "pt":
-            flat = (rng.exponential(25.0, total) + 5.0).astype(np.float32)
-        elif kind == "eta":
-            flat = rng.normal(0.0, 1.4, total).clip(-4.7, 4.7).astype(np.float32)
-        elif kind == "phi":
-            flat = rng.uniform(-np.pi, np.pi, total).astype(np.float32)
-        elif kind == "mass":
-            flat = rng.gamma(2.0, 4.0, total).astype(np.float32)
-        elif kind == "charge":
-            flat = (rng.integers(0, 2, total, dtype=np.int32) * 2 - 1).astype(np.int32)
-        elif kind == "btag":
-            flat = rng.beta(0.5, 2.0, total).astype(np.float32)
-        elif kind == "muon_mass":
-            flat = np.full(total, 0.10566, dtype=np.float32)
-        else:  # pragma: no cover - programming error
-            raise ValueError(kind)
-        out[name] = _jagged(counts, flat)
-    return ak.zip(out)
-
-
-def _chunk(rng: np.random.Generator, start: int, n: int) -> dict[str, Any]:
-    """``n`` NanoAOD-like events whose event numbers start at ``start``."""
-    n_muon = rng.poisson(1.3, n).astype(np.int64)
-    n_jet = rng.poisson(4.5, n).astype(np.int64)
-    n_ele = rng.poisson(0.8, n).astype(np.int64)
-    event = np.arange(start, start + n, dtype=np.uint64) + 1
-    return {
-        "run": np.full(n, 362_000, dtype=np.uint32) + (event // 500_000).astype(np.uint32),
-        "luminosityBlock": (1 + (event // 1_000) % 2_000).astype(np.uint32),
-        "event": event,
-        "MET_pt": rng.exponential(30.0, n).astype(np.float32),
-        "MET_phi": rng.uniform(-np.pi, np.pi, n).astype(np.float32),
-        "HLT_IsoMu24": rng.random(n) < 0.3,
-        "HLT_Ele32_WPTight_Gsf": rng.random(n) < 0.2,
-        "HLT_PFJet500": rng.random(n) < 0.05,
-        "Muon": _collection(
-            rng, n_muon, {"pt": "pt", "eta": "eta", "phi": "phi", "mass": "muon_mass", "charge": "charge"}
-        ),
-        "Jet": _collection(rng, n_jet, {"pt": "pt", "eta": "eta", "phi": "phi", "mass": "mass", "btag": "btag"}),
-        "Electron": _collection(rng, n_ele, {"pt": "pt", "eta": "eta"}),
-    }
-
-
-def _branch_types(sample: dict[str, Any]) -> dict[str, Any]:
-    types: dict[str, Any] = {}
-    for name, value in sample.items():
-        if isinstance(value, ak.Array):
-            types[name] = value.type.content  # "var * {pt: float32, ...}"
-        else:
-            types[name] = value.dtype
-    return types
-
 
 def _tree_entries(path: Path) -> int | None:
     """Entries of the TTree ``Events`` in ``path``; None if unreadable, missing or not a TTree."""
@@ -147,22 +88,9 @@ def ensure_input(
         log(f"reusing {path} ({path.stat().st_size / 1e6:.1f} MB)")
         return path, None
 
-    codec = {"zlib": uproot.ZLIB(1), "lz4": uproot.LZ4(1)}[compression]
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     log(f"generating {path.name}: {events:,} events, {compression}, extend() chunks of {chunk_events:,} ...")
     t0 = time.perf_counter()
-    rng = np.random.default_rng(SEED)  # same content for every compression
-    try:
-        with uproot.recreate(tmp, compression=codec) as f:
-            tree = None
-            for start in range(0, events, chunk_events):
-                data = _chunk(rng, start, min(chunk_events, events - start))
-                if tree is None:
-                    tree = f.mktree(TREE, _branch_types(data))
-                tree.extend(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_nanoaod_like(path, events, seed=SEED, compression=compression, level=1, chunk_events=chunk_events)
     elapsed = time.perf_counter() - t0
     if _tree_entries(path) != events:
         raise RuntimeError(f"generated {path} does not hold a TTree {TREE!r} with {events} entries")
@@ -210,33 +138,6 @@ class CaseResult:
     target_met: bool = False
 
 
-def _clear_array_caches(files: list[Any]) -> bool:
-    """Empty uproot's per-file array cache (``uproot.open(..., array_cache="100 MB")`` by default).
-
-    uproot keys that cache by branch and exact entry window, so without this every pass after the
-    first would be served from memory (~50x faster) instead of reading and decompressing baskets.
-    True if every file now has an empty cache or none at all; False if one is not an uproot file.
-    """
-    ok = True
-    for f in files:
-        file = getattr(f, "file", f)  # ReadOnlyDirectory -> ReadOnlyFile
-        if not hasattr(file, "array_cache"):
-            ok = False
-            continue
-        cache = file.array_cache
-        if cache is not None:
-            cache.clear()
-    return ok
-
-
-def _library_files(ds: Any) -> list[Any]:
-    """The uproot files the library holds open (private state; the benchmark only clears caches)."""
-    handles = getattr(ds, "_handles", None)
-    if not isinstance(handles, dict):
-        return []
-    return [h[0] for h in handles.values() if isinstance(h, tuple) and h]
-
-
 def _timed_pass(read_one: Callable[[Any], pa.Table], ranges: list[Any], before: Callable[[], None]) -> Pass:
     events = 0
     nbytes = 0
@@ -263,7 +164,6 @@ def measure(
     log: Callable[[str], None],
     warmup_passes: int = 0,
 ) -> CaseResult:
-    import vdata  # imported late so that the generator works before the library lands
 
     # Outside the timed region: the library's dataset and uproot's file handle, each opened once.
     t0 = time.perf_counter()
@@ -272,7 +172,7 @@ def measure(
     ranges = list(ds.ranges(range_events))
     columns = list(ds.columns)
     t0 = time.perf_counter()
-    tree_file = uproot.open(path)
+    tree_file = uproot.open(path, array_cache=None)  # as the library opens its files
     tree = tree_file[TREE]
     open_uproot_s = time.perf_counter() - t0
     missing = [c for c in columns if c not in tree.keys()]
@@ -325,14 +225,9 @@ def measure(
     del lib_table, up_table
 
     def clear_caches() -> None:
-        # Every pass must read and decompress baskets: empty uproot's array caches, the library's
-        # and ours, before each pass (untimed). If the library's files cannot be reached, close
-        # them instead (they reopen on the next read, inside the timed pass: a few ms).
-        lib_files = _library_files(ds)
-        if not lib_files or not _clear_array_caches(lib_files):
-            ds.close()
-            result.check["library_reopened_in_pass"] = True
-        _clear_array_caches([tree_file])
+        # Both readers open their files with array_cache=None (uproot's default cache is keyed by
+        # branch and entry window and would serve repeated passes from memory): nothing to clear.
+        pass
 
     # Optional untimed full passes: the first full pass in a process is ~10-50% slower whichever
     # reader does it (memory growth, not the reader); the median of 3 absorbs it, these remove it.
