@@ -1,47 +1,62 @@
 """vdata: on-demand virtual data for event processing.
 
-The library layer: source datasets read with uproot, event ranges, output formats (and, as
-the service grows, recipes, materialization, the cache, jobs and the Ray engine). Everything
+The library layer: source datasets read with uproot, event ranges, output formats, the
+catalog, recipes and local materialization (and, as the service grows, the cache, jobs and
+the Ray engine). Everything
 a user calls is re-exported here.
 """
 
 
+from vdata.catalog import Catalog
 from vdata.errors import (
     ColumnNotFound,
+    DatasetNotFound,
     FormatError,
     NotARootFile,
     RangeOutOfBounds,
+    RecipeError,
     RemoteReadError,
     SchemaMismatch,
     SourceError,
     SourceFileNotFound,
+    TransformError,
     TreeNotFound,
     UninterpretableColumn,
     VdataError,
 )
 from vdata.formats import FORMATS, read_table, write_table
+from vdata.materialize import Plan, materialize, plan
 from vdata.ranges import EventRange, plan_ranges
+from vdata.recipes import Recipe
 from vdata.sources import SourceDataset, SourceFile, open_dataset
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Catalog",
     "ColumnNotFound",
+    "DatasetNotFound",
     "EventRange",
     "FORMATS",
     "FormatError",
     "NotARootFile",
+    "Plan",
     "RangeOutOfBounds",
+    "Recipe",
+    "RecipeError",
     "RemoteReadError",
     "SchemaMismatch",
     "SourceDataset",
     "SourceError",
     "SourceFile",
     "SourceFileNotFound",
+    "TransformError",
     "TreeNotFound",
     "UninterpretableColumn",
     "VdataError",
+    "materialize",
     "open_dataset",
+    "plan",
     "plan_ranges",
     "read_table",
     "write_table",

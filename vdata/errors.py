@@ -12,8 +12,13 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
      │    ├── SchemaMismatch              (ValueError) files of one dataset disagree
      │    └── RemoteReadError             (OSError) a remote read failed
      ├── RangeOutOfBounds                 (IndexError) a range outside the dataset
-     └── FormatError                      (ValueError) unknown format, or a table the
-                                          format cannot hold (names the column)
+     ├── FormatError                      (ValueError) unknown format, or a table the
+     │                                    format cannot hold (names the column)
+     ├── DatasetNotFound                  (KeyError) no dataset of that name in the catalog
+     ├── RecipeError                      (ValueError) a recipe is malformed or does not fit
+     │                                    the catalog: every problem at once, in .problems
+     └── TransformError                   (RuntimeError) a scientist's transform or
+                                          expression failed on a range: names both
 
 Messages name the file, tree, column or range at fault. Errors from uproot and the
 operating system are translated in :mod:`vdata._uproot` with ``raise ... from exc``.
@@ -23,13 +28,16 @@ from __future__ import annotations
 
 __all__ = [
     "ColumnNotFound",
+    "DatasetNotFound",
     "FormatError",
     "NotARootFile",
     "RangeOutOfBounds",
+    "RecipeError",
     "RemoteReadError",
     "SchemaMismatch",
     "SourceError",
     "SourceFileNotFound",
+    "TransformError",
     "TreeNotFound",
     "UninterpretableColumn",
     "VdataError",
@@ -115,3 +123,33 @@ class RangeOutOfBounds(VdataError, IndexError):
 
 class FormatError(VdataError, ValueError):
     """An unknown output format, or a table that the format cannot hold."""
+
+
+class DatasetNotFound(VdataError, KeyError):
+    """The catalog has no dataset of that name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        listed = ", ".join(repr(k) for k in known) if known else "none"
+        super().__init__(f"no dataset {name!r}; registered datasets: {listed}")
+        self.name = name
+
+
+class RecipeError(VdataError, ValueError):
+    """A recipe is malformed or does not fit the catalog. ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+        super().__init__(f"invalid recipe ({count}): " + "; ".join(problems))
+        self.problems = problems
+
+
+class TransformError(VdataError, RuntimeError):
+    """User code (a transform or an expression) failed while materializing a range.
+
+    The message names the transform or expression and the range, without our internal frames.
+    """
+
+    def __init__(self, what: str, where: str, reason: str) -> None:
+        super().__init__(f"{what} failed on {where}: {reason}")
+        self.what = what
+        self.where = where

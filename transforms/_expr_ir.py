@@ -1,0 +1,67 @@
+"""The expression compiler's intermediate form (private to :mod:`transforms.expressions`).
+
+A checked sub-expression is a :class:`Val`: its kind (bool, int or float), a scalar Python
+expression ``code`` valid inside the generated kernel, and, when it is jagged, the jagged
+columns whose lists it runs over (``group``) and an optional per-element selection (``mask``).
+Jagged code is valid inside a loop over ``j``, the element index within the event; flat code
+is valid anywhere in the body of the loop over events ``i``.
+
+Per-event results that need a loop of their own (reductions, ``x[i]``) are emitted once, as
+statements of the event body (``Program.prelude`` in :mod:`transforms._expr_program`), in the
+order they are needed, and are then referred to by a temporary ``t<n>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .columns import ColumnType
+
+__all__ = ["KIND_DTYPE", "Site", "Val", "cast", "kind_of", "promote"]
+
+# Kinds of scalars inside kernels; every integer is widened to int64, every float to float64.
+KIND_DTYPE = {"b": "bool", "i": "int64", "f": "float64"}
+_KIND_RANK = {"b": 0, "i": 1, "f": 2}
+_CASTS = {"i": "np.int64", "f": "np.float64"}
+
+
+@dataclass(frozen=True, slots=True)
+class Val:
+    """A checked sub-expression (see the module docstring)."""
+
+    kind: str
+    code: str
+    group: tuple[str, ...] = ()  # sorted names of the aligned jagged columns; () if flat
+    mask: str | None = None  # per-element selection code (jagged only)
+    at: int | None = None  # text offset of the operation that first aligned two jagged columns
+
+    @property
+    def jagged(self) -> bool:
+        return bool(self.group)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where a kernel may stop with an error: misaligned lists, or broken offsets."""
+
+    what: str  # "counts" | "offsets"
+    columns: tuple[str, ...]
+    at: int | None = None
+
+
+def promote(*kinds: str) -> str:
+    """The common kind of operands: bool < int < float."""
+    return max(kinds, key=_KIND_RANK.__getitem__)
+
+
+def cast(val: Val, kind: str) -> str:
+    """``val.code`` converted to ``kind`` (only widening conversions are ever asked for)."""
+    if val.kind == kind or kind == "b":
+        return val.code
+    return f"{_CASTS[kind]}({val.code})"
+
+
+def kind_of(ctype: ColumnType) -> str:
+    return {"b": "b", "i": "i", "u": "i", "f": "f"}[np.dtype(ctype.dtype).kind]

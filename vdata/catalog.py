@@ -1,0 +1,122 @@
+"""The catalog: named source datasets and scientists' transforms.
+
+Recipes name datasets (``"opendata:hzz"``) and transforms; the catalog resolves them. This one
+lives in memory; the service keeps the same facts in its database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+
+from transforms.errors import TransformsError, UnknownName
+from transforms.registry import Transform, get_transform
+from transforms.usercode import compile_user_transform
+
+from vdata.errors import DatasetNotFound, RecipeError
+from vdata.sources import SourceDataset, open_dataset
+
+__all__ = ["Catalog", "dataset_fingerprint"]
+
+
+def dataset_fingerprint(ds: SourceDataset) -> str:
+    """A digest of what a dataset holds: tree, files (path, entries, size, adler32), schema.
+
+    Part of the id of every recipe over the dataset: other files mean other bytes.
+    """
+    facts = {
+        "tree": ds.tree,
+        "files": [[f.path, f.entries, f.size, f.adler32] for f in ds.files],
+        "schema": ds.schema.serialize().to_pybytes().hex(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class Catalog:
+    """Datasets by name and user transforms by name; built-in transforms are always known."""
+
+    def __init__(self) -> None:
+        self._datasets: dict[str, SourceDataset] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._transforms: dict[str, Transform] = {}
+        self._lock = threading.Lock()
+
+    # Catalogs travel to Ray workers: datasets without open files, transforms by source.
+    def __getstate__(self) -> dict[str, object]:
+        with self._lock:
+            state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def add_dataset(
+        self, name: str, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], tree: str
+    ) -> SourceDataset:
+        """Open and register a dataset (replacing one of the same name)."""
+        if not name or not isinstance(name, str):
+            raise RecipeError([f"a dataset needs a non-empty name, got {name!r}"])
+        ds = open_dataset(paths, tree)
+        self.put_dataset(name, ds)
+        return ds
+
+    def put_dataset(self, name: str, ds: SourceDataset) -> None:
+        with self._lock:
+            self._datasets[name] = ds
+            self._fingerprints[name] = dataset_fingerprint(ds)
+
+    def dataset(self, name: str) -> SourceDataset:
+        try:
+            return self._datasets[name]
+        except KeyError:
+            raise DatasetNotFound(name, sorted(self._datasets)) from None
+
+    def fingerprint(self, name: str) -> str:
+        self.dataset(name)
+        return self._fingerprints[name]
+
+    def datasets(self) -> dict[str, SourceDataset]:
+        return dict(self._datasets)
+
+    # -- transforms -------------------------------------------------------------------------
+
+    def add_transform(
+        self,
+        name: str,
+        source: str,
+        inputs: Mapping[str, str],
+        outputs: Mapping[str, str],
+        kind: str = "event",
+        max_size: str | int | None = None,
+    ) -> Transform:
+        """Check, compile and register a scientist's transform (see ``transforms.usercode``)."""
+        transform = compile_user_transform(name, source, dict(inputs), dict(outputs), kind=kind, max_size=max_size)
+        with self._lock:
+            self._transforms[name] = transform
+        return transform
+
+    def put_transform(self, transform: Transform) -> None:
+        with self._lock:
+            self._transforms[transform.name] = transform
+
+    def transform(self, name: str) -> Transform:
+        """A user transform of this catalog, else a built-in one."""
+        if name in self._transforms:
+            return self._transforms[name]
+        return get_transform(name)
+
+    def find_transform(self, name: str) -> Transform | None:
+        try:
+            return self.transform(name)
+        except (UnknownName, TransformsError):
+            return None
+
+    def transforms(self) -> dict[str, Transform]:
+        return dict(self._transforms)
