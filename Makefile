@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/read.py
+	$(PY) bench/virtual.py
 
 clean:
 	rm -rf $(VENV) data bench/results .pytest_cache .hypothesis
