@@ -32,15 +32,49 @@ from vdata.sources import SourceDataset, SourceFile, open_dataset
 
 __version__ = "0.1.0"
 
+# The engine and the service core import Ray (a second of start-up): load them on first use.
+_LAZY = {
+    "CacheEntry": "vdata.cache",
+    "CacheKey": "vdata.cache",
+    "Core": "vdata.core",
+    "CoreConfig": "vdata.core",
+    "Database": "vdata.db",
+    "Engine": "vdata.engine",
+    "EngineConfig": "vdata.engine",
+    "JobStore": "vdata.jobs",
+    "RangeCache": "vdata.cache",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vdata' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
+    "CacheEntry",
+    "CacheKey",
     "Catalog",
     "ColumnNotFound",
+    "Core",
+    "CoreConfig",
+    "Database",
     "DatasetNotFound",
+    "Engine",
+    "EngineConfig",
     "EventRange",
     "FORMATS",
     "FormatError",
+    "JobStore",
     "NotARootFile",
     "Plan",
+    "RangeCache",
     "RangeOutOfBounds",
     "Recipe",
     "RecipeError",

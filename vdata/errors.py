@@ -20,6 +20,12 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
      └── TransformError                   (RuntimeError) a scientist's transform or
                                           expression failed on a range: names both
 
+Errors of one component are defined beside it, in the same hierarchy: ``vdata.jobs``
+(``JobError``, ``JobNotFound``, ``RangeNotFound``, ``LeaseError``), ``vdata.cache``
+(``CacheError``, ``CacheBusy``), ``vdata.store`` (``RecipeNotFound``) and ``vdata.db``
+(``DatabaseError``); the array layer's errors (``transforms.errors``) are translated where
+``vdata`` calls into it.
+
 Messages name the file, tree, column or range at fault. Errors from uproot and the
 operating system are translated in :mod:`vdata._uproot` with ``raise ... from exc``.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from types import TracebackType
 import awkward as ak
 import pyarrow as pa
 
-__all__ = ["RangeFileServer", "assert_tables_equal", "tables_equal"]
+__all__ = ["KillOnce", "RangeFileServer", "assert_tables_equal", "tables_equal"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
@@ -197,3 +198,22 @@ def assert_tables_equal(actual: pa.Table, expected: pa.Table, what: str = "table
         a, b = ak.from_arrow(actual[name]), ak.from_arrow(expected[name])
         if not ak.array_equal(a, b, equal_nan=True, dtype_exact=True):
             raise AssertionError(f"{what}: column {name!r} differs: {a.tolist()[:3]} vs {b.tolist()[:3]}")
+
+
+class KillOnce:
+    """A fault hook for :class:`vdata.engine.Engine`: the first task that runs it kills its own
+    worker process (SIGKILL), as a crashed node would; later attempts run normally.
+
+    The marker file makes "first" hold across processes: whoever removes it dies.
+    """
+
+    def __init__(self, marker: str | os.PathLike[str]) -> None:
+        self.marker = Path(marker)
+        self.marker.touch()
+
+    def __call__(self, recipe_json: str, index: int) -> None:
+        try:
+            self.marker.unlink()
+        except FileNotFoundError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,174 @@
+"""The Ray engine: single-flight, worker death, user errors, cache corruption, look-ahead.
+
+One embedded Ray for the module (2 CPUs, small object store), shut down in teardown.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import vdata
+from vdata import Catalog, Recipe
+from vdata.cache import CacheKey, RangeCache
+from vdata.db import Database
+from vdata.engine import Engine, EngineConfig
+from vdata.formats import encode_table, read_table
+from vdata.jobs import JobStore
+from vdata.testing import KillOnce, assert_tables_equal
+
+CONFIG = EngineConfig(num_cpus=2, object_store_bytes=100 * 1024**2, max_in_flight=4, lookahead=3, max_retries=3)
+
+
+def zmumu(events: int = 40_000, seed: int = 5, range_events: int = 10_000) -> Recipe:
+    return Recipe.from_dict(
+        {
+            "source": {"generator": "zmumu", "events": events, "seed": seed},
+            "steps": [{"transform": {"name": "leading_pair_mass_ptetaphim", "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"}, "outputs": {"mass": "m_mumu"}}}],
+            "columns": ["m_mumu", "Muon_pt"],
+            "range_events": range_events,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Engine]:
+    root = tmp_path_factory.mktemp("engine")
+    db = Database(f"sqlite:///{root}/v.db")
+    catalog = Catalog()
+    catalog.add_dataset("opendata:hzz", shared_data / "uproot-HZZ.root", "events")
+    cache = RangeCache(root / "cache", db, 64 * 1024**2)
+    eng = Engine(catalog, cache, CONFIG).start()
+    try:
+        yield eng
+    finally:
+        eng.shutdown()
+        cache.close()
+        db.close()
+
+
+def test_materializes_through_ray_and_caches(engine: Engine) -> None:
+    recipe = zmumu(seed=1)
+    before = engine.submitted
+    entry = engine.get(recipe, 2, "arrow", timeout=120)
+    assert engine.submitted == before + 1
+    expected = vdata.materialize(recipe, 2, Catalog())
+    assert entry.path.read_bytes() == encode_table(expected, "arrow")
+    assert entry.events == expected.num_rows
+    again = engine.get(recipe, 2, "arrow", timeout=60)
+    assert again.path == entry.path and engine.submitted == before + 1  # a cache hit
+    assert engine.metrics is not None
+    counts = engine.metrics.counts
+    assert counts["ranges:arrow"] >= 1 and counts["cache:hit"] >= 1 and counts["cache:miss"] >= 1
+    assert counts["bytes:arrow"] >= entry.size
+
+
+def test_dataset_ranges_in_every_format(engine: Engine, tmp_path: Path) -> None:
+    recipe = Recipe.from_dict({"source": {"dataset": "opendata:hzz"}, "steps": [{"filter": "NMuon >= 1"}], "columns": ["NMuon", "Muon_Px"], "range_events": 1000}, engine.catalog)
+    for fmt in vdata.FORMATS:
+        entry = engine.get(recipe, 1, fmt, timeout=120)
+        assert_tables_equal(read_table(entry.path, fmt), vdata.materialize(recipe, 1, engine.catalog))
+
+
+def test_twenty_concurrent_requests_run_one_materialization(engine: Engine) -> None:
+    recipe = zmumu(seed=2)
+    before = engine.submitted
+    results: list[Path] = []
+    barrier = threading.Barrier(20)
+
+    def ask() -> None:
+        barrier.wait()
+        results.append(engine.get(recipe, 0, "parquet", timeout=120).path)
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 20 and len(set(results)) == 1
+    assert engine.submitted == before + 1
+
+
+def test_a_killed_worker_is_retried_and_the_bytes_are_identical(engine: Engine, tmp_path: Path) -> None:
+    recipe = zmumu(seed=3)
+    expected = encode_table(vdata.materialize(recipe, 1, Catalog()), "arrow")
+    hook = KillOnce(tmp_path / "kill-once")
+    engine.fault_hook = hook
+    try:
+        entry = engine.get(recipe, 1, "arrow", timeout=180)
+    finally:
+        engine.fault_hook = None
+    assert not hook.marker.exists()  # the first attempt really died
+    assert entry.path.read_bytes() == expected
+
+
+def test_user_errors_are_not_retried_and_carry_the_message(engine: Engine) -> None:
+    catalog = engine.catalog
+    source = "def picky(s, limit):\n    if s > limit:\n        raise ValueError('boom: sum too large')\n    return s\n"
+    catalog.add_transform("picky", source, {"s": "flat", "limit": "flat"}, {"out": "float64"}, kind="element")
+    src = {"generator": "zmumu", "events": 3000, "seed": 4}
+    sums = Recipe.from_dict({"source": src, "steps": [{"define": {"s": "sum(Muon_pt)"}}], "columns": ["s"], "range_events": 1000})
+    per_range = [vdata.materialize(sums, i, catalog)["s"].to_numpy().max() for i in range(3)]
+    failing = [i for i, m in enumerate(per_range) if m > per_range[0]]
+    assert failing, "the seed gives no range with a larger sum than range 0"
+    recipe = Recipe.from_dict(
+        {
+            "source": src,
+            "steps": [
+                {"define": {"s": "sum(Muon_pt)", "limit": f"{float(per_range[0])!r} + 0 * sum(Muon_pt)"}},
+                {"transform": {"name": "picky", "inputs": {"s": "s", "limit": "limit"}, "outputs": {"out": "t"}}},
+            ],
+            "columns": ["t"],
+            "range_events": 1000,
+        },
+        catalog,
+    )
+    before = engine.submitted
+    with pytest.raises(vdata.TransformError) as info:
+        engine.get(recipe, failing[0], "arrow", timeout=120)
+    assert "boom: sum too large" in str(info.value) and "'picky'" in str(info.value)
+    assert f"range {failing[0]} of {recipe.id}" in str(info.value)
+    assert engine.submitted == before + 1  # one task: Ray did not retry user code
+    assert engine.get(recipe, 0, "arrow", timeout=120).events == 1000
+
+
+def test_a_corrupted_cache_file_is_never_served(engine: Engine) -> None:
+    recipe = zmumu(seed=6)
+    entry = engine.get(recipe, 0, "arrow", timeout=120)
+    good = entry.path.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    entry.path.write_bytes(bytes(data))
+    before, corrupt = engine.submitted, engine.cache.corrupt_count
+    again = engine.get(recipe, 0, "arrow", timeout=120)
+    assert engine.cache.corrupt_count == corrupt + 1 and engine.submitted == before + 1
+    assert again.path.read_bytes() == good
+    again.path.write_bytes(good[: len(good) // 3])  # truncated
+    assert engine.get(recipe, 0, "arrow", timeout=120).path.read_bytes() == good
+
+
+def test_lookahead_materializes_ready_ranges_before_leases(engine: Engine, tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/jobs.db")
+    jobs = JobStore(db)
+    recipe = zmumu(events=50_000, seed=7)
+    job = jobs.create_job(recipe.id, engine.plan(recipe).ranges)
+    started = engine.prefetch(recipe, [r.index for r in jobs.next_ready(job, CONFIG.lookahead)], "arrow")
+    assert started == 3
+    for r in jobs.next_ready(job, 3):
+        engine.request(recipe, r.index, "arrow").result(timeout=120)
+        assert engine.cache.contains(CacheKey(recipe.id, r.index, "arrow"))
+    before = engine.submitted
+    for lease in jobs.lease(job, "w1", 3):
+        engine.get(recipe, lease.index, "arrow", timeout=60)  # already there: no new task
+    assert engine.submitted == before
+    db.close()
+
+
+def test_range_out_of_bounds_submits_nothing(engine: Engine) -> None:
+    before = engine.submitted
+    with pytest.raises(vdata.RangeOutOfBounds):
+        engine.get(zmumu(seed=8), 99, "arrow")
+    assert engine.submitted == before

@@ -1,0 +1,441 @@
+"""The cache: materialized ranges on disk, keyed by (recipe id, range index, format).
+
+Files lie at ``<root>/<recipe id>/<index:08d>.<format>``; the database table ``cache_entries``
+records each one's size, adler32, event count and last use. The rules:
+
+- A file is written under a temporary name in its folder, fsynced, renamed into place, and the
+  folder fsynced. Every change to a final file (rename, unlink) happens inside the database
+  transaction that changes its row, so the folder and the index agree between threads (and
+  processes, which SQLite serializes). A crash leaves at worst a temporary file or a file
+  without a row; both are removed when the cache is next opened.
+- :meth:`RangeCache.get` and :meth:`RangeCache.read` read the whole file and check its size and
+  adler32 against the row. A mismatch is never served: the entry is dropped, counted
+  (``corrupt_count`` and the ``on_corrupt`` callback) and reported as a miss, so the caller
+  regenerates it.
+- After a put, entries are evicted least recently used first until the total size fits the
+  budget. A pinned entry (one being read) is never evicted; the entry just written goes only
+  when nothing else can (it is larger than the budget, or the rest is pinned).
+
+One :class:`RangeCache` owns a folder at a time (a lock file, ``<root>/.lock``): pins are kept
+in memory, and the clean-up at start cannot tell another writer's temporary files from debris.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+
+from vdata.db import Database
+from vdata.errors import VdataError
+from vdata.formats import FORMATS
+
+__all__ = ["CacheBusy", "CacheEntry", "CacheError", "CacheKey", "RangeCache", "adler32_hex"]
+
+log = logging.getLogger(__name__)
+
+_RECIPE_ID = re.compile(r"vds-[0-9a-f]{24}")
+_SUFFIX = "(?:" + "|".join(re.escape(f) for f in FORMATS) + ")"
+_FINAL_NAME = re.compile(rf"[0-9]{{8,}}\.{_SUFFIX}")
+_TEMP_NAME = re.compile(rf"\.[0-9]{{8,}}\.{_SUFFIX}\..+\.tmp")
+_KEY_WHERE = "recipe_id = ? AND range_index = ? AND format = ?"
+
+
+class CacheError(VdataError, ValueError):
+    """A cache key, budget or argument is invalid; the message names the field."""
+
+
+class CacheBusy(VdataError, RuntimeError):
+    """The entry is being read (pinned), or another cache holds the folder."""
+
+
+def adler32_hex(value: int) -> str:
+    """An adler32 checksum as 8 lowercase hex digits (the form used in HTTP headers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+        raise CacheError(f"adler32 must be an integer in [0, 2**32), got {value!r}")
+    return f"{value:08x}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """What a cache file holds: range ``range_index`` of recipe ``recipe_id`` as ``format``."""
+
+    recipe_id: str
+    range_index: int
+    format: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.recipe_id, str) or not _RECIPE_ID.fullmatch(self.recipe_id):
+            raise CacheError(
+                f"cache key: recipe_id must be 'vds-' and 24 lowercase hex digits, got {self.recipe_id!r}"
+            )
+        if isinstance(self.range_index, bool) or not isinstance(self.range_index, int) or self.range_index < 0:
+            raise CacheError(
+                f"cache key for {self.recipe_id}: range_index must be an integer >= 0, got {self.range_index!r}"
+            )
+        if not isinstance(self.format, str) or self.format not in FORMATS:
+            raise CacheError(
+                f"cache key for {self.recipe_id} range {self.range_index}: format must be one of "
+                f"{', '.join(FORMATS)}, got {self.format!r}"
+            )
+
+    @property
+    def relpath(self) -> str:
+        """The file's path under the cache folder, e.g. ``vds-.../00000012.arrow``."""
+        return f"{self.recipe_id}/{self.range_index:08d}.{self.format}"
+
+    def __str__(self) -> str:
+        return f"{self.recipe_id} range {self.range_index} ({self.format})"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A cached range: its file (absolute path), size in bytes, adler32 and number of events."""
+
+    key: CacheKey
+    path: Path
+    size: int
+    adler32: int
+    events: int
+
+
+def _choose_victims(
+    rows: list[tuple[CacheKey, int]], budget: int, pinned: Collection[CacheKey], keep: CacheKey | None
+) -> list[CacheKey]:
+    """The entries to evict, given ``(key, size)`` of every entry, least recently used first.
+
+    Pinned entries stay. ``keep`` (the entry just written) goes only if it cannot fit next to
+    the pinned ones; then the others go in order until the total fits ``budget``.
+    """
+    total = sum(size for _, size in rows)
+    sizes = dict(rows)
+    victims: list[CacheKey] = []
+    if keep in sizes and keep not in pinned:
+        if sizes[keep] + sum(size for key, size in rows if key in pinned) > budget:
+            victims.append(keep)
+            total -= sizes[keep]
+    for key, size in rows:
+        if total <= budget:
+            break
+        if key != keep and key not in pinned:
+            victims.append(key)
+            total -= size
+    return victims
+
+
+def _key(row: sqlite3.Row) -> CacheKey:
+    return CacheKey(row["recipe_id"], row["range_index"], row["format"])
+
+
+def _select(conn: sqlite3.Connection, key: CacheKey) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT * FROM cache_entries WHERE {_KEY_WHERE}", (key.recipe_id, key.range_index, key.format)
+    ).fetchone()
+    return row
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RangeCache:
+    """Materialized ranges under ``root``, indexed in ``db``, at most ``budget_bytes`` in all.
+
+    ``clock`` gives the times recorded as created and last used. ``on_corrupt(key, reason)`` is
+    called (besides ``corrupt_count`` going up) for each entry dropped because its file was
+    missing or did not match its size or adler32. Thread-safe; close it (or use ``with``) to
+    hand the folder to another cache.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        db: Database,
+        budget_bytes: int,
+        clock: Callable[[], float] = time.time,
+        on_corrupt: Callable[[CacheKey, str], None] | None = None,
+    ) -> None:
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
+            raise CacheError(f"cache budget_bytes must be an integer >= 0, got {budget_bytes!r}")
+        self.root = Path(root).resolve()
+        self.budget_bytes = budget_bytes
+        self.corrupt_count = 0
+        self._db = db
+        self._clock = clock
+        self._on_corrupt = on_corrupt
+        self._lock = threading.Lock()  # guards the pins, the flag below and every eviction
+        self._pins: Counter[CacheKey] = Counter()
+        self._over_budget = False  # pins kept the last eviction from reaching the budget
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._owner = filelock.FileLock(self.root / ".lock", thread_local=False)
+        try:
+            self._owner.acquire(blocking=False)
+        except filelock.Timeout as exc:
+            raise CacheBusy(
+                f"cache folder {self.root} is in use by another cache (lock file {self._owner.lock_file})"
+            ) from exc
+        try:
+            self._recover()
+            self.evict()
+        except BaseException:
+            self._owner.release()
+            raise
+
+    def close(self) -> None:
+        """Release the folder (the database stays open: it belongs to the caller)."""
+        self._owner.release()
+
+    def __enter__(self) -> RangeCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, key: CacheKey, data: bytes | bytearray | memoryview, events: int) -> CacheEntry:
+        """Store ``data`` (the range in ``key.format``) atomically, then evict down to the budget.
+
+        If the data cannot fit (it is larger than the budget, or the rest is pinned), it is
+        evicted at once: the entry is returned, but ``get`` misses.
+        """
+        if isinstance(events, bool) or not isinstance(events, int) or events < 0:
+            raise CacheError(f"cache entry {key}: events must be an integer >= 0, got {events!r}")
+        view = memoryview(data).cast("B")
+        checksum = zlib.adler32(view)
+        path = self.root / key.relpath
+        if not path.parent.is_dir():
+            path.parent.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        moved = False
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(view)
+                f.flush()
+                os.fsync(f.fileno())
+            now = self._clock()
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (recipe_id, range_index, format) DO UPDATE SET path = excluded.path, "
+                    "size = excluded.size, adler32 = excluded.adler32, events = excluded.events, "
+                    "created = excluded.created, last_used = excluded.last_used",
+                    (key.recipe_id, key.range_index, key.format, key.relpath, view.nbytes, checksum, events, now, now),
+                )
+                os.replace(temp, path)
+                moved = True
+                _fsync_dir(path.parent)
+        finally:
+            if not moved:
+                Path(temp).unlink(missing_ok=True)
+        self._evict(keep=key)
+        return CacheEntry(key, path, view.nbytes, checksum, events)
+
+    def remove(self, key: CacheKey) -> bool:
+        """Drop an entry and its file; False if there was none. Raises CacheBusy if it is pinned."""
+        with self._lock:
+            if self._pins[key]:
+                raise CacheBusy(f"cache entry {key} ({self.root / key.relpath}) is being read; not removed")
+            with self._db.transaction() as conn:
+                if _select(conn, key) is None:
+                    return False
+                self._delete(conn, key)
+        return True
+
+    def evict(self) -> int:
+        """Evict least recently used, unpinned entries until the total fits; the bytes freed."""
+        return self._evict(keep=None)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, key: CacheKey) -> CacheEntry | None:
+        """The entry after checking its file's size and adler32, or None (miss or dropped)."""
+        with self.pinned(key) as entry:
+            return entry
+
+    def read(self, key: CacheKey) -> tuple[CacheEntry, bytes] | None:
+        """The entry and its verified bytes, or None (miss or dropped)."""
+        self._pin(key)
+        try:
+            return self._verified(key)
+        finally:
+            self._unpin(key)
+
+    @contextmanager
+    def pinned(self, key: CacheKey) -> Iterator[CacheEntry | None]:
+        """The verified entry (or None), whose file is not evicted or removed until exit.
+
+        A ``put`` of the same key may still replace the file, atomically, with a new version.
+        """
+        self._pin(key)
+        try:
+            found = self._verified(key)
+            yield None if found is None else found[0]
+        finally:
+            self._unpin(key)
+
+    def contains(self, key: CacheKey) -> bool:
+        """Whether the index holds the key (not verified, last use unchanged): for look-ahead."""
+        return _select(self._db.read(), key) is not None
+
+    def total_bytes(self) -> int:
+        total: int = self._db.read().execute("SELECT COALESCE(SUM(size), 0) FROM cache_entries").fetchone()[0]
+        return total
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry, least recently used first (not verified)."""
+        rows = self._db.read().execute(
+            "SELECT * FROM cache_entries ORDER BY last_used, created, recipe_id, range_index, format"
+        ).fetchall()
+        return [self._entry(row) for row in rows]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _entry(self, row: sqlite3.Row) -> CacheEntry:
+        key = _key(row)
+        return CacheEntry(key, self.root / key.relpath, row["size"], row["adler32"], row["events"])
+
+    def _pin(self, key: CacheKey) -> None:
+        with self._lock:
+            self._pins[key] += 1
+
+    def _unpin(self, key: CacheKey) -> None:
+        with self._lock:
+            self._pins[key] -= 1
+            if self._pins[key] <= 0:
+                del self._pins[key]
+            again = self._over_budget and key not in self._pins
+        if again:
+            self._evict(keep=None)
+
+    def _check(self, row: sqlite3.Row) -> tuple[str | None, bytes]:
+        """(what is wrong with the row's file or None, its bytes)."""
+        try:
+            data = (self.root / _key(row).relpath).read_bytes()
+        except FileNotFoundError:
+            return "the file is missing", b""
+        if len(data) != row["size"]:
+            return f"the file has {len(data)} bytes, {row['size']} recorded", data
+        value = zlib.adler32(data)
+        if value != row["adler32"]:
+            return f"the file's adler32 is {adler32_hex(value)}, {adler32_hex(row['adler32'])} recorded", data
+        return None, data
+
+    def _verified(self, key: CacheKey) -> tuple[CacheEntry, bytes] | None:
+        row = _select(self._db.read(), key)
+        if row is None:
+            return None
+        problem, data = self._check(row)
+        if problem is not None:
+            found = self._recheck(key)
+            if found is None:
+                return None
+            row, data = found
+        with self._db.transaction() as conn:
+            conn.execute(
+                f"UPDATE cache_entries SET last_used = ? WHERE {_KEY_WHERE}",
+                (self._clock(), key.recipe_id, key.range_index, key.format),
+            )
+        return self._entry(row), data
+
+    def _recheck(self, key: CacheKey) -> tuple[sqlite3.Row, bytes] | None:
+        """Check again inside a write transaction, and drop the entry if it is still wrong.
+
+        A put or an eviction may have changed the row and the file between the unlocked reads
+        of ``_verified``; only a mismatch that holds under the lock is damage.
+        """
+        with self._db.transaction() as conn:
+            row = _select(conn, key)
+            if row is None:
+                return None
+            problem, data = self._check(row)
+            if problem is None:
+                return row, data
+            self._delete(conn, key)
+        self._report(key, problem)
+        return None
+
+    def _delete(self, conn: sqlite3.Connection, key: CacheKey) -> None:
+        """Drop the row and the file; call inside a transaction (see the module docstring)."""
+        conn.execute(f"DELETE FROM cache_entries WHERE {_KEY_WHERE}", (key.recipe_id, key.range_index, key.format))
+        (self.root / key.relpath).unlink(missing_ok=True)
+
+    def _report(self, key: CacheKey, reason: str) -> None:
+        with self._lock:
+            self.corrupt_count += 1
+        log.warning("cache entry %s dropped (%s): %s", key, self.root / key.relpath, reason)
+        if self._on_corrupt is not None:
+            self._on_corrupt(key, reason)
+
+    def _evict(self, keep: CacheKey | None) -> int:
+        with self._lock, self._db.transaction() as conn:
+            total: int = conn.execute("SELECT COALESCE(SUM(size), 0) FROM cache_entries").fetchone()[0]
+            if total <= self.budget_bytes:
+                self._over_budget = False
+                return 0
+            rows = [
+                (_key(row), row["size"])
+                for row in conn.execute(
+                    "SELECT recipe_id, range_index, format, size FROM cache_entries "
+                    "ORDER BY last_used, created, recipe_id, range_index, format"
+                )
+            ]
+            sizes = dict(rows)
+            victims = _choose_victims(rows, self.budget_bytes, self._pins, keep)
+            for key in victims:
+                self._delete(conn, key)
+            freed = sum(sizes[key] for key in victims)
+            self._over_budget = total - freed > self.budget_bytes
+            return freed
+
+    def _recover(self) -> None:
+        """Drop rows whose file is missing or of the wrong size; delete files without a row."""
+        dropped: list[tuple[CacheKey, str]] = []
+        with self._lock, self._db.transaction() as conn:
+            known = set()
+            for row in conn.execute("SELECT recipe_id, range_index, format, size FROM cache_entries").fetchall():
+                key = _key(row)
+                try:
+                    size: int | None = (self.root / key.relpath).stat().st_size
+                except FileNotFoundError:
+                    size = None
+                if size == row["size"]:
+                    known.add(key.relpath)
+                    continue
+                self._delete(conn, key)
+                reason = "the file is missing" if size is None else f"the file has {size} bytes, {row['size']} recorded"
+                dropped.append((key, reason))
+            removed = 0
+            for folder in self.root.iterdir():
+                if not (_RECIPE_ID.fullmatch(folder.name) and folder.is_dir()):
+                    continue
+                for path in folder.iterdir():
+                    debris = _TEMP_NAME.fullmatch(path.name) or (
+                        _FINAL_NAME.fullmatch(path.name) and f"{folder.name}/{path.name}" not in known
+                    )
+                    if debris and path.is_file():
+                        path.unlink()
+                        removed += 1
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+        if removed:
+            log.info("cache %s: removed %d files without an index entry", self.root, removed)
+        for key, reason in dropped:
+            self._report(key, reason)

@@ -1,0 +1,152 @@
+"""The service core: catalog, recipes, cache, jobs and the Ray engine behind one object.
+
+Everything the HTTP gateway does is one call here. All durable state (catalog, recipes,
+cache index, jobs) lives in one database under the data folder, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transforms.registry import Transform
+
+from vdata.cache import CacheEntry, RangeCache
+from vdata.catalog import Catalog
+from vdata.db import Database
+from vdata.engine import Engine, EngineConfig
+from vdata.jobs import JobStatus, JobStore, Lease
+from vdata.materialize import Plan
+from vdata.recipes import Recipe
+from vdata.sources import SourceDataset
+from vdata.store import CatalogStore
+
+__all__ = ["Core", "CoreConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Where the state lives and how big things may get."""
+
+    data_dir: Path
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cache_budget_bytes: int = 2 * 1024**3
+    database_url: str | None = None  # default: sqlite:///<data_dir>/vdata.db
+    lookahead_format: str = "arrow"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'vdata.db'}"
+
+
+class Core:
+    """One service node. ``start()`` opens the database, loads the catalog and starts Ray."""
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.db = Database(config.db_url)
+        self.catalog = Catalog()
+        self.store = CatalogStore(self.db)
+        self.warnings = self.store.load(self.catalog)
+        self.cache = RangeCache(Path(config.data_dir) / "cache", self.db, config.cache_budget_bytes)
+        self.jobs = JobStore(self.db)
+        self.engine = Engine(self.catalog, self.cache, config.engine)
+
+    def start(self) -> Core:
+        self.engine.start()
+        return self
+
+    def close(self) -> None:
+        self.engine.shutdown()
+        self.cache.close()
+        self.db.close()
+
+    def __enter__(self) -> Core:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- catalog -----------------------------------------------------------------------------
+
+    def add_dataset(self, name: str, paths: Sequence[str], tree: str) -> SourceDataset:
+        ds = self.catalog.add_dataset(name, paths, tree)
+        self.store.save_dataset(name, self.catalog)
+        return ds
+
+    def add_transform(
+        self, name: str, source: str, inputs: Mapping[str, str], outputs: Mapping[str, str], kind: str = "event",
+        max_size: str | int | None = None,
+    ) -> Transform:
+        transform = self.catalog.add_transform(name, source, inputs, outputs, kind, max_size)
+        self.store.save_transform(name, self.catalog)
+        return transform
+
+    # -- recipes -----------------------------------------------------------------------------
+
+    def submit(self, data: Mapping[str, Any]) -> Plan:
+        """Parse, check and store a recipe; the plan says its size, ranges and schema."""
+        recipe = Recipe.from_dict(data, self.catalog)
+        plan = self.engine.plan(recipe)
+        self.store.save_recipe(recipe)
+        return plan
+
+    def plan(self, recipe_id: str) -> Plan:
+        return self.engine.plan(self.store.recipe(recipe_id))
+
+    def range(self, recipe_id: str, index: int, fmt: str, timeout: float | None = None) -> CacheEntry:
+        """A range's cache entry, materialized now if it is not cached."""
+        return self.engine.get(self.store.recipe(recipe_id), index, fmt, timeout=timeout)
+
+    def request(self, recipe_id: str, index: int, fmt: str) -> Future[CacheEntry]:
+        return self.engine.request(self.store.recipe(recipe_id), index, fmt)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def create_job(self, recipe_id: str, max_attempts: int = 3, lease_seconds: float = 60.0) -> str:
+        plan = self.plan(recipe_id)
+        job_id = self.jobs.create_job(recipe_id, plan.ranges, max_attempts=max_attempts, lease_seconds=lease_seconds)
+        self.lookahead(job_id)
+        return job_id
+
+    def lease(self, job_id: str, worker: str, n: int) -> list[Lease]:
+        leases = self.jobs.lease(job_id, worker, n)
+        self.engine.count_lease("lease", len(leases))
+        self.lookahead(job_id)
+        return leases
+
+    def heartbeat(self, job_id: str, index: int, worker: str) -> float:
+        deadline = self.jobs.heartbeat(job_id, index, worker)
+        self.engine.count_lease("heartbeat")
+        return deadline
+
+    def finish(self, job_id: str, index: int, worker: str) -> None:
+        self.jobs.finish(job_id, index, worker)
+        self.engine.count_lease("finish")
+
+    def fail(self, job_id: str, index: int, worker: str, message: str, fatal: bool = False) -> None:
+        self.jobs.fail(job_id, index, worker, message, fatal)
+        self.engine.count_lease("fatal" if fatal else "fail")
+        self.lookahead(job_id)
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.jobs.status(job_id)
+
+    def lookahead(self, job_id: str) -> int:
+        """Materialize the next ready ranges of a job before anyone leases them."""
+        n = self.config.engine.lookahead
+        if n == 0:
+            return 0
+        ready = self.jobs.next_ready(job_id, n)
+        if not ready:
+            return 0
+        recipe = self.store.recipe(self.jobs.status(job_id).recipe_id)
+        return self.engine.prefetch(recipe, [r.index for r in ready], self.config.lookahead_format)

@@ -1,0 +1,311 @@
+"""The Ray engine: the one module that imports ``ray``.
+
+It materializes (recipe, range, format) as Ray tasks that return encoded bytes through the
+object store — so the cache need not sit on a shared file system — and writes them to the
+cache. At most one task is in flight per cache key (concurrent askers wait on it), at most
+``max_in_flight`` tasks overall, and for each active job the next ``lookahead`` ready ranges
+are materialized before anyone leases them.
+
+Failures: Ray retries a task whose worker or node died (``max_retries``); an error in user
+code (a transform or expression) is returned as a value, so Ray does not retry it blindly, and
+surfaces as :class:`~vdata.errors.TransformError` carrying the user's message.
+
+The decisions (what to submit next) are plain functions of the state; a single collector
+thread runs the ``ray.wait`` loop and resolves the waiting futures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from vdata.cache import CacheEntry, CacheKey, RangeCache
+from vdata.catalog import Catalog
+from vdata.errors import TransformError, VdataError
+from vdata.formats import encode_table
+from vdata.materialize import Plan, materialize, plan
+from vdata.recipes import Recipe
+
+__all__ = ["Engine", "EngineConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How to run Ray. ``address=None`` starts an embedded local Ray bound to loopback."""
+
+    address: str | None = None
+    num_cpus: int = 2
+    object_store_bytes: int = 200 * 1024**2
+    max_in_flight: int = 8
+    lookahead: int = 4
+    max_retries: int = 3
+    include_dashboard: bool = False
+    dashboard_port: int = 8265
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "max_in_flight", "max_retries"):
+            if getattr(self, name) < (0 if name == "max_retries" else 1):
+                raise ValueError(f"EngineConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.lookahead < 0:
+            raise ValueError(f"EngineConfig.lookahead must be >= 0, got {self.lookahead}")
+
+
+# -- the task, run in Ray workers --------------------------------------------------------------
+
+_WORKER_CATALOGS: dict[str, Catalog] = {}
+
+
+def _materialize_task(
+    catalog_version: str,
+    catalog_state: bytes,
+    recipe_json: str,
+    index: int,
+    fmt: str,
+    fault_hook: Callable[[str, int], None] | None,
+) -> tuple[str, bytes | str, int, float]:
+    """Materialize one range and encode it. Returns (status, bytes or message, events, seconds)."""
+    start = time.perf_counter()
+    if fault_hook is not None:
+        fault_hook(recipe_json, index)
+    catalog = _WORKER_CATALOGS.get(catalog_version)
+    if catalog is None:
+        catalog = pickle.loads(catalog_state)
+        _WORKER_CATALOGS.clear()  # one catalog version per worker is enough
+        _WORKER_CATALOGS[catalog_version] = catalog
+    try:
+        recipe = Recipe.from_json(recipe_json)
+        table = materialize(recipe, index, catalog)
+        data = encode_table(table, fmt)
+    except VdataError as exc:  # user-facing errors travel as values: no blind retries
+        return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
+    return ("ok", data, table.num_rows, time.perf_counter() - start)
+
+
+class _Metrics:
+    """Custom Ray metrics (shown on the dashboard's metrics page), plus plain counters."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.ranges = metrics.Counter("vdata_ranges_materialized", "Ranges materialized", tag_keys=("format",))
+        self.bytes = metrics.Counter("vdata_bytes_materialized", "Encoded bytes materialized", tag_keys=("format",))
+        self.seconds = metrics.Histogram(
+            "vdata_range_seconds", "Seconds per range materialization", boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 30]
+        )
+        self.cache = metrics.Counter("vdata_cache_requests", "Cache lookups", tag_keys=("result",))
+        self.leases = metrics.Counter("vdata_lease_events", "Lease events", tag_keys=("event",))
+        self.counts: dict[str, int] = {}
+
+    def count(self, name: str, value: float = 1.0, **tags: str) -> None:
+        getattr(self, name).inc(value, tags=tags or None)
+        key = name + "".join(f":{v}" for v in tags.values())
+        self.counts[key] = self.counts.get(key, 0) + int(value)
+
+
+class Engine:
+    """Materializes ranges on Ray, single-flight per cache key, writing results to the cache."""
+
+    def __init__(self, catalog: Catalog, cache: RangeCache, config: EngineConfig | None = None) -> None:
+        self.catalog = catalog
+        self.cache = cache
+        self.config = config or EngineConfig()
+        self.fault_hook: Callable[[str, int], None] | None = None  # for fault-injection tests
+        self._lock = threading.Lock()
+        self._inflight: dict[CacheKey, Future[CacheEntry]] = {}
+        self._refs: dict[Any, tuple[CacheKey, float]] = {}
+        self._queue: list[tuple[CacheKey, str]] = []
+        self._plans: dict[str, Plan] = {}
+        self._catalog_ref: tuple[str, bytes] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._collector: threading.Thread | None = None
+        self._started_ray = False
+        self.metrics: _Metrics | None = None
+        self.submitted = 0  # tasks submitted, for tests and /metrics
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        if not ray.is_initialized():
+            if self.config.address:
+                ray.init(address=self.config.address, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=self.config.num_cpus,
+                    object_store_memory=self.config.object_store_bytes,
+                    include_dashboard=self.config.include_dashboard,
+                    dashboard_host="127.0.0.1",
+                    dashboard_port=self.config.dashboard_port,
+                    _node_ip_address="127.0.0.1",
+                    log_to_driver=False,
+                )
+            self._started_ray = True
+        self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
+        self.metrics = _Metrics()
+        self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
+        self._collector.start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._collector is not None:
+            self._collector.join(timeout=10)
+        with self._lock:
+            for future in self._inflight.values():
+                if not future.done():
+                    future.set_exception(VdataError("the engine stopped before the range was ready"))
+            self._inflight.clear()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        context = ray.get_runtime_context() if ray.is_initialized() else None
+        if context is None or not self.config.include_dashboard:
+            return None
+        return f"http://127.0.0.1:{self.config.dashboard_port}"
+
+    # -- asking for ranges -----------------------------------------------------------------------
+
+    def plan(self, recipe: Recipe) -> Plan:
+        """The plan of a recipe, cached by id."""
+        with self._lock:
+            cached = self._plans.get(recipe.id)
+        if cached is None:
+            cached = plan(recipe, self.catalog)
+            with self._lock:
+                self._plans[recipe.id] = cached
+        return cached
+
+    def get(self, recipe: Recipe, index: int, fmt: str, timeout: float | None = None) -> CacheEntry:
+        """The cache entry of a range: from the cache, or materialized now (waiting for it)."""
+        return self.request(recipe, index, fmt).result(timeout=timeout)
+
+    def request(self, recipe: Recipe, index: int, fmt: str) -> Future[CacheEntry]:
+        """A future for the range; submits a task unless it is cached or already in flight."""
+        the_plan = self.plan(recipe)
+        the_plan.range(index)  # RangeOutOfBounds before anything is submitted
+        key = CacheKey(recipe.id, index, fmt)
+        with self._lock:
+            future = self._inflight.get(key)
+            if future is not None:
+                return future
+        entry = self.cache.get(key)
+        self._count("cache", result="hit" if entry is not None else "miss")
+        if entry is not None:
+            done: Future[CacheEntry] = Future()
+            done.set_result(entry)
+            return done
+        with self._lock:
+            future = self._inflight.get(key)
+            if future is None:
+                future = Future()
+                self._inflight[key] = future
+                self._queue.append((key, recipe.to_json()))
+        self._wake.set()
+        return future
+
+    def prefetch(self, recipe: Recipe, indices: list[int], fmt: str) -> int:
+        """Start materializing ranges nobody has asked for yet (look-ahead); returns how many."""
+        started = 0
+        for index in indices:
+            key = CacheKey(recipe.id, index, fmt)
+            with self._lock:
+                if key in self._inflight:
+                    continue
+            if self.cache.contains(key):
+                continue
+            self.request(recipe, index, fmt)
+            started += 1
+        return started
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._refs)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _catalog_state(self) -> tuple[str, bytes]:
+        state = pickle.dumps(self.catalog)
+        return hashlib.sha256(state).hexdigest(), state
+
+    def _submit_ready(self) -> None:
+        with self._lock:
+            room = self.config.max_in_flight - len(self._refs)
+            batch, self._queue = self._queue[:max(room, 0)], self._queue[max(room, 0):]
+        if not batch:
+            return
+        version, state = self._catalog_state()
+        for key, recipe_json in batch:
+            ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, self.fault_hook)
+            with self._lock:
+                self._refs[ref] = (key, time.perf_counter())
+                self.submitted += 1
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            self._submit_ready()
+            with self._lock:
+                refs = list(self._refs)
+            if not refs:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.05)
+            for ref in ready:
+                self._finish(ref)
+
+    def _finish(self, ref: Any) -> None:
+        with self._lock:
+            key, started = self._refs.pop(ref)
+            future = self._inflight.get(key)
+        try:
+            status, payload, events, seconds = ray.get(ref)
+            if status == "error":
+                raise TransformError(f"range {key.range_index} of {key.recipe_id}", f"format {key.format}", str(payload))
+            entry = self.cache.put(key, bytes(payload), events)
+            self._count("ranges", format=key.format)
+            self._count("bytes", len(payload), format=key.format)
+            if self.metrics is not None:
+                self.metrics.seconds.observe(seconds)
+        except (VdataError, ray.exceptions.RayError, OSError) as exc:
+            log.warning("materializing %s failed: %s", key, exc)
+            result: Exception = exc if isinstance(exc, VdataError) else VdataError(f"materializing {key} failed: {exc}")
+            with self._lock:
+                self._inflight.pop(key, None)
+            if future is not None:
+                future.set_exception(result)
+            return
+        with self._lock:
+            self._inflight.pop(key, None)
+        if future is not None:
+            future.set_result(entry)
+
+    def count_lease(self, event: str, n: int = 1) -> None:
+        """Count lease events (lease, heartbeat, finish, fail, fatal) for the dashboard."""
+        if n:
+            self._count("leases", n, event=event)
+
+    def _count(self, name: str, value: float = 1.0, **tags: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(name, value, **tags)
+
