@@ -33,12 +33,9 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
 import re
-import sys
 import textwrap
 import threading
-import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +46,7 @@ from numba import njit
 from numba.core.dispatcher import Dispatcher
 from numba.core.errors import NumbaError
 
+from transforms._drivers import exec_source, kernel_dir, make_driver
 from transforms.columns import Column, ColumnType
 from transforms.errors import KernelError, TransformCodeError, TransformSignatureError, UnknownName
 
@@ -171,7 +169,7 @@ class Transform:
 
     def _run(self, args: list[Any], given: list[Column]) -> int:
         if not self._driver:
-            self._driver.append(_make_driver(self))
+            self._driver.append(make_driver(self))
         try:
             return int(self._driver[0](*args))
         except NumbaError as exc:  # at compile time: the kernel does not fit these types
@@ -256,106 +254,6 @@ def summarise_numba_error(exc: BaseException) -> str:
         return type(exc).__name__
     signature = next((line[3:].strip() for line in lines if line.startswith(">>>")), "")
     return f"{lines[0]} {signature}".strip()[:500]
-
-
-# -- generated source and drivers ----------------------------------------------------------
-
-
-def kernel_dir() -> Path | None:
-    """Where generated sources are written (``VDATA_KERNEL_CACHE``), or None if not writable."""
-    env = os.environ.get("VDATA_KERNEL_CACHE")
-    path = Path(env).expanduser() if env else Path.home() / ".cache" / "vdata" / "kernels"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        return None
-    return path if os.access(path, os.W_OK) else None
-
-
-def exec_source(text: str, namespace: dict[str, Any], stem: str, cache: bool = True) -> Path | None:
-    """Exec ``text`` in ``namespace`` from a file named by its sha256, so Numba can cache what
-    it defines; sets ``CACHE`` in the namespace (False where no file could be written) first.
-    Returns the file, or None. An unchanged file is not rewritten (its Numba cache stays valid)."""
-    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
-    path = _write_source(text, f"{stem}_{digest}") if cache else None
-    # A registered module: Numba re-imports it by name when it loads cached code.
-    module = types.ModuleType(f"_vdata_generated_{stem}_{digest}")
-    module.__dict__.update(namespace, CACHE=path is not None)
-    if path is not None:
-        module.__file__ = str(path)
-        sys.modules[module.__name__] = module
-    exec(compile(text, str(path) if path else f"<{stem}>", "exec"), module.__dict__)
-    namespace.update(module.__dict__)
-    return path
-
-
-def _write_source(text: str, filename: str) -> Path | None:
-    folder = kernel_dir()
-    if folder is None:
-        return None
-    path = folder / f"{filename}.py"
-    try:
-        if not path.is_file() or path.read_text() != text:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-    except OSError:
-        return None
-    return path
-
-
-def _driver_text(t: Transform, kernel_file_sha: str) -> str:
-    jagged = [k == "jagged" for k in t.inputs.values()]
-    n_in, n_out = len(jagged), len(t.outputs)
-    outs = [f"o{m}" for m in range(n_out)]
-    params = ["n"]
-    if t.kind == "element":
-        params += ["off"] if any(jagged) else []
-        params += [f"a{k}" for k in range(n_in)]
-        idx = "j" if any(jagged) else "i"
-        call = [f"a{k}[{idx}]" if jagged[k] or not any(jagged) else f"s{k}" for k in range(n_in)]
-    else:
-        for k in range(n_in):
-            params += [f"off{k}", f"a{k}"] if jagged[k] else [f"a{k}"]
-        idx = "i"
-        call = [f"a{k}[off{k}[i]:off{k}[i + 1]]" if jagged[k] else f"a{k}[i]" for k in range(n_in)]
-    if t.kind == "event_list":
-        params += ["cap", "out_off"]
-        call += [f"{o}[pos:pos + c]" for o in outs]
-    body = ["    pos = 0"] if t.kind == "event_list" else []
-    body.append("    for i in range(n):")
-    pad = "        "
-    if t.kind == "element" and any(jagged):
-        body += [f"{pad}s{k} = a{k}[i]" for k in range(n_in) if not jagged[k]]
-        body.append(f"{pad}for j in range(off[i], off[i + 1]):")
-        pad += "    "
-    result = f"kernel({', '.join(call)})"
-    if t.kind == "event_list":
-        steps = ["c = cap[i + 1] - cap[i]", f"k = int({result})", "if k < 0 or k > c:", "    return -(i + 1)"]
-        body += [pad + line for line in [*steps, "pos += k", "out_off[i + 1] = pos"]] + ["    return pos"]
-    elif n_out == 1:
-        body += [f"{pad}o0[{idx}] = {result}", "    return 0"]
-    else:
-        body += [f"{pad}r = {result}"] + [f"{pad}o{m}[{idx}] = r[{m}]" for m in range(n_out)]
-        body.append("    return 0")
-    header = [
-        f"# vdata driver for transform {t.name!r} ({t.kind}), kernel code {t.code_hash}",
-        f"# kernel file sha256 {kernel_file_sha}; generated by transforms.registry, safe to delete",
-        "", "", "@njit(cache=CACHE)", f"def driver({', '.join(params + outs)}):",
-    ]  # fmt: skip
-    return "\n".join(header + body) + "\n"
-
-
-def _make_driver(t: Transform) -> Dispatcher:
-    namespace: dict[str, Any] = {"njit": njit, "kernel": t.kernel}
-    # A cached driver holds the kernel's machine code, so its text names the kernel's file
-    # content too (Numba checks only the driver's own file). A kernel that cannot be cached
-    # (a closure, no file) makes a driver that is not cached either.
-    kernel_file = Path(t.kernel.py_func.__code__.co_filename)
-    stamp = hashlib.sha256(kernel_file.read_bytes()).hexdigest() if t.cacheable else "-"
-    exec_source(_driver_text(t, stamp), namespace, "driver", cache=t.cacheable)
-    driver: Dispatcher = namespace["driver"]
-    return driver
 
 
 def _capacities(max_size: str | int | None, counts: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from transforms.registry import Transform
 
 from vdata.catalog import Catalog
 from vdata.errors import RangeOutOfBounds, RecipeError, TransformError, VdataError
-from vdata.ranges import EventRange, plan_ranges
+from vdata.ranges import EventRange
 from vdata.recipes import Recipe, Step
 
 __all__ = ["Plan", "materialize", "plan"]
