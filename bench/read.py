@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import awkward as ak
-import numpy as np
 import pyarrow as pa
 import uproot
 
