@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/vdata demo --data-dir data
+	VDATA_KERNEL_CACHE=data/kernels NUMBA_CACHE_DIR=data/numba MPLCONFIGDIR=data/matplotlib \
+		$(VENV)/bin/vdata demo --data-dir data
 
 test: $(STAMP)
 	$(PY) -m pytest

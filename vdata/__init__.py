@@ -32,10 +32,13 @@ from vdata.sources import SourceDataset, SourceFile, open_dataset
 
 __version__ = "0.1.0"
 
-# The engine and the service core import Ray (a second of start-up): load them on first use.
+# The engine and the service core import Ray (a second of start-up), the client httpx and
+# rich: load them on first use.
 _LAZY = {
     "CacheEntry": "vdata.cache",
     "CacheKey": "vdata.cache",
+    "ChecksumMismatch": "vdata.client",
+    "Client": "vdata.client",
     "Core": "vdata.core",
     "CoreConfig": "vdata.core",
     "Database": "vdata.db",
@@ -43,6 +46,10 @@ _LAZY = {
     "EngineConfig": "vdata.engine",
     "JobStore": "vdata.jobs",
     "RangeCache": "vdata.cache",
+    "RecipeInfo": "vdata.client",
+    "ServiceError": "vdata.client",
+    "ServiceUnreachable": "vdata.client",
+    "WorkerSummary": "vdata.client",
 }
 
 
@@ -61,6 +68,8 @@ __all__ = [
     "CacheEntry",
     "CacheKey",
     "Catalog",
+    "ChecksumMismatch",
+    "Client",
     "ColumnNotFound",
     "Core",
     "CoreConfig",
@@ -78,8 +87,11 @@ __all__ = [
     "RangeOutOfBounds",
     "Recipe",
     "RecipeError",
+    "RecipeInfo",
     "RemoteReadError",
     "SchemaMismatch",
+    "ServiceError",
+    "ServiceUnreachable",
     "SourceDataset",
     "SourceError",
     "SourceFile",
@@ -88,6 +100,7 @@ __all__ = [
     "TreeNotFound",
     "UninterpretableColumn",
     "VdataError",
+    "WorkerSummary",
     "materialize",
     "open_dataset",
     "plan",

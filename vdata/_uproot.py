@@ -21,6 +21,7 @@ from vdata.errors import (
     ColumnNotFound,
     NotARootFile,
     RemoteReadError,
+    SourceError,
     SourceFileNotFound,
     TreeNotFound,
     UninterpretableColumn,
@@ -73,14 +74,12 @@ def open_file(path: str) -> Any:
         return uproot.open(path, array_cache=None)
     except FileNotFoundError as exc:
         raise SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file") from exc
-    except ValueError as exc:
-        if "not a ROOT file" in str(exc):
-            raise NotARootFile(path, str(exc).splitlines()[0]) from exc
-        raise
+    except ValueError as exc:  # uproot's word for bytes it cannot parse as ROOT
+        raise NotARootFile(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     except OSError as exc:
         if is_remote(path):
             raise RemoteReadError(f"{path}: {exc}") from exc
-        raise
+        raise SourceError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
 
 
 def tree_names(file: Any) -> list[str]:

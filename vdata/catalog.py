@@ -16,7 +16,7 @@ from transforms.errors import TransformsError, UnknownName
 from transforms.registry import Transform, get_transform
 from transforms.usercode import compile_user_transform
 
-from vdata.errors import DatasetNotFound, RecipeError
+from vdata.errors import DatasetNotFound, RecipeError, TransformRejected
 from vdata.sources import SourceDataset, open_dataset
 
 __all__ = ["Catalog", "dataset_fingerprint"]
@@ -97,7 +97,10 @@ class Catalog:
         max_size: str | int | None = None,
     ) -> Transform:
         """Check, compile and register a scientist's transform (see ``transforms.usercode``)."""
-        transform = compile_user_transform(name, source, dict(inputs), dict(outputs), kind=kind, max_size=max_size)
+        try:
+            transform = compile_user_transform(name, source, dict(inputs), dict(outputs), kind=kind, max_size=max_size)
+        except TransformsError as exc:
+            raise TransformRejected(str(exc)) from exc
         with self._lock:
             self._transforms[name] = transform
         return transform

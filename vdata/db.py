@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS job_ranges (
     PRIMARY KEY (job_id, range_index)
 );
 CREATE INDEX IF NOT EXISTS job_ranges_state ON job_ranges (job_id, state, range_index);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash    TEXT PRIMARY KEY,           -- sha256 hex of the secret; the secret is never stored
+    role    TEXT NOT NULL,              -- reader, worker, scientist, admin
+    note    TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_role ON tokens (role);
 """
 
 

@@ -22,15 +22,16 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
-from vdata.errors import TransformError, VdataError
+from vdata.errors import EngineError, TransformError, VdataError
 from vdata.formats import encode_table
 from vdata.materialize import Plan, materialize, plan
 from vdata.recipes import Recipe
@@ -52,6 +53,7 @@ class EngineConfig:
     max_retries: int = 3
     include_dashboard: bool = False
     dashboard_port: int = 8265
+    temp_dir: str | None = None  # Ray's session folder (logs, sockets); default /tmp/ray
 
     def __post_init__(self) -> None:
         for name in ("num_cpus", "max_in_flight", "max_retries"):
@@ -90,6 +92,19 @@ def _materialize_task(
     except VdataError as exc:  # user-facing errors travel as values: no blind retries
         return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
     return ("ok", data, table.num_rows, time.perf_counter() - start)
+
+
+def _settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:
+    """Resolve a shared future unless a waiter cancelled it (the others still see the cache)."""
+    if future.cancelled():
+        return
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
 
 
 class _Metrics:
@@ -148,6 +163,7 @@ class Engine:
                     dashboard_host="127.0.0.1",
                     dashboard_port=self.config.dashboard_port,
                     _node_ip_address="127.0.0.1",
+                    _temp_dir=str(Path(self.config.temp_dir).resolve()) if self.config.temp_dir else None,
                     log_to_driver=False,
                 )
             self._started_ray = True
@@ -165,7 +181,7 @@ class Engine:
         with self._lock:
             for future in self._inflight.values():
                 if not future.done():
-                    future.set_exception(VdataError("the engine stopped before the range was ready"))
+                    _settle(future, exception=EngineError("the engine stopped before the range was ready"))
             self._inflight.clear()
         if self._started_ray:
             ray.shutdown()
@@ -289,16 +305,16 @@ class Engine:
                 self.metrics.seconds.observe(seconds)
         except (VdataError, ray.exceptions.RayError, OSError) as exc:
             log.warning("materializing %s failed: %s", key, exc)
-            result: Exception = exc if isinstance(exc, VdataError) else VdataError(f"materializing {key} failed: {exc}")
+            result: Exception = exc if isinstance(exc, VdataError) else EngineError(f"materializing {key} failed: {exc}")
             with self._lock:
                 self._inflight.pop(key, None)
             if future is not None:
-                future.set_exception(result)
+                _settle(future, exception=result)
             return
         with self._lock:
             self._inflight.pop(key, None)
         if future is not None:
-            future.set_result(entry)
+            _settle(future, result=entry)
 
     def count_lease(self, event: str, n: int = 1) -> None:
         """Count lease events (lease, heartbeat, finish, fail, fatal) for the dashboard."""

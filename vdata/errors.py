@@ -17,12 +17,18 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
      ├── DatasetNotFound                  (KeyError) no dataset of that name in the catalog
      ├── RecipeError                      (ValueError) a recipe is malformed or does not fit
      │                                    the catalog: every problem at once, in .problems
-     └── TransformError                   (RuntimeError) a scientist's transform or
-                                          expression failed on a range: names both
+     ├── TransformError                   (RuntimeError) a scientist's transform or
+     │                                    expression failed on a range: names both
+     ├── TransformRejected                (ValueError) a submitted transform was refused
+     │                                    (line and reason) or does not compile
+     └── EngineError                      (RuntimeError) the engine stopped, or Ray failed
+                                          after its retries: try again later
 
 Errors of one component are defined beside it, in the same hierarchy: ``vdata.jobs``
 (``JobError``, ``JobNotFound``, ``RangeNotFound``, ``LeaseError``), ``vdata.cache``
-(``CacheError``, ``CacheBusy``), ``vdata.store`` (``RecipeNotFound``) and ``vdata.db``
+(``CacheError``, ``CacheBusy``), ``vdata.store`` (``RecipeNotFound``), ``vdata.tokens``
+(``TokenError``), ``vdata.paths`` (``BadPath``, ``PathNotAllowed``), ``vdata.client``
+(``ServiceError``, ``ChecksumMismatch``, ``ServiceUnreachable``) and ``vdata.db``
 (``DatabaseError``); the array layer's errors (``transforms.errors``) are translated where
 ``vdata`` calls into it.
 
@@ -43,7 +49,9 @@ __all__ = [
     "SchemaMismatch",
     "SourceError",
     "SourceFileNotFound",
+    "EngineError",
     "TransformError",
+    "TransformRejected",
     "TreeNotFound",
     "UninterpretableColumn",
     "VdataError",
@@ -159,3 +167,11 @@ class TransformError(VdataError, RuntimeError):
         super().__init__(f"{what} failed on {where}: {reason}")
         self.what = what
         self.where = where
+
+
+class TransformRejected(VdataError, ValueError):
+    """A scientist's transform was refused by the checks or did not compile."""
+
+
+class EngineError(VdataError, RuntimeError):
+    """The engine could not produce a range for reasons of its own (stopped, Ray failed)."""

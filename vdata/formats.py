@@ -102,7 +102,8 @@ def read_table(path: str | os.PathLike[str], format: str) -> pa.Table:
 
 def _write_parquet(table: pa.Table, where: str | pa.NativeFile) -> None:
     try:
-        pq.write_table(table, where)
+        # keep Arrow's list item names ("item"), so every format reads back the same schema
+        pq.write_table(table, where, use_compliant_nested_type=False)
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
         # pyarrow's message names the column (e.g. a struct with no fields)
         raise FormatError(f"cannot write this table as parquet: {exc}") from exc
@@ -195,8 +196,12 @@ def _write_root(table: pa.Table, path: Path) -> None:
             continue  # uproot writes the counter from the list lengths
         if _has_nulls(table[name]):
             raise FormatError(f"column {name!r} has missing values, which a ROOT TTree cannot hold")
-        # nullable Arrow fields without nulls come back as option types; ROOT has none
-        column = ak.drop_none(ak.from_arrow(table[name], highlevel=True), axis=None)
+        # nullable Arrow fields without nulls come back as option types; ROOT has none.
+        # (awkward's drop_none handles 64-bit list offsets only: widen 32-bit lists first.)
+        arrow_column = table[name]
+        if pa.types.is_list(arrow_column.type):
+            arrow_column = arrow_column.cast(pa.large_list(arrow_column.type.value_field))
+        column = ak.drop_none(ak.from_arrow(arrow_column, highlevel=True), axis=None)
         dtype = table.schema.field(name).type
         if _is_string(dtype) or pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
             data[name] = column

@@ -111,3 +111,18 @@ def test_root_refuses_missing_values(tmp_path: Path) -> None:
     table = pa.table({"ok": [1.0, 2.0], "Jet_pt": pa.array([[1.0, None], []], pa.large_list(pa.float64()))})
     with pytest.raises(vdata.FormatError, match="'Jet_pt' has missing values"):
         vdata.write_table(table, tmp_path / "x.root", "root")
+
+
+def test_32_bit_lists_write_to_root(tmp_path: Path) -> None:
+    table = pa.table({"Muon_pt": pa.array([[1.0, 2.0], [3.0], []], pa.list_(pa.float32()))})
+    back = vdata.read_table(vdata.write_table(table, tmp_path / "l.root", "root"), "root")
+    assert back.column("Muon_pt").to_pylist() == [[1.0, 2.0], [3.0], []]
+    assert back.schema.equals(table.schema)
+
+
+def test_parquet_keeps_arrow_list_item_names(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pa.table({"x": pa.array([[1.0], []], pa.large_list(pa.field("item", pa.float64(), nullable=False)))})
+    path = vdata.write_table(table, tmp_path / "x.parquet", "parquet")
+    assert pq.ParquetFile(path).schema_arrow.field("x").type.value_field.name == "item"

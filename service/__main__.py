@@ -1,0 +1,5 @@
+"""``python -m service``: run the gateway with settings from ``VDATA_*`` / ``VDATA_CONFIG``."""
+
+from service.server import main
+
+main()

@@ -1,0 +1,342 @@
+"""The ``vdata`` command line (typer + rich).
+
+``serve`` and ``token create`` work on a data folder; the other commands talk to a gateway
+(``--url``/``VDATA_URL``, ``--token``/``VDATA_TOKEN``) through :class:`vdata.Client`, except
+``inspect``, which opens ROOT files directly, and ``demo``, the main job behind ``make run``.
+Errors print one line naming what was wrong and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vdata.client import Client
+from vdata.errors import VdataError
+from vdata.formats import FORMATS
+from vdata.sources import open_dataset
+
+app = typer.Typer(help="vdata: event ranges of ROOT datasets and virtual data, on demand.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens (work on the data folder).", no_args_is_help=True)
+datasets_app = typer.Typer(help="Source datasets (ROOT files) in the catalog.", no_args_is_help=True)
+transforms_app = typer.Typer(help="Scientists' transforms.", no_args_is_help=True)
+recipes_app = typer.Typer(help="Virtual datasets by recipe.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Event-service jobs.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(transforms_app, name="transforms")
+app.add_typer(recipes_app, name="recipes")
+app.add_typer(jobs_app, name="jobs")
+
+console = Console()
+err = Console(stderr=True)
+
+Url = Annotated[str, typer.Option("--url", envvar="VDATA_URL", help="Gateway URL.")]
+Token = Annotated[str, typer.Option("--token", envvar="VDATA_TOKEN", help="Bearer token.")]
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="VDATA_DATA_DIR", help="The service's data folder.")]
+Format = Annotated[str, typer.Option("--format", "-f", help=f"One of {', '.join(FORMATS)}.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Library and HTTP errors become one red line and exit status 2."""
+    try:
+        yield
+    except VdataError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from exc
+    except httpx.HTTPError as exc:
+        err.print(f"[bold red]error:[/] cannot reach the gateway: {exc}", highlight=False)
+        raise typer.Exit(code=2) from exc
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from exc
+
+
+def _client(url: str, token: str) -> Client:
+    if not token:
+        err.print("[bold red]error:[/] no token: pass --token or set VDATA_TOKEN")
+        raise typer.Exit(code=2)
+    return Client(url, token)
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path | None, typer.Option(help="The data folder [default: data].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Settings file (.env, .json, .yaml, .toml).")] = None,
+) -> None:
+    """Start the gateway and the engine. The first start prints an admin token once.
+
+    Flags win over ``VDATA_*`` environment variables, which win over the settings file."""
+    from service.server import run
+    from service.settings import Settings
+
+    given = {"data_dir": data_dir, "host": host, "port": port, "ray_address": ray_address, "config": config}
+    with _errors():
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        run(settings, announce=lambda line: console.print(f"[bold yellow]{line}[/]", highlight=False))
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="reader, worker, scientist or admin.")],
+    data_dir: DataDir = Path("data"),
+    note: Annotated[str, typer.Option(help="What the token is for.")] = "",
+) -> None:
+    """Make a token (printed once; only its hash is stored)."""
+    from service.server import core_config
+    from service.settings import Settings
+    from vdata.db import Database
+    from vdata.tokens import TokenStore
+
+    with _errors():
+        config = core_config(Settings(data_dir=data_dir))
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        with Database(config.db_url) as db:
+            secret = TokenStore(db).create(role, note)
+    console.print(secret, highlight=False)
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = Path("data"),
+    events: Annotated[int, typer.Option(min=1, help="Events in the virtual dataset.")] = 2_000_000,
+    range_events: Annotated[int, typer.Option(min=1, help="Events per range.")] = 100_000,
+    dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard.")] = True,
+) -> None:
+    """The main job (make run): service, virtual dataset, worker, histogram."""
+    from service.demo import run_demo
+
+    with _errors():
+        result = run_demo(data_dir, events, range_events, dashboard, say=lambda line: console.print(line, highlight=False))
+    console.print(
+        f"[bold green]done[/]: {result.events:,} events in {result.ranges} ranges, "
+        f"{result.seconds:.1f} s, [bold]{result.events_per_second:,.0f} events/s[/] through the worker",
+        highlight=False,
+    )
+    console.print(f"dimuon mass peak at {result.peak_gev:.2f} GeV; histogram: {result.histogram}", highlight=False)
+    if result.dashboard:
+        console.print(f"the Ray dashboard was on {result.dashboard} (stopped with the service)", highlight=False)
+
+
+@app.command()
+def inspect(
+    paths: Annotated[list[str], typer.Argument(help="ROOT files or http(s) URLs, in order.")],
+    tree: Annotated[str, typer.Option("--tree", "-t", help="TTree or RNTuple name (a path for sub-directories).")],
+    range_events: Annotated[int, typer.Option(min=1, help="Target events per range.")] = 100_000,
+) -> None:
+    """Show a dataset's files, columns and ranges (reads the files directly)."""
+    with _errors():
+        ds = open_dataset(paths, tree)
+    files = Table("file", "entries", "clusters", "bytes", "adler32")
+    for f in ds.files:
+        adler = f"{f.adler32:08x}" if f.adler32 is not None else "-"
+        files.add_row(f.path, f"{f.entries:,}", str(len(f.clusters) - 1), f"{f.size or '-'}", adler)
+    console.print(files)
+    console.print(f"{ds.num_events:,} events, {len(ds.columns)} columns, {len(ds.ranges(range_events))} ranges of <= {range_events:,}")
+    for field in ds.schema:
+        console.print(f"  {field.name}: {field.type}", highlight=False)
+    for name, root_type in ds.unreadable.items():
+        console.print(f"  [yellow]{name}: {root_type} (uproot cannot read it)[/]", highlight=False)
+
+
+# -- catalog -----------------------------------------------------------------------------------
+
+
+@datasets_app.command("add")
+def datasets_add(
+    name: Annotated[str, typer.Argument(help='Catalog name, e.g. "opendata:hzz".')],
+    paths: Annotated[list[str], typer.Argument(help="ROOT files (under the allowed roots) or URLs.")],
+    tree: Annotated[str, typer.Option("--tree", "-t")],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Register a dataset (admin)."""
+    with _errors(), _client(url, token) as client:
+        _print_json(client.add_dataset(name, paths, tree))
+
+
+@datasets_app.command("list")
+def datasets_list(url: Url = DEFAULT_URL, token: Token = "") -> None:
+    """List the datasets."""
+    with _errors(), _client(url, token) as client:
+        table = Table("name", "events", "columns", "files")
+        for d in client.datasets():
+            table.add_row(d["name"], f"{d['num_events']:,}", str(len(d["columns"])), str(len(d["files"])))
+        console.print(table)
+
+
+@transforms_app.command("submit")
+def transforms_submit(
+    name: Annotated[str, typer.Argument(help="Transform name (the function's name in the file).")],
+    source: Annotated[Path, typer.Argument(help="Python file with the kernel function.", exists=True, dir_okay=False)],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="PARAM=flat|jagged, once per parameter.")],
+    output: Annotated[list[str], typer.Option("--output", "-o", help="NAME=DTYPE, e.g. mass=float64.")],
+    kind: Annotated[str, typer.Option(help="element, event or event_list.")] = "event",
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Submit a transform (scientist): checked, compiled and stored by content hash."""
+    with _errors(), _client(url, token) as client:
+        inputs, outputs = _pairs(input, "--input"), _pairs(output, "--output")
+        _print_json(client.add_transform(name, source.read_text(), inputs, outputs, kind=kind))
+
+
+@transforms_app.command("list")
+def transforms_list(url: Url = DEFAULT_URL, token: Token = "") -> None:
+    """List the transforms (built-in and submitted)."""
+    with _errors(), _client(url, token) as client:
+        _print_json(client.transforms())
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{option} {item!r}: write NAME=VALUE")
+        out[key] = value
+    return out
+
+
+# -- recipes and ranges ------------------------------------------------------------------------
+
+
+@recipes_app.command("submit")
+def recipes_submit(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML or JSON).", exists=True, dir_okay=False)],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Submit a recipe; prints its id, size and schema."""
+    with _errors(), _client(url, token) as client:
+        info = client.submit(recipe)
+        console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
+        _print_json(info.schema)
+
+
+@recipes_app.command("show")
+def recipes_show(recipe_id: str, url: Url = DEFAULT_URL, token: Token = "") -> None:
+    """Show a recipe's size, schema and ranges."""
+    with _errors(), _client(url, token) as client:
+        info = client.info(recipe_id)
+        ranges = client.ranges(recipe_id)
+        console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
+        _print_json(info.schema)
+        console.print(", ".join(f"{r.index}: [{r.first}, {r.stop})" for r in ranges[:20]) + (" ..." if len(ranges) > 20 else ""))
+
+
+@app.command()
+def get(
+    recipe_id: str,
+    index: Annotated[int, typer.Argument(help="Range index.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
+    format: Format = "arrow",
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Write one range of a virtual dataset to a file."""
+    with _errors(), _client(url, token) as client:
+        events = client.get(recipe_id, index, out, format=format)
+    console.print(f"range {index} ({events:,} events) -> {out}", highlight=False)
+
+
+@app.command()
+def fetch(
+    recipe_id: str,
+    out_dir: Annotated[Path, typer.Argument(help="Folder for one file per range.")],
+    format: Format = "root",
+    prefetch: Annotated[int, typer.Option(min=1, help="Ranges fetched ahead.")] = 4,
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Write every range to its own file (ESS file mode), with a progress bar."""
+    with _errors(), _client(url, token) as client:
+        paths = client.fetch(recipe_id, out_dir, format=format, prefetch=prefetch)
+    console.print(f"{len(paths)} files in {out_dir}", highlight=False)
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+@jobs_app.command("create")
+def jobs_create(
+    recipe_id: str,
+    max_attempts: Annotated[int, typer.Option(min=1)] = 3,
+    lease_seconds: Annotated[float, typer.Option(min=0.1)] = 60.0,
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Create an event-service job over a recipe's ranges; prints the job id."""
+    with _errors(), _client(url, token) as client:
+        console.print(client.create_job(recipe_id, max_attempts=max_attempts, lease_seconds=lease_seconds), highlight=False)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, url: Url = DEFAULT_URL, token: Token = "") -> None:
+    """Counts per state, events finished, done."""
+    with _errors(), _client(url, token) as client:
+        _print_json(client.job(job_id))
+
+
+@app.command()
+def worker(
+    job_id: str,
+    n: Annotated[int, typer.Option(min=1, help="Ranges per lease.")] = 1,
+    name: Annotated[str | None, typer.Option("--worker", help="Worker name (default host-pid).")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Run the built-in payload over a job: per-column sums of every numeric column."""
+    sums: dict[str, float] = {}
+    with _errors(), _client(url, token) as client:
+        summary = client.run_worker(job_id, _summing_payload(sums), worker=name, n=n)
+    console.print(
+        f"{summary.finished} ranges finished, {summary.failed} failed, "
+        f"{summary.events:,} events in {summary.seconds:.1f} s",
+        highlight=False,
+    )
+    for column, total in sums.items():
+        console.print(f"  sum({column}) = {total:.6g}", highlight=False)
+
+
+def _summing_payload(sums: dict[str, float]) -> Callable[[pa.Table], None]:
+    import pyarrow.compute as pc
+
+    def payload(table: pa.Table) -> None:
+        for name in table.column_names:
+            column = table[name]
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                column = pc.list_flatten(column)
+            if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+                sums[name] = sums.get(name, 0.0) + float(pc.sum(column).as_py() or 0.0)
+
+    return payload
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

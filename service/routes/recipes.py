@@ -1,0 +1,71 @@
+"""``/v1/recipes``: submit a recipe, show its plan and ranges, and serve a range's bytes
+(reader)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+
+from service.auth import Reader
+from service.deps import CoreDep, InFlightDep, MetricsDep, SettingsDep
+from service.limits import check_plan, check_recipe_body
+from service.schemas import ColumnOut, RangeOut, RecipeOut
+from service.serving import RangeFileResponse, serve_range
+from vdata.formats import FORMATS, MEDIA_TYPES
+from vdata.materialize import Plan
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/recipes", tags=["recipes"])
+
+RECIPE_EXAMPLE = {
+    "source": {"dataset": "opendata:hzz"},
+    "steps": [{"filter": "NMuon >= 2"}],
+    "columns": ["NMuon", "Muon_Px"],
+    "range_events": 1000,
+}
+
+
+def recipe_out(plan: Plan) -> RecipeOut:
+    schema = [ColumnOut(name=f.name, type=str(f.type)) for f in plan.schema]
+    return RecipeOut(id=plan.id, num_events=plan.num_events, num_ranges=len(plan.ranges), schema=schema,
+                     recipe=plan.recipe.to_dict())
+
+
+@router.post("", status_code=201, response_model=RecipeOut)
+def submit_recipe(
+    body: Annotated[dict[str, Any], Body(examples=[RECIPE_EXAMPLE])], core: CoreDep, settings: SettingsDep, _: Reader,
+) -> RecipeOut:
+    """Check a recipe against the catalog and store it; its id names the virtual dataset."""
+    check_recipe_body(body, settings)
+    plan = core.submit(body)
+    check_plan(plan, settings)
+    return recipe_out(plan)
+
+
+@router.get("/{recipe_id}", response_model=RecipeOut)
+def get_recipe(recipe_id: str, core: CoreDep, _: Reader) -> RecipeOut:
+    return recipe_out(core.plan(recipe_id))
+
+
+@router.get("/{recipe_id}/ranges", response_model=list[RangeOut])
+def list_ranges(recipe_id: str, core: CoreDep, _: Reader) -> list[RangeOut]:
+    """Every range of the recipe: index and events [first, stop)."""
+    return [RangeOut(index=r.index, first=r.first, stop=r.stop) for r in core.plan(recipe_id).ranges]
+
+
+@router.get(
+    "/{recipe_id}/ranges/{index}",
+    response_class=Response,
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()},
+                     "description": "The range's bytes, with headers X-Vdata-Adler32 and X-Vdata-Events"}},
+)
+async def get_range(
+    recipe_id: str, index: int, core: CoreDep, settings: SettingsDep, principal: Reader,
+    inflight: InFlightDep, metrics: MetricsDep,
+    format: Annotated[str, Query(description=f"One of {', '.join(FORMATS)}")] = "arrow",
+) -> RangeFileResponse:
+    """A range's bytes as stored in the cache (materialized first if need be)."""
+    return await serve_range(core, recipe_id, index, format, settings=settings, principal=principal,
+                             inflight=inflight, metrics=metrics)

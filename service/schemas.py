@@ -1,0 +1,156 @@
+"""Request and response bodies of the HTTP API (pydantic lives here and in the settings only).
+
+Request bodies refuse unknown fields (422), so a typo is not silently ignored. Recipes are
+free-form JSON objects: :mod:`vdata.recipes` checks them and names every problem (400).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ColumnOut",
+    "DatasetIn",
+    "DatasetOut",
+    "FileOut",
+    "HeartbeatOut",
+    "JobCreated",
+    "JobIn",
+    "JobStatusOut",
+    "LeaseIn",
+    "LeaseOut",
+    "RangeOut",
+    "RecipeOut",
+    "ReportIn",
+    "ReportOut",
+    "TokenIn",
+    "TokenOut",
+    "TransformIn",
+    "TransformOut",
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetIn(_In):
+    name: str = Field(min_length=1, max_length=200, examples=["opendata:hzz"])
+    paths: list[str] = Field(min_length=1, max_length=10_000, examples=[["/data/uproot-HZZ.root"]])
+    tree: str = Field(min_length=1, max_length=1000, examples=["events"])
+
+
+class FileOut(BaseModel):
+    path: str
+    entries: int
+    size: int | None
+    adler32: str | None = Field(description="8 hex digits; null for remote files")
+
+
+class DatasetOut(BaseModel):
+    name: str
+    tree: str
+    num_events: int
+    columns: list[str]
+    files: list[FileOut]
+
+
+class TransformIn(_In):
+    name: str = Field(min_length=1, max_length=200, examples=["scale"])
+    source: str = Field(min_length=1, examples=["def scale(x):\n    return 2.0 * x\n"])
+    inputs: dict[str, str] = Field(examples=[{"x": "flat"}])
+    outputs: dict[str, str] = Field(examples=[{"y": "float64"}])
+    kind: str = Field(default="event", examples=["event", "element", "event_list"])
+    max_size: str | int | None = None
+
+
+class TransformOut(BaseModel):
+    id: str = Field(description="The transform's code hash")
+    name: str
+    kind: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
+class ColumnOut(BaseModel):
+    name: str
+    type: str
+
+
+class RecipeOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    num_events: int
+    num_ranges: int
+    schema_: list[ColumnOut] = Field(alias="schema")
+    recipe: dict[str, Any] = Field(description="The canonical form the id is the hash of")
+
+
+class RangeOut(BaseModel):
+    index: int
+    first: int
+    stop: int
+
+
+class JobIn(_In):
+    recipe_id: str = Field(min_length=1, max_length=200)
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    lease_seconds: float = Field(default=60.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+
+
+class JobCreated(BaseModel):
+    id: str
+
+
+class JobStatusOut(BaseModel):
+    id: str
+    recipe_id: str
+    counts: dict[str, int]
+    ranges_total: int
+    events_total: int
+    events_finished: int
+    done: bool
+    max_attempts: int
+    lease_seconds: float
+
+
+class LeaseIn(_In):
+    worker: str = Field(min_length=1, max_length=200)
+    n: int = Field(default=1, ge=1, le=10_000)
+
+
+class LeaseOut(BaseModel):
+    index: int
+    first: int
+    stop: int
+    lease_deadline: float = Field(description="Seconds since the epoch")
+    url: str = Field(description="Path of the range's bytes on this service, relative to its root")
+
+
+class ReportIn(_In):
+    worker: str = Field(min_length=1, max_length=200)
+    message: str = Field(default="", max_length=100_000)
+    fatal: bool = False
+
+
+class HeartbeatOut(BaseModel):
+    index: int
+    lease_deadline: float
+
+
+class ReportOut(BaseModel):
+    index: int
+    ok: bool = True
+
+
+class TokenIn(_In):
+    role: Literal["reader", "worker", "scientist", "admin"]
+    note: str = Field(default="", max_length=200)
+
+
+class TokenOut(BaseModel):
+    token: str = Field(description="The secret; shown once, stored only as a hash")
+    role: str

@@ -1,0 +1,110 @@
+"""The gateway's settings (pydantic-settings).
+
+Sources, highest priority first: keyword arguments, ``VDATA_*`` environment variables, a
+config file, the defaults. The config file is named by the ``config`` argument or the
+``VDATA_CONFIG`` variable; its kind follows its suffix: ``.env`` (``VDATA_*`` lines),
+``.json``, ``.yaml``/``.yml`` or ``.toml`` (field names as keys). Lists in the environment
+are JSON: ``VDATA_ALLOWED_ROOTS='["/data", "/scratch"]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    InitSettingsSource,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["Settings"]
+
+MiB = 1024**2
+
+
+class Settings(BaseSettings):
+    """Everything the gateway and its core are configured by."""
+
+    model_config = SettingsConfigDict(env_prefix="VDATA_", extra="forbid", validate_default=True)
+
+    config: Path | None = Field(default=None, description="The config file these settings were read from (VDATA_CONFIG).")
+
+    # where and how to serve
+    data_dir: Path = Field(default=Path("data"), description="Database, cache and everything else the service writes.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on; loopback unless you mean it.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    database_url: str | None = Field(default=None, description="Default: sqlite:///<data_dir>/vdata.db.")
+    log_level: str = Field(default="info", description="Python and uvicorn log level.")
+
+    # Ray
+    ray_address: str | None = Field(default=None, description="Join this Ray cluster; None starts an embedded one.")
+    num_cpus: int = Field(default=2, ge=1, description="CPUs of the embedded Ray.")
+    object_store_bytes: int = Field(default=200 * MiB, ge=75 * MiB, description="Object store of the embedded Ray.")
+    max_in_flight: int = Field(default=8, ge=1, description="Materialization tasks in flight on Ray.")
+    lookahead: int = Field(default=4, ge=0, description="Ranges of a job materialized ahead of the leases.")
+    include_dashboard: bool = Field(default=False, description="Start Ray's dashboard (on loopback).")
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    ray_temp_dir: Path | None = Field(default=None, description="Ray's session folder (logs, sockets); default /tmp/ray.")
+
+    # cache
+    cache_budget_bytes: int = Field(default=2 * 1024**3, ge=0, description="Bytes of materialized ranges kept on disk.")
+
+    # what datasets may be
+    allowed_roots: list[Path] | None = Field(default=None, description="Local dataset files must lie under one of these (default: [data_dir]).")
+    allowed_url_prefixes: list[str] = Field(default_factory=list, description="Remote dataset URLs must start with one of these.")
+
+    # limits
+    max_body_bytes: int = Field(default=1 * MiB, ge=1, description="Largest request body (413 above).")
+    max_columns: int = Field(default=2000, ge=1, description="Most output columns of a recipe (400 above).")
+    max_range_events: int = Field(default=1_000_000, ge=1, description="Most events per range of a recipe (400 above).")
+    max_inflight_per_token: int = Field(default=8, ge=1, description="Materializations one token may wait on at once (429 above).")
+    range_timeout_seconds: float = Field(default=600.0, gt=0, description="How long a range request waits for materialization (503 after).")
+
+    @model_validator(mode="after")
+    def _default_roots(self) -> Settings:
+        if self.allowed_roots is None:
+            self.allowed_roots = [self.data_dir]
+        return self
+
+    @property
+    def roots(self) -> list[Path]:
+        return list(self.allowed_roots or [])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        kwargs: dict[str, Any] = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        config = kwargs.get("config") or os.environ.get("VDATA_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(_file_source(settings_cls, Path(config)))
+        return tuple(sources)
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} (VDATA_CONFIG) does not exist or is not a file")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    if suffix == ".json":
+        return JsonConfigSettingsSource(settings_cls, json_file=path)
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    if suffix == ".env" or path.name.startswith(".env"):
+        return DotEnvSettingsSource(settings_cls, env_file=path, env_prefix="VDATA_")
+    raise ValueError(f"config file {str(path)!r}: use .env, .json, .yaml, .yml or .toml")

@@ -1,0 +1,25 @@
+"""Fixtures of the gateway tests. Each test module that needs Ray starts ONE core for the
+module (``started_env``) and closes it (``ray.shutdown``) in teardown; the others use a core
+that never starts Ray (``idle_env``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gateway_helpers import Env, environment
+
+
+@pytest.fixture(scope="module")
+def started_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Env]:
+    """A core with Ray started (one per test module)."""
+    with environment(tmp_path_factory.mktemp("started"), shared_data, start=True) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def idle_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Env]:
+    """A core whose engine never starts: everything but materialization works."""
+    with environment(tmp_path_factory.mktemp("idle"), shared_data, start=False) as env:
+        yield env

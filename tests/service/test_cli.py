@@ -1,0 +1,129 @@
+"""The ``vdata`` command line against a real gateway on a loopback port (and ``inspect``,
+which reads files directly). Errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uproot
+from typer.testing import CliRunner
+
+import vdata
+from service.cli import app
+from service.server import BackgroundServer
+from service.settings import Settings
+from vdata.testing import assert_tables_equal
+
+runner = CliRunner()
+
+RECIPE_YAML = """
+source: {dataset: "opendata:hzz"}
+steps:
+  - filter: "NMuon >= 2"
+  - transform: {name: leading_pair_mass, inputs: {px: Muon_Px, py: Muon_Py, pz: Muon_Pz, e: Muon_E},
+                outputs: {mass: m_mumu}}
+columns: [m_mumu, NMuon]
+range_events: 1000
+"""
+
+TRANSFORM = "def met2(px, py):\n    return px * px + py * py\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[tuple[BackgroundServer, Path]]:
+    data = tmp_path_factory.mktemp("cli-data")
+    settings = Settings(data_dir=data, port=0, num_cpus=2, object_store_bytes=100 * 1024**2, allowed_roots=[shared_data], log_level="warning")
+    with BackgroundServer(settings) as srv:
+        yield srv, data
+
+
+def run(*args: str, token: str | None = None, url: str | None = None) -> tuple[int, str]:
+    env = {"VDATA_TOKEN": token or "", "VDATA_URL": url or ""}
+    result = runner.invoke(app, list(args), env={k: v for k, v in env.items() if v})
+    return result.exit_code, result.output
+
+
+def test_the_whole_command_line(server: tuple[BackgroundServer, Path], shared_data: Path, tmp_path: Path) -> None:
+    srv, data = server
+    admin = srv.admin_token
+    assert admin
+    code, out = run("token", "create", "--role", "scientist", "--data-dir", str(data))
+    assert code == 0, out
+    scientist = out.strip()
+    url = srv.url
+
+    code, out = run("datasets", "add", "opendata:hzz", str(shared_data / "uproot-HZZ.root"), "--tree", "events", token=admin, url=url)
+    assert code == 0, out
+    assert json.loads(out)["num_events"] == 2421
+    code, out = run("datasets", "list", token=scientist, url=url)
+    assert code == 0 and "opendata:hzz" in out and "2,421" in out
+
+    source = tmp_path / "met2.py"
+    source.write_text(TRANSFORM)
+    code, out = run("transforms", "submit", "met2", str(source), "-i", "px=flat", "-i", "py=flat", "-o", "out=float64", "--kind", "element", token=scientist, url=url)
+    assert code == 0, out
+    assert json.loads(out)["name"] == "met2"
+    code, out = run("transforms", "list", token=scientist, url=url)
+    assert code == 0 and "met2" in out
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(RECIPE_YAML)
+    code, out = run("recipes", "submit", str(recipe_file), token=scientist, url=url)
+    assert code == 0, out
+    recipe_id = out.split(":")[0].strip()
+    assert recipe_id.startswith("vds-") and "2,421 events in 3 ranges" in out
+    code, out = run("recipes", "show", recipe_id, token=scientist, url=url)
+    assert code == 0 and "m_mumu" in out and "0: [0, 807)" in out
+
+    catalog = vdata.Catalog()
+    catalog.add_dataset("opendata:hzz", shared_data / "uproot-HZZ.root", "events")
+    recipe = vdata.Recipe.from_yaml(RECIPE_YAML, catalog)
+    assert recipe.id == recipe_id  # the service and the library name it alike
+    code, out = run("get", recipe_id, "1", "-o", str(tmp_path / "r1.parquet"), "--format", "parquet", token=scientist, url=url)
+    assert code == 0, out
+    assert_tables_equal(vdata.read_table(tmp_path / "r1.parquet", "parquet"), vdata.materialize(recipe, 1, catalog))
+
+    code, out = run("fetch", recipe_id, str(tmp_path / "files"), token=scientist, url=url)
+    assert code == 0, out
+    files = sorted((tmp_path / "files").glob("*.root"))
+    assert len(files) == 3
+    with uproot.open(files[2]) as f:
+        assert f["Events"].num_entries == vdata.materialize(recipe, 2, catalog).num_rows
+
+    code, out = run("jobs", "create", recipe_id, "--lease-seconds", "30", token=scientist, url=url)
+    assert code == 0, out
+    job = out.strip()
+    code, out = run("worker", job, "--n", "2", token=scientist, url=url)
+    assert code == 0, out
+    assert "3 ranges finished, 0 failed" in out and "sum(NMuon)" in out
+    code, out = run("jobs", "status", job, token=scientist, url=url)
+    assert code == 0 and json.loads(out)["done"] is True
+
+
+def test_errors_exit_2_with_one_clear_line(server: tuple[BackgroundServer, Path], shared_data: Path) -> None:
+    srv, data = server
+    code, out = run("datasets", "list", token="not-a-token", url=srv.url)
+    assert code == 2 and "error" in out.lower() and "token" in out.lower()
+    code, out = run("recipes", "show", "vds-000000000000000000000000", token=srv.admin_token, url=srv.url)
+    assert code == 2 and "vds-000000000000000000000000" in out
+    code, out = run("datasets", "list", url=srv.url)
+    assert code == 2 and "no token" in out
+    code, out = run("token", "create", "--role", "emperor", "--data-dir", str(data))
+    assert code == 2 and "emperor" in out
+    code, out = run("datasets", "add", "x", "/etc/passwd", "--tree", "t", token=srv.admin_token, url=srv.url)
+    assert code == 2 and "/etc/passwd" in out
+    code, out = run("datasets", "list", token="x", url="http://127.0.0.1:9")
+    assert code == 2 and "127.0.0.1:9" in out and "refused" in out
+
+
+def test_inspect_lists_columns_and_unreadable_ones(shared_data: Path) -> None:
+    code, out = run("inspect", str(shared_data / "uproot-physlite-rntuple_v1-0-0-0.root"), "--tree", "MetaDataHdr")
+    assert code == 0, out
+    assert "DataHeader: DataHeader_p6" in out
+    code, out = run("inspect", str(shared_data / "uproot-HZZ.root"), "-t", "events", "--range-events", "1000")
+    assert "2,421 events, 51 columns, 3 ranges" in out
+    code, out = run("inspect", str(shared_data / "uproot-HZZ.root"), "-t", "Events")
+    assert code == 2 and "no tree 'Events'" in out and "'events'" in out

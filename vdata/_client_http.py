@@ -1,0 +1,173 @@
+"""The client's HTTP layer: one keep-alive ``httpx.Client``, retries with backoff, the
+gateway's error bodies turned into :class:`ServiceError`, and range bodies checked against
+their ``X-Vdata-Adler32`` header. It moves bytes; what they mean is decided elsewhere.
+
+Retried: connection errors and timeouts, ``429`` and ``5xx`` (honouring ``Retry-After``),
+and a body whose adler32 does not match its header. Every other ``4xx`` raises at once.
+A request that is not safe to repeat (``idempotent=False``) is retried only when it surely
+never reached the server (connect errors, pool timeouts, ``429``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from vdata.errors import VdataError
+
+__all__ = ["ChecksumMismatch", "ServiceError", "ServiceUnreachable", "Transport"]
+
+log = logging.getLogger("vdata.client")
+
+T = TypeVar("T")
+ADLER_HEADER = "X-Vdata-Adler32"
+EVENTS_HEADER = "X-Vdata-Events"
+MAX_DELAY = 30.0  # seconds, for one backoff sleep (Retry-After included)
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_TRANSIENT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+
+
+class ServiceError(VdataError):
+    """The service answered with an error status. ``status`` is the HTTP status, ``error``
+    and ``detail`` the fields of the gateway's JSON error body."""
+
+    def __init__(self, status: int, error: str, detail: Any, method: str, url: str) -> None:
+        text = detail if isinstance(detail, str) else repr(detail)
+        super().__init__(f"{method} {url} -> {status} {error}: {text}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ServiceError:
+        error, detail = _error_body(response)
+        return cls(response.status_code, error, detail, response.request.method, _path(response))
+
+
+class ChecksumMismatch(VdataError, OSError):
+    """A range's bytes did not match their ``X-Vdata-Adler32`` header, on every attempt."""
+
+    def __init__(self, what: str, expected: str, got: str, attempts: int) -> None:
+        super().__init__(f"{what}: adler32 of the body is {got}, the header says {expected} "
+                         f"({attempts} attempt{'s' if attempts != 1 else ''})")
+        self.what = what
+        self.expected = expected
+        self.got = got
+
+
+class ServiceUnreachable(VdataError, ConnectionError):
+    """The request failed on the connection (refused, reset, timed out) on every attempt."""
+
+
+class Cancelled(Exception):
+    """Internal: a retry loop was told to stop (its iterator was closed)."""
+
+
+def _error_body(response: httpx.Response) -> tuple[str, Any]:
+    """``(error, detail)`` of a gateway error; FastAPI's ``{"detail": ...}`` and plain text too."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or "error", response.text[:500]
+    if isinstance(body, dict):
+        return str(body.get("error") or response.reason_phrase or "error"), body.get("detail", body)
+    return response.reason_phrase or "error", body
+
+
+def _path(response: httpx.Response) -> str:
+    return response.request.url.raw_path.decode("ascii", "replace")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date, or absent: use our own backoff
+
+
+def checked_body(response: httpx.Response, what: str) -> bytes:
+    """The body, or :class:`ChecksumMismatch` (attempts=1) when it does not match its header."""
+    expected = response.headers.get(ADLER_HEADER)
+    if expected is None:
+        raise ServiceError(response.status_code, "bad_response", f"{what}: no {ADLER_HEADER} header",
+                           response.request.method, _path(response))
+    body = response.content
+    got = f"{zlib.adler32(body) & 0xFFFFFFFF:08x}"
+    if got != expected.strip().lower():
+        raise ChecksumMismatch(what, expected, got, 1)
+    return body
+
+
+class Transport:
+    """Retrying requests over one ``httpx.Client`` (thread-safe: the prefetch threads share it)."""
+
+    def __init__(self, url: str, token: str | None, timeout: float | httpx.Timeout,
+                 retries: int, backoff: float, transport: httpx.BaseTransport | None = None) -> None:
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"retries and backoff must be >= 0, got {retries} and {backoff}")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries = retries
+        self.backoff = backoff
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout,
+                                 transport=transport, follow_redirects=False)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def json(self, method: str, url: str, body: Any = None, **kwargs: Any) -> Any:
+        response = self.request(method, url, body=body, **kwargs)
+        return response.json() if response.content else None
+
+    def request(self, method: str, url: str | httpx.URL, *, body: Any = None, params: dict[str, str] | None = None,
+                idempotent: bool = True, stop: threading.Event | None = None, retries: int | None = None,
+                check: Callable[[httpx.Response], T] | None = None) -> Any:
+        """Send with retries; return ``check(response)`` (default: the response).
+
+        ``check`` may raise :class:`ChecksumMismatch` to have the request repeated. ``stop``
+        cuts the backoff sleeps short (raising :class:`Cancelled`).
+        """
+        budget = self.retries if retries is None else retries
+        attempt = 0
+        while True:
+            if stop is not None and stop.is_set():
+                raise Cancelled(f"{method} {url}")
+            wait: float | None = None
+            try:
+                response = self.http.request(method, url, json=body, params=params)
+            except _TRANSIENT as exc:
+                if attempt >= budget or not (idempotent or isinstance(exc, _NEVER_SENT)):
+                    raise ServiceUnreachable(
+                        f"{method} {exc.request.url}: {type(exc).__name__}: {str(exc) or 'no detail'} "
+                        f"(after {attempt + 1} attempt{'s' if attempt else ''})") from exc
+                log.info("%s %s: %s, retrying", method, url, type(exc).__name__)
+            else:
+                status = response.status_code
+                if status < 400:
+                    if check is None:
+                        return response
+                    try:
+                        return check(response)
+                    except ChecksumMismatch as exc:
+                        if attempt >= budget:
+                            raise ChecksumMismatch(exc.what, exc.expected, exc.got, attempt + 1) from None
+                        log.warning("%s: adler32 %s, header %s; fetching it again", exc.what, exc.got, exc.expected)
+                elif (status == 429 or (status >= 500 and idempotent)) and attempt < budget:
+                    wait = _retry_after(response)
+                    log.info("%s %s: %d, retrying", method, url, status)
+                else:
+                    raise ServiceError.from_response(response)
+            delay = min(MAX_DELAY, wait if wait is not None else self.backoff * 2**attempt * random.uniform(0.5, 1.0))
+            if stop is not None:
+                if stop.wait(delay):
+                    raise Cancelled(f"{method} {url}")
+            else:
+                time.sleep(delay)
+            attempt += 1

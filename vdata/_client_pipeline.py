@@ -1,0 +1,131 @@
+"""The client's background pipeline: an ordered, bounded prefetch over a thread pool, range
+bodies decoded into Arrow, and atomic writes of range files (with a resume manifest).
+
+Hand-written because ``ThreadPoolExecutor.map`` submits every item at once (memory is not
+bounded) and cannot be stopped part-way; this keeps ``window`` items in flight, in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vdata.formats import read_table
+
+__all__ = ["EXTENSIONS", "Manifest", "decode_table", "ordered_prefetch", "write_atomic"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+EXTENSIONS = {"arrow": "arrow", "parquet": "parquet", "root": "root"}
+MANIFEST = ".vdata-fetch.jsonl"
+
+
+def ordered_prefetch(fn: Callable[[T], R], items: Iterable[T], window: int, stop: threading.Event,
+                     name: str = "vdata-prefetch") -> Generator[R, None, None]:
+    """``fn(item)`` for each item, in order, computed up to ``window`` items ahead in threads.
+
+    At most ``window`` results wait besides the one the caller holds. Closing the iterator
+    (or dropping it) sets ``stop``, cancels what has not started and joins the threads; a
+    call already running finishes its current request first. ``window=0``: no threads.
+    """
+    if window <= 0:
+        for item in items:
+            yield fn(item)
+        return
+    pending: deque[Future[R]] = deque()
+    todo = iter(items)
+    executor = ThreadPoolExecutor(max_workers=window, thread_name_prefix=name)
+    try:
+        for item in itertools.islice(todo, window):
+            pending.append(executor.submit(fn, item))
+        while pending:
+            result = pending.popleft().result()
+            for item in itertools.islice(todo, 1):  # one in, one out: the window stays full
+                pending.append(executor.submit(fn, item))
+            yield result
+    finally:
+        stop.set()
+        for future in pending:
+            future.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_table(body: bytes, format: str) -> pa.Table:
+    """A range body as a table: Arrow IPC stream, Parquet, or ROOT (through a temporary file)."""
+    if format == "arrow":
+        return pa.ipc.open_stream(body).read_all()
+    if format == "parquet":
+        return pq.read_table(pa.BufferReader(body))
+    # uproot reads files, not buffers: a temporary file, removed at once
+    with tempfile.TemporaryDirectory(prefix="vdata-client-") as tmp:
+        path = Path(tmp) / "range.root"
+        path.write_bytes(body)
+        return read_table(path, "root")
+
+
+def adler32_hex(data: bytes) -> str:
+    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+
+
+def file_adler32(path: Path) -> str:
+    value = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            value = zlib.adler32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Manifest:
+    """``<out_dir>/.vdata-fetch.jsonl``: one line per range file written, with its adler32.
+
+    A later fetch of the same recipe and format skips files whose bytes still match.
+    Appends only (a torn last line from a crash is ignored); lines of other recipes are kept.
+    """
+
+    def __init__(self, out_dir: Path, recipe_id: str, format: str) -> None:
+        self.path = out_dir / MANIFEST
+        self.key = (recipe_id, format)
+        self.known: dict[str, str] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    if (entry["recipe"], entry["format"]) == self.key:
+                        self.known[entry["file"]] = entry["adler32"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def complete(self, path: Path) -> bool:
+        """Whether ``path`` was written by a fetch of this recipe and format and is intact."""
+        expected = self.known.get(path.name)
+        return expected is not None and path.is_file() and file_adler32(path) == expected
+
+    def add(self, path: Path, adler32: str, events: int | None) -> None:
+        entry = {"recipe": self.key[0], "format": self.key[1], "file": path.name, "adler32": adler32, "events": events}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+        self.known[path.name] = adler32
