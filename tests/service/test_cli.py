@@ -57,7 +57,8 @@ def test_the_whole_command_line(server: tuple[BackgroundServer, Path], shared_da
 
     code, out = run("datasets", "add", "opendata:hzz", str(shared_data / "uproot-HZZ.root"), "--tree", "events", token=admin, url=url)
     assert code == 0, out
-    assert json.loads(out)["num_events"] == 2421
+    registered = json.loads(out)
+    assert registered["num_events"] == 2421
     code, out = run("datasets", "list", token=scientist, url=url)
     assert code == 0 and "opendata:hzz" in out and "2,421" in out
 
@@ -79,7 +80,7 @@ def test_the_whole_command_line(server: tuple[BackgroundServer, Path], shared_da
     assert code == 0 and "m_mumu" in out and "0: [0, 807)" in out
 
     catalog = vdata.Catalog()
-    catalog.add_dataset("opendata:hzz", shared_data / "uproot-HZZ.root", "events")
+    catalog.add_dataset("opendata:hzz", registered["files"][0]["path"], "events")  # as the service resolved it
     recipe = vdata.Recipe.from_yaml(RECIPE_YAML, catalog)
     assert recipe.id == recipe_id  # the service and the library name it alike
     code, out = run("get", recipe_id, "1", "-o", str(tmp_path / "r1.parquet"), "--format", "parquet", token=scientist, url=url)
