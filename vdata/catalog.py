@@ -43,6 +43,7 @@ class Catalog:
         self._fingerprints: dict[str, str] = {}
         self._transforms: dict[str, Transform] = {}
         self._lock = threading.Lock()
+        self.revision = 0  # bumped by every change, so copies (Ray workers) know when to refresh
 
     # Catalogs travel to Ray workers: datasets without open files, transforms by source.
     def __getstate__(self) -> dict[str, object]:
@@ -68,9 +69,11 @@ class Catalog:
         return ds
 
     def put_dataset(self, name: str, ds: SourceDataset) -> None:
+        fingerprint = dataset_fingerprint(ds)
         with self._lock:
             self._datasets[name] = ds
-            self._fingerprints[name] = dataset_fingerprint(ds)
+            self._fingerprints[name] = fingerprint
+            self.revision += 1
 
     def dataset(self, name: str) -> SourceDataset:
         try:
@@ -103,11 +106,13 @@ class Catalog:
             raise TransformRejected(str(exc)) from exc
         with self._lock:
             self._transforms[name] = transform
+            self.revision += 1
         return transform
 
     def put_transform(self, transform: Transform) -> None:
         with self._lock:
             self._transforms[transform.name] = transform
+            self.revision += 1
 
     def transform(self, name: str) -> Transform:
         """A user transform of this catalog, else a built-in one."""

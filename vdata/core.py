@@ -148,5 +148,5 @@ class Core:
         ready = self.jobs.next_ready(job_id, n)
         if not ready:
             return 0
-        recipe = self.store.recipe(self.jobs.status(job_id).recipe_id)
+        recipe = self.store.recipe(self.jobs.recipe_id(job_id))
         return self.engine.prefetch(recipe, [r.index for r in ready], self.config.lookahead_format)

@@ -110,6 +110,9 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Writers of this process queue here, in order, instead of in SQLite's busy handler,
+        # which sleeps with back-off and gives long tails under many threads.
+        self._write_lock = threading.Lock()
         self._connection().executescript(SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
         with self.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -130,13 +133,14 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees committed data)."""

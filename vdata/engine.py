@@ -66,6 +66,7 @@ class EngineConfig:
 # -- the task, run in Ray workers --------------------------------------------------------------
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
+_WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
 
 
 def _materialize_task(
@@ -84,10 +85,14 @@ def _materialize_task(
     if catalog is None:
         catalog = pickle.loads(catalog_state)
         _WORKER_CATALOGS.clear()  # one catalog version per worker is enough
+        _WORKER_PLANS.clear()
         _WORKER_CATALOGS[catalog_version] = catalog
     try:
         recipe = Recipe.from_json(recipe_json)
-        table = materialize(recipe, index, catalog)
+        the_plan = _WORKER_PLANS.get(recipe.id)
+        if the_plan is None:  # checked (and dry-run) by the service already
+            the_plan = _WORKER_PLANS[recipe.id] = plan(recipe, catalog, dry_run=False)
+        table = materialize(the_plan, index, catalog)
         data = encode_table(table, fmt)
     except VdataError as exc:  # user-facing errors travel as values: no blind retries
         return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
@@ -141,7 +146,7 @@ class Engine:
         self._refs: dict[Any, tuple[CacheKey, float]] = {}
         self._queue: list[tuple[CacheKey, str]] = []
         self._plans: dict[str, Plan] = {}
-        self._catalog_ref: tuple[str, bytes] | None = None
+        self._catalog_ref: tuple[int, str, bytes] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._collector: threading.Thread | None = None
@@ -261,8 +266,12 @@ class Engine:
     # -- the loop --------------------------------------------------------------------------------
 
     def _catalog_state(self) -> tuple[str, bytes]:
-        state = pickle.dumps(self.catalog)
-        return hashlib.sha256(state).hexdigest(), state
+        """The pickled catalog and its digest, re-made only when the catalog changed."""
+        revision = self.catalog.revision
+        if self._catalog_ref is None or self._catalog_ref[0] != revision:
+            state = pickle.dumps(self.catalog)
+            self._catalog_ref = (revision, hashlib.sha256(state).hexdigest(), state)
+        return self._catalog_ref[1], self._catalog_ref[2]
 
     def _submit_ready(self) -> None:
         with self._lock:

@@ -362,6 +362,14 @@ class JobStore:
             max_attempts=job.max_attempts, lease_seconds=job.lease_seconds,
         )
 
+    def recipe_id(self, job_id: str) -> str:
+        """The recipe a job runs (a read; changes nothing)."""
+        _name(job_id, "job_id")
+        found = self.db.read().execute("SELECT recipe_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if found is None:
+            raise JobNotFound(job_id)
+        return str(found[0])
+
     def ranges(self, job_id: str) -> list[RangeRow]:
         """Every range of the job as stored, by index (changes nothing)."""
         with self.db.transaction() as conn:

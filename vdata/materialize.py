@@ -103,8 +103,11 @@ class Plan:
         return self.ranges[index]
 
 
-def plan(recipe: Recipe, catalog: Catalog) -> Plan:
-    """Check ``recipe`` against ``catalog`` and compile it; RecipeError lists every problem."""
+def plan(recipe: Recipe, catalog: Catalog, dry_run: bool = True) -> Plan:
+    """Check ``recipe`` against ``catalog`` and compile it; RecipeError lists every problem.
+
+    ``dry_run`` runs the first events of the first range too (see :func:`_dry_run`); the
+    engine's workers skip it for recipes the service has already checked."""
     problems: list[str] = []
     types, num_events, ranges = _source(recipe, catalog, problems)
     if types is None:
@@ -124,7 +127,8 @@ def plan(recipe: Recipe, catalog: Catalog) -> Plan:
     schema = pa.schema([_field(name, types[name]) for name in columns])
     source_columns = [c for c in source_types if c in used or c in columns]
     result = Plan(recipe, num_events, ranges, schema, source_columns, ops)
-    _dry_run(result, catalog)
+    if dry_run:
+        _dry_run(result, catalog)
     return result
 
 

@@ -44,7 +44,7 @@ def job_status(job_id: str, core: CoreDep, _: Worker) -> JobStatusOut:
 def lease(job_id: str, body: LeaseIn, core: CoreDep, _: Worker) -> list[LeaseOut]:
     """Up to ``n`` ready ranges leased to ``worker`` (an empty list when none is ready)."""
     leases = core.lease(job_id, body.worker, body.n)
-    recipe_id = core.status(job_id).recipe_id if leases else ""
+    recipe_id = core.jobs.recipe_id(job_id) if leases else ""
     return [LeaseOut(index=x.index, first=x.first, stop=x.stop, lease_deadline=x.deadline,
                      url=f"/v1/recipes/{recipe_id}/ranges/{x.index}?format=arrow") for x in leases]
 
