@@ -169,7 +169,7 @@ def uproot_baseline(root_file: Path, range_events: int, repeats: int, log: Log) 
     one_pass()  # warm-up (page cache, imports), as the engine gets one
     times, nbytes = zip(*(one_pass() for _ in range(repeats)))
     events = ranges[-1].stop - ranges[0].first
-    log(f"  uproot, 1 process: passes " + ", ".join(f"{t:.2f}" for t in times))
+    log("  uproot, 1 process: passes " + ", ".join(f"{t:.2f}" for t in times))
     return {"events": events, "ranges": len(ranges), "seconds": list(times), "median_s": med(list(times)),
             "events_per_s": events / med(list(times)), "arrow_bytes": nbytes[0]}
 
