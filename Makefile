@@ -22,6 +22,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/read.py
 	$(PY) bench/virtual.py
+	$(PY) bench/throughput.py
+	$(PY) bench/latency.py
+	$(PY) bench/summary.py
 
 clean:
 	rm -rf $(VENV) data bench/results .pytest_cache .hypothesis

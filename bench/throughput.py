@@ -184,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                                "profile_top": per_cpus[2].get("cold_profile_top")}
             if "generation" in only:
                 log("generation: generate() baseline")
-                base = parts.generator_baseline(args.gen_events, args.gen_range_events, args.repeats, log,
-                                           args.profile and n == 2)
+                base = parts.generator_baseline(args.gen_events, args.gen_range_events, args.repeats, log)
                 w1, w2 = per_cpus[1]["generation"], per_cpus[2]["generation"]
                 res["generation"] = {"baseline": base, "w1": w1, "w2": w2,
                                      "ratio_1w_generate": w1["events_per_s"] / base["generate_events_per_s"],

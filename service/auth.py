@@ -8,7 +8,7 @@ Tests override :func:`authenticate` to act as any role without tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -32,7 +32,7 @@ class Principal:
     key: str
 
 
-def authenticate(
+async def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], tokens: TokensDep
 ) -> Principal:
     """The caller of a request with ``Authorization: Bearer <token>``."""
@@ -44,12 +44,12 @@ def authenticate(
     return Principal(role, hash_token(credentials.credentials))
 
 
-def require(role: str) -> Callable[[Principal], Principal]:
+def require(role: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through tokens of ``role`` or a higher one."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
 
-    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not role_allows(principal.role, role):
             raise Forbidden(f"this needs a token of role {role!r} or higher; yours has role {principal.role!r}")
         return principal

@@ -61,28 +61,28 @@ class InFlight:
             return sum(self._counts.values())
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_core(request: Request) -> Core:
+async def get_core(request: Request) -> Core:
     core: Core | None = request.app.state.core
     if core is None:
         raise RuntimeError("the core is not started: the app's lifespan did not run")
     return core
 
 
-def get_tokens(core: Annotated[Core, Depends(get_core)]) -> TokenStore:
+async def get_tokens(core: Annotated[Core, Depends(get_core)]) -> TokenStore:
     return TokenStore(core.db)
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_inflight(request: Request) -> InFlight:
+async def get_inflight(request: Request) -> InFlight:
     inflight: InFlight = request.app.state.inflight
     return inflight
 

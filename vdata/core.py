@@ -6,13 +6,14 @@ cache index, jobs) lives in one database under the data folder, so a restart los
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from transforms.registry import Transform
 
@@ -27,6 +28,8 @@ from vdata.sources import SourceDataset
 from vdata.store import CatalogStore
 
 __all__ = ["Core", "CoreConfig"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,16 @@ class Core:
         self.cache = RangeCache(Path(config.data_dir) / "cache", self.db, config.cache_budget_bytes)
         self.jobs = JobStore(self.db)
         self.engine = Engine(self.catalog, self.cache, config.engine)
+        # Job calls are short database transactions: one thread runs them all, in order, so
+        # hundreds of concurrent workers queue here instead of convoying on SQLite's lock.
+        self._job_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-jobs")
 
     def start(self) -> Core:
         self.engine.start()
         return self
 
     def close(self) -> None:
+        self._job_thread.shutdown(wait=True)
         self.engine.shutdown()
         self.cache.close()
         self.db.close()
@@ -139,6 +146,10 @@ class Core:
 
     def status(self, job_id: str) -> JobStatus:
         return self.jobs.status(job_id)
+
+    def in_job_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run a job call on the job thread; await the result from an event loop."""
+        return asyncio.wrap_future(self._job_thread.submit(fn, *args))
 
     def lookahead(self, job_id: str) -> int:
         """Materialize the next ready ranges of a job before anyone leases them."""
