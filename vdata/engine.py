@@ -22,7 +22,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,13 +143,14 @@ class Engine:
         self.fault_hook: Callable[[str, int], None] | None = None  # for fault-injection tests
         self._lock = threading.Lock()
         self._inflight: dict[CacheKey, Future[CacheEntry]] = {}
-        self._refs: dict[Any, tuple[CacheKey, float]] = {}
+        self._refs: dict[Any, CacheKey] = {}
         self._queue: list[tuple[CacheKey, str]] = []
         self._plans: dict[str, Plan] = {}
         self._catalog_ref: tuple[int, str, bytes] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._collector: threading.Thread | None = None
+        self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vdata-cache-writer")
         self._started_ray = False
         self.metrics: _Metrics | None = None
         self.submitted = 0  # tasks submitted, for tests and /metrics
@@ -183,6 +184,7 @@ class Engine:
         self._wake.set()
         if self._collector is not None:
             self._collector.join(timeout=10)
+        self._writers.shutdown(wait=True)
         with self._lock:
             for future in self._inflight.values():
                 if not future.done():
@@ -283,7 +285,7 @@ class Engine:
         for key, recipe_json in batch:
             ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, self.fault_hook)
             with self._lock:
-                self._refs[ref] = (key, time.perf_counter())
+                self._refs[ref] = key
                 self.submitted += 1
 
     def _collect(self) -> None:
@@ -295,14 +297,16 @@ class Engine:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
-            ready, _ = ray.wait(refs, num_returns=1, timeout=0.05)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
             for ref in ready:
-                self._finish(ref)
+                with self._lock:
+                    key = self._refs.pop(ref)
+                    future = self._inflight.get(key)
+                # the next task is submitted while this range is fetched and written
+                self._writers.submit(self._finish, ref, key, future)
 
-    def _finish(self, ref: Any) -> None:
-        with self._lock:
-            key, started = self._refs.pop(ref)
-            future = self._inflight.get(key)
+    def _finish(self, ref: Any, key: CacheKey, future: Future[CacheEntry] | None) -> None:
+        """Fetch a finished task's bytes, write them to the cache, resolve the waiters."""
         try:
             status, payload, events, seconds = ray.get(ref)
             if status == "error":
