@@ -3,24 +3,19 @@ HTTP file server with range support."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from realdata import SHARED_DATA
+from realdata import SHARED_DATA, require
 
 from vdata.testing import RangeFileServer
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data; under CI=true its absence fails the test instead of skipping it."""
-    if not (SHARED_DATA / "uproot-HZZ.root").is_file():
-        message = f"real ROOT test data missing: {SHARED_DATA}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(SHARED_DATA / "uproot-HZZ.root")
     return SHARED_DATA
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -21,3 +24,13 @@ EVENT_TREES = [
     ("uproot-physlite-rntuple_v1-0-0-0.root", "EventData", 100),
     ("uproot-physlite-rntuple_v1-0-0-0.root", "EventTag", 100),
 ]
+
+
+def require(path: Path = SHARED_DATA / "uproot-HZZ.root") -> Path:
+    """``path`` (a file of ../shared/data); if it is missing, fail under CI=true, else skip."""
+    if not path.is_file():
+        message = f"real ROOT test data missing: {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from realdata import SHARED_DATA, require
 
 from transforms.columns import Column, ColumnType, column_type_of
 from transforms.errors import ExpressionError, KernelError
 from transforms.expressions import Expression, compile_expression, compile_filter
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 FILES = {
     "hzz": ("uproot-HZZ.root", "events", "/^(NMuon|NJet|Muon_.*|Jet_.*|MET_.*|triggerIsoMu24)$/"),
     "nano": ("nanoAOD_2015_CMS_Open_Data_ttbar.root", "Events",
@@ -54,11 +55,7 @@ def kernel_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def data() -> dict[str, Dataset]:
     import uproot
 
-    if not (DATA / "uproot-HZZ.root").is_file():
-        message = f"real ROOT test data missing: {DATA}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(DATA / "uproot-HZZ.root")
     out = {}
     for key, (file, tree, names) in FILES.items():
         with uproot.open(DATA / file) as f:

@@ -3,21 +3,19 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import awkward as ak
 import numpy as np
 import pytest
 import uproot
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from realdata import SHARED_DATA, require
 
 from transforms.columns import Column
 from transforms.errors import KernelError, TransformSignatureError, UnknownName
 from transforms.registry import get_transform, list_transforms
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 # Inputs are float32; kernels and references both work in float64 from the same numbers, so
 # only formula rounding differs: float32-scale tolerances leave plenty of room.
 RTOL, ATOL = 1e-6, 1e-5
@@ -25,10 +23,7 @@ RTOL, ATOL = 1e-6, 1e-5
 
 def _read(filename: str, tree: str, branches: list[str]) -> tuple[ak.Array, dict[str, Column]]:
     path = DATA / filename
-    if not path.is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real test data missing: {path}")
-        pytest.skip(f"real test data missing: {path}")
+    require(path)
     with uproot.open(path) as f:
         arrays = f[tree].arrays(branches)
     table = ak.to_arrow_table(arrays, extensionarray=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -10,12 +9,20 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from realdata import SHARED_DATA, require
 
 from transforms.columns import Column
 from transforms.errors import KernelError, TransformSignatureError, UnknownName
-from transforms.registry import Transform, code_hash, get_transform, list_transforms, register, transform
+from transforms.registry import (
+    Transform,
+    code_hash,
+    get_transform,
+    list_transforms,
+    register,
+    transform,
+)
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @transform(inputs={"x": "jagged", "shift": "flat"}, outputs={"y": "float32", "twice": "int64"})
@@ -79,10 +86,7 @@ def test_element_kernel_broadcasts_flat_inputs() -> None:
 
 def test_flat_element_kernel_on_real_met() -> None:
     path = DATA / "uproot-HZZ.root"
-    if not path.is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real test data missing: {path}")
-        pytest.skip(f"real test data missing: {path}")
+    require(path)
     with uproot.open(path) as f:
         arrays = f["events"].arrays(["MET_px", "MET_py"])
     table = ak.to_arrow_table(arrays, extensionarray=False)

@@ -4,7 +4,6 @@ anything is compiled; good source compiles and matches a reference on real event
 from __future__ import annotations
 
 import ast
-import os
 import pickle
 import textwrap
 from pathlib import Path
@@ -13,13 +12,14 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from realdata import SHARED_DATA, require
 
 from transforms.columns import Column
 from transforms.errors import KernelError, TransformCodeError, TransformSignatureError
 from transforms.registry import code_hash
 from transforms.usercode import check_source, compile_user_transform
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 
 HT = '''
 def ht(pt, threshold):
@@ -113,10 +113,7 @@ def test_good_source_passes_the_check() -> None:
 
 def test_user_transform_matches_a_reference_on_real_jets() -> None:
     path = DATA / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
-    if not path.is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"real test data missing: {path}")
-        pytest.skip(f"real test data missing: {path}")
+    require(path)
     with uproot.open(path) as f:
         arrays = f["Events"].arrays(["Jet_pt"])
     pt = Column.from_arrow(ak.to_arrow_table(arrays, extensionarray=False).column("Jet_pt"))

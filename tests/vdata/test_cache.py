@@ -15,7 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vdata.cache import CacheBusy, CacheEntry, CacheError, CacheKey, RangeCache, adler32_hex
+from vdata.cache import (
+    CacheBusy,
+    CacheEntry,
+    CacheError,
+    CacheKey,
+    RangeCache,
+    adler32_hex,
+)
 from vdata.db import Database
 from vdata.errors import VdataError
 
