@@ -19,7 +19,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The warm-delivery comparison needs nginx (Debian's package; root installs it here).
 bench: $(STAMP)
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+		(apt-get update -qq && apt-get install -y -qq nginx)
 	$(PY) bench/read.py
 	$(PY) bench/virtual.py
 	$(PY) bench/throughput.py
