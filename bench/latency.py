@@ -360,7 +360,7 @@ def ensure_input(events: int, chunk: int) -> tuple[Path, int]:
                 t = f[TREE]
                 if t.num_entries == events:
                     total = int(np.sum(t["nMuon"].array(library="np")))
-        except Exception:  # noqa: BLE001 - regenerate
+        except (OSError, ValueError, KeyError):  # missing, truncated or foreign: regenerate
             total = None
     if total is None:
         write_nanoaod_like(path, events, chunk_events=chunk)

@@ -73,7 +73,7 @@ def _tree_entries(path: Path) -> int | None:
             if not isinstance(obj, uproot.TTree):
                 return None
             return int(obj.num_entries)
-    except Exception:  # noqa: BLE001 - any failure means "regenerate"
+    except (OSError, ValueError, KeyError):  # missing, truncated or foreign: regenerate
         return None
 
 
