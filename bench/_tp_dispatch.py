@@ -1,64 +1,103 @@
-"""The dispatch load generator: simulated workers (asyncio + one httpx.AsyncClient per process)
-running lease -> finish cycles against a gateway. Run in separate processes (multiprocessing,
-spawn) so the load generator's CPU is separable from the gateway's."""
+"""The dispatch load generator: simulated workers running lease -> finish cycles against a
+gateway. Each worker holds one keep-alive HTTP/1.1 connection driven by plain asyncio streams
+(a request is a few hundred bytes; httpx's AsyncClient cost ~5 ms of CPU per request here, so
+the load generator, not the gateway, set the pace). Run in separate processes
+(multiprocessing, spawn) so the load generator's CPU is separable from the gateway's."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+
+class _Connection:
+    """One keep-alive connection that POSTs JSON and reads ``Content-Length`` bodies."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {token}\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.auth}"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")
+        self.writer.write(head.encode() + data)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the gateway closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length) if length else b""
+        return status, json.loads(payload) if payload else None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
-async def _worker(client: httpx.AsyncClient, job: str, name: str, start_at: float, stop_at: float,
+async def _worker(conn: _Connection, job: str, name: str, start_at: float, stop_at: float,
                   out: dict[str, Any]) -> None:
     while time.time() < start_at:
         await asyncio.sleep(min(0.05, start_at - time.time()))
     lease_url, body = f"/v1/jobs/{job}/lease", {"worker": name, "n": 1}
-    while time.time() < stop_at:
-        t0 = time.perf_counter()
-        try:
-            r = await client.post(lease_url, json=body)
-        except httpx.HTTPError as exc:
-            out["errors"].append(f"lease: {type(exc).__name__}: {exc}")
-            continue
-        t1 = time.perf_counter()
-        if r.status_code != 200:
-            out["errors"].append(f"lease: {r.status_code} {r.text[:200]}")
-            continue
-        leases = r.json()
-        if not leases:
-            out["empty"] += 1
-            if out["empty"] > 1000:
-                return  # the job ran out of ranges
-            continue
-        out["lease"].append(t1 - t0)
-        index = leases[0]["index"]
-        t2 = time.perf_counter()
-        try:
-            r = await client.post(f"/v1/jobs/{job}/ranges/{index}/finish", json={"worker": name})
-        except httpx.HTTPError as exc:
-            out["errors"].append(f"finish: {type(exc).__name__}: {exc}")
-            continue
-        t3 = time.perf_counter()
-        if r.status_code != 200:
-            out["errors"].append(f"finish: {r.status_code} {r.text[:200]}")
-            continue
-        out["finish"].append(t3 - t2)
-        if time.time() <= stop_at:
-            out["cycles"] += 1  # cycles completed inside the window
+    try:
+        while time.time() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                status, leases = await conn.post(lease_url, body)
+            except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                out["errors"].append(f"lease: {type(exc).__name__}: {exc}")
+                conn.writer = None
+                continue
+            t1 = time.perf_counter()
+            if status != 200:
+                out["errors"].append(f"lease: {status} {str(leases)[:200]}")
+                continue
+            if not leases:
+                out["empty"] += 1
+                if out["empty"] > 1000:
+                    return  # the job ran out of ranges
+                continue
+            out["lease"].append(t1 - t0)
+            index = leases[0]["index"]
+            t2 = time.perf_counter()
+            try:
+                status, answer = await conn.post(f"/v1/jobs/{job}/ranges/{index}/finish", {"worker": name})
+            except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                out["errors"].append(f"finish: {type(exc).__name__}: {exc}")
+                conn.writer = None
+                continue
+            t3 = time.perf_counter()
+            if status != 200:
+                out["errors"].append(f"finish: {status} {str(answer)[:200]}")
+                continue
+            out["finish"].append(t3 - t2)
+            if time.time() <= stop_at:
+                out["cycles"] += 1  # cycles completed inside the window
+    finally:
+        await conn.close()
 
 
 async def _run(url: str, token: str, job: str, workers: int, proc_index: int, start_at: float,
                duration: float) -> dict[str, Any]:
     out: dict[str, Any] = {"lease": [], "finish": [], "cycles": 0, "empty": 0, "errors": []}
-    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits,
-                                 timeout=60.0) as client:
-        stop_at = start_at + duration
-        await asyncio.gather(*(_worker(client, job, f"sim-{proc_index}-{i}", start_at, stop_at, out)
-                               for i in range(workers)))
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    stop_at = start_at + duration
+    await asyncio.gather(*(_worker(_Connection(host, port, token), job, f"sim-{proc_index}-{i}", start_at, stop_at, out)
+                           for i in range(workers)))
     out["errors"] = out["errors"][:20] + ([f"... {len(out['errors'])} errors"] if len(out["errors"]) > 20 else [])
     return out
 
