@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from vdata._client_http import ServiceError
 from vdata.errors import VdataError
 
@@ -117,7 +119,8 @@ class _Heartbeat:
                         still_held = index in self.held
                     if still_held:  # else it was finished meanwhile: nothing lost
                         log.warning("heartbeat for range %d of job %s failed: %s", index, self.job_id, exc)
-                except Exception:  # a stop during the request; else log, never kill the thread silently
+                except (httpx.HTTPError, OSError, RuntimeError):  # RuntimeError: the client was closed
+                    # a stop during the request; else log, never kill the thread silently
                     if not self.stop.is_set():
                         log.exception("heartbeat thread of job %s", self.job_id)
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from transforms.errors import TransformsError, UnknownName
 from transforms.registry import Transform, get_transform
 from transforms.usercode import compile_user_transform
-
 from vdata.errors import DatasetNotFound, RecipeError, TransformRejected
 from vdata.sources import SourceDataset, open_dataset
 
@@ -108,11 +107,6 @@ class Catalog:
             self._transforms[name] = transform
             self.revision += 1
         return transform
-
-    def put_transform(self, transform: Transform) -> None:
-        with self._lock:
-            self._transforms[transform.name] = transform
-            self.revision += 1
 
     def transform(self, name: str) -> Transform:
         """A user transform of this catalog, else a built-in one."""

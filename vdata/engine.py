@@ -200,13 +200,6 @@ class Engine:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    @property
-    def dashboard_url(self) -> str | None:
-        context = ray.get_runtime_context() if ray.is_initialized() else None
-        if context is None or not self.config.include_dashboard:
-            return None
-        return f"http://127.0.0.1:{self.config.dashboard_port}"
-
     # -- asking for ranges -----------------------------------------------------------------------
 
     def plan(self, recipe: Recipe) -> Plan:

@@ -20,7 +20,7 @@ from types import TracebackType
 import awkward as ak
 import pyarrow as pa
 
-__all__ = ["KillOnce", "RangeFileServer", "assert_tables_equal", "tables_equal"]
+__all__ = ["KillOnce", "RangeFileServer", "assert_tables_equal"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
@@ -167,16 +167,6 @@ class RangeFileServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def tables_equal(a: pa.Table, b: pa.Table) -> bool:
-    """Same schema (names, types, order) and same values, NaN equal to NaN."""
-    if not a.schema.equals(b.schema) or a.num_rows != b.num_rows:
-        return False
-    return all(
-        ak.array_equal(ak.from_arrow(a[name]), ak.from_arrow(b[name]), equal_nan=True, dtype_exact=True)
-        for name in a.column_names
-    )
 
 
 def assert_tables_equal(actual: pa.Table, expected: pa.Table, what: str = "table") -> None:
