@@ -246,6 +246,22 @@ def recipes_show(recipe_id: str, url: Url = DEFAULT_URL, token: Token = "") -> N
         console.print(", ".join(f"{r.index}: [{r.first}, {r.stop})" for r in ranges[:20]) + (" ..." if len(ranges) > 20 else ""))
 
 
+@recipes_app.command("stage")
+def recipes_stage(
+    recipe_id: str,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many ranges.")] = 4,
+    first: Annotated[int, typer.Option("--first", help="The first range.")] = 0,
+    format: Format = "arrow",
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+) -> None:
+    """Pre-stage ranges: the service materializes them now, ahead of the payload."""
+    with _errors(), _client(url, token) as client:
+        staged = client.stage(recipe_id, count, first=first, format=format)
+        what = f"ranges {staged[0]}..{staged[-1]}" if len(staged) > 1 else f"range {staged[0]}"
+        console.print(f"staging {what} of {recipe_id} as {format}", highlight=False)
+
+
 @app.command()
 def get(
     recipe_id: str,

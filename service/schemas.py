@@ -27,6 +27,8 @@ __all__ = [
     "ReportOut",
     "TokenIn",
     "TokenOut",
+    "StageIn",
+    "StageOut",
     "TransformIn",
     "TransformOut",
 ]
@@ -93,6 +95,18 @@ class RangeOut(BaseModel):
     index: int
     first: int
     stop: int
+
+
+class StageIn(_In):
+    first: int = Field(default=0, ge=0, description="The first range to stage")
+    count: int = Field(default=4, ge=1, description="How many ranges, from first (clipped at the last range)")
+    format: str = Field(default="arrow", description="The format the payload will ask for")
+
+
+class StageOut(BaseModel):
+    recipe_id: str
+    format: str
+    ranges: list[int] = Field(description="The ranges staged: being materialized, or already cached")
 
 
 class JobIn(_In):

@@ -167,6 +167,15 @@ class Client:
         return [EventRange(int(r["index"]), int(r["first"]), int(r["stop"]))
                 for r in self._http.json("GET", f"/v1/recipes/{rid}/ranges")]
 
+    def stage(self, recipe_or_id: RecipeLike, count: int = 4, *, first: int = 0, format: str = "arrow") -> list[int]:
+        """Ask the service to materialize ranges ``first .. first+count-1`` now, ahead of need
+        (pre-staging: a workload system calls this when it assigns the work, before the payload
+        starts). Returns at once with the indices staged; they are cached when ready."""
+        _check_format(format)
+        rid = self._recipe_id(recipe_or_id)
+        answer = self._http.json("POST", f"/v1/recipes/{rid}/stage", {"first": first, "count": count, "format": format})
+        return [int(i) for i in answer["ranges"]]
+
     def _recipe_id(self, recipe_or_id: RecipeLike) -> str:
         if isinstance(recipe_or_id, str) and recipe_or_id.startswith("vds-"):
             return recipe_or_id

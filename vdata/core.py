@@ -21,6 +21,8 @@ from vdata.cache import CacheEntry, RangeCache
 from vdata.catalog import Catalog
 from vdata.db import Database
 from vdata.engine import Engine, EngineConfig
+from vdata.errors import FormatError
+from vdata.formats import FORMATS
 from vdata.jobs import JobStatus, JobStore, Lease
 from vdata.materialize import Plan
 from vdata.recipes import Recipe
@@ -115,6 +117,21 @@ class Core:
 
     def request(self, recipe_id: str, index: int, fmt: str) -> Future[CacheEntry]:
         return self.engine.request(self.store.recipe(recipe_id), index, fmt)
+
+    def stage(self, recipe_id: str, first: int, count: int, fmt: str) -> list[int]:
+        """Pre-stage ranges ``first .. first+count-1`` (clipped at the last): start materializing
+        them now, ahead of any request, so a payload that starts later never waits for them.
+
+        Returns the indices staged (those already cached or in flight count: they will be there).
+        ``RangeOutOfBounds`` if ``first`` is not a range of the recipe.
+        """
+        if fmt not in FORMATS:
+            raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        plan = self.plan(recipe_id)
+        plan.range(first)
+        indices = list(range(first, min(first + count, len(plan.ranges))))
+        self.engine.prefetch(self.store.recipe(recipe_id), indices, fmt)
+        return indices
 
     # -- jobs --------------------------------------------------------------------------------
 

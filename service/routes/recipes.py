@@ -1,5 +1,5 @@
-"""``/v1/recipes``: submit a recipe, show its plan and ranges, and serve a range's bytes
-(reader)."""
+"""``/v1/recipes``: submit a recipe, show its plan and ranges, pre-stage ranges, and serve a
+range's bytes (reader)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Query, Response
 from service.auth import Reader
 from service.deps import CoreDep, InFlightDep, MetricsDep, SettingsDep
 from service.limits import check_plan, check_recipe_body
-from service.schemas import ColumnOut, RangeOut, RecipeOut
+from service.errors import LimitExceeded
+from service.schemas import ColumnOut, RangeOut, RecipeOut, StageIn, StageOut
 from service.serving import RangeFileResponse, serve_range
 from vdata.formats import FORMATS, MEDIA_TYPES
 from vdata.materialize import Plan
@@ -53,6 +54,18 @@ def get_recipe(recipe_id: str, core: CoreDep, _: Reader) -> RecipeOut:
 def list_ranges(recipe_id: str, core: CoreDep, _: Reader) -> list[RangeOut]:
     """Every range of the recipe: index and events [first, stop)."""
     return [RangeOut(index=r.index, first=r.first, stop=r.stop) for r in core.plan(recipe_id).ranges]
+
+
+@router.post("/{recipe_id}/stage", status_code=202, response_model=StageOut)
+def stage_ranges(recipe_id: str, body: StageIn, core: CoreDep, settings: SettingsDep, _: Reader) -> StageOut:
+    """Pre-stage ranges: materialize them now, ahead of need, so that a payload starting later
+    finds them cached. Returns at once (202); the ranges are ready when a GET serves them."""
+    if body.count > settings.max_stage_ranges:
+        raise LimitExceeded(f"stage count {body.count} is over the limit of {settings.max_stage_ranges} "
+                            f"(setting max_stage_ranges): stage fewer ranges per request")
+    check_plan(core.plan(recipe_id), settings)
+    indices = core.stage(recipe_id, body.first, body.count, body.format)
+    return StageOut(recipe_id=recipe_id, format=body.format, ranges=indices)
 
 
 @router.get(

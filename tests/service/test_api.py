@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from gateway_helpers import HZZ, RECIPE, SCALE, Client, Env, error_of
 
 from service.deps import InFlight, get_inflight
+from vdata.cache import CacheKey
 from vdata.formats import MEDIA_TYPES
 from vdata.tokens import hash_token
 
@@ -152,6 +154,43 @@ def test_recipe_errors(admin: Client, recipe_id: str) -> None:
     error_of(admin.post("/v1/recipes", json=[1, 2]), 422, "validation_error")
     error_of(admin.post("/v1/recipes", content=b"{not json", headers={"content-type": "application/json"}),
              422, "validation_error")
+
+
+def _cached(env: Env, recipe_id: str, indices: list[int], fmt: str, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(env.core.cache.contains(CacheKey(recipe_id, i, fmt)) for i in indices):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> None:
+    reader = env.client("reader")
+    assert not any(env.core.cache.contains(CacheKey(recipe_id, i, "parquet")) for i in (2, 3, 4))
+    r = reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 2, "count": 3, "format": "parquet"})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"recipe_id": recipe_id, "format": "parquet", "ranges": [2, 3, 4]}
+    assert _cached(env, recipe_id, [2, 3, 4], "parquet")  # nobody asked for the bytes yet
+    assert not env.core.cache.contains(CacheKey(recipe_id, 1, "root"))  # only what was staged
+    served = reader.get(f"/v1/recipes/{recipe_id}/ranges/3?format=parquet")
+    assert served.status_code == 200 and served.headers["x-vdata-events"] != "0"
+    # near the end the count is clipped at the last range; staging again is harmless
+    r = reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 5, "count": 10, "format": "arrow"})
+    assert r.status_code == 202 and r.json()["ranges"] == [5, 6]
+    assert _cached(env, recipe_id, [5, 6], "arrow")
+    assert reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 5, "format": "arrow"}).json()["ranges"] == [5, 6]
+
+
+def test_stage_errors(env: Env, recipe_id: str) -> None:
+    reader = env.client("reader", env.settings_with(max_stage_ranges=2))
+    url = f"/v1/recipes/{recipe_id}/stage"
+    assert "range 7" in error_of(reader.post(url, json={"first": 7, "count": 1}), 416, "range_out_of_bounds")
+    assert "max_stage_ranges" in error_of(reader.post(url, json={"count": 3}), 400, "limit_exceeded")
+    assert "'csv'" in error_of(reader.post(url, json={"count": 1, "format": "csv"}), 400, "bad_format")
+    error_of(reader.post(url, json={"count": 0}), 422, "validation_error")
+    error_of(reader.post(url, json={"count": 1, "ranges": [1]}), 422, "validation_error")  # unknown field
+    error_of(reader.post("/v1/recipes/vds-000/stage", json={"count": 1}), 404, "recipe_not_found")
 
 
 # -- jobs ----------------------------------------------------------------------------------------

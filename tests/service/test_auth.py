@@ -26,6 +26,7 @@ ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
     ("GET", "/v1/recipes/vds-0", None, "reader", 404),
     ("GET", "/v1/recipes/vds-0/ranges", None, "reader", 404),
     ("GET", "/v1/recipes/vds-0/ranges/0?format=arrow", None, "reader", 404),
+    ("POST", "/v1/recipes/vds-0/stage", {"count": 1}, "reader", 404),
     ("POST", "/v1/jobs", {"recipe_id": "vds-0"}, "worker", 404),
     ("GET", "/v1/jobs/job-0", None, "worker", 404),
     ("POST", "/v1/jobs/job-0/lease", {"worker": "w", "n": 1}, "worker", 404),

@@ -78,6 +78,10 @@ def test_the_whole_command_line(server: tuple[BackgroundServer, Path], shared_da
     assert recipe_id.startswith("vds-") and "2,421 events in 3 ranges" in out
     code, out = run("recipes", "show", recipe_id, token=scientist, url=url)
     assert code == 0 and "m_mumu" in out and "0: [0, 807)" in out
+    code, out = run("recipes", "stage", recipe_id, "--first", "1", "--count", "5", "-f", "root", token=scientist, url=url)
+    assert code == 0 and f"staging ranges 1..2 of {recipe_id} as root" in out, out
+    code, out = run("recipes", "stage", recipe_id, "--first", "3", token=scientist, url=url)
+    assert code == 2 and "range 3" in out, out
 
     catalog = vdata.Catalog()
     catalog.add_dataset("opendata:hzz", registered["files"][0]["path"], "events")  # as the service resolved it
