@@ -299,7 +299,35 @@ def summarize_collapsed(raw: Path, top: int = 18, must: str | None = None) -> li
 
 # -- 5. memory -------------------------------------------------------------------------------
 
+def _rss_kinds(pid: int) -> dict[str, int]:
+    """RssAnon / RssFile / RssShmem (kB) of a process: heap, mapped libraries, shared memory
+    (the pages of Ray's object store the gateway has touched count here); {} if it is gone."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _mark_row(line: str, gw_pid: int, sampled_peak: int) -> dict[str, Any]:
+    """One line of bench/_tp_memclient.py, with the gateway's memory read now."""
+    kind, n, hwm, rss, secs, arrow, arrow_max, objects = line.split()
+    g = proc_status(gw_pid)
+    kinds = _rss_kinds(gw_pid)
+    return {"kind": kind, "events": int(n), "client_hwm_kb": int(hwm), "client_rss_kb": int(rss),
+            "client_arrow_kb": int(arrow), "client_arrow_max_kb": int(arrow_max), "client_gc_objects": int(objects),
+            "seconds": float(secs), "gateway_hwm_kb": g.get("VmHWM", 0), "gateway_rss_kb": g.get("VmRSS", 0),
+            "gateway_sampled_peak_kb": sampled_peak, "gateway_anon_kb": kinds.get("RssAnon", 0),
+            "gateway_file_kb": kinds.get("RssFile", 0), "gateway_shmem_kb": kinds.get("RssShmem", 0)}
+
+
 def memory(work: Path, events: int, range_events: int, marks: list[int], prefetch: int, log: Log) -> dict[str, Any]:
+    """Peak RSS of the gateway and of a streaming client at each mark, with what makes it up:
+    the client's Arrow pool (its range bodies) and object count, the gateway's RSS split into
+    heap, libraries and shared memory (Ray's object store)."""
     from vdata.client import Client
 
     columns = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi"]
@@ -325,13 +353,14 @@ def memory(work: Path, events: int, range_events: int, marks: list[int], prefetc
         try:
             assert client_proc.stdout is not None
             for line in client_proc.stdout:
-                kind, n, hwm, rss, secs = line.split()
-                g = proc_status(gw.pid)
-                rows.append({"kind": kind, "events": int(n), "client_hwm_kb": int(hwm), "client_rss_kb": int(rss),
-                             "seconds": float(secs), "gateway_hwm_kb": g.get("VmHWM", 0),
-                             "gateway_rss_kb": g.get("VmRSS", 0), "gateway_sampled_peak_kb": peak["rss"]})
-                log(f"  {kind} {int(n):>10,} events at {float(secs):6.1f} s: client peak {int(hwm) / 1024:.0f} MiB, "
-                    f"gateway peak {g.get('VmHWM', 0) / 1024:.0f} MiB (rss now {g.get('VmRSS', 0) / 1024:.0f} MiB)")
+                r = _mark_row(line, gw.pid, peak["rss"])
+                rows.append(r)
+                log(f"  {r['kind']} {r['events']:>10,} events at {r['seconds']:6.1f} s: client peak "
+                    f"{r['client_hwm_kb'] / 1024:.0f} MiB (arrow {r['client_arrow_kb'] / 1024:.0f}, max "
+                    f"{r['client_arrow_max_kb'] / 1024:.0f} MiB; {r['client_gc_objects']:,} objects), gateway peak "
+                    f"{r['gateway_hwm_kb'] / 1024:.0f} MiB (rss now {r['gateway_rss_kb'] / 1024:.0f} MiB: heap "
+                    f"{r['gateway_anon_kb'] / 1024:.0f}, libraries {r['gateway_file_kb'] / 1024:.0f}, shared "
+                    f"{r['gateway_shmem_kb'] / 1024:.0f})")
             if client_proc.wait(timeout=600) != 0:
                 raise RuntimeError(f"the streaming client exited {client_proc.returncode}")
         finally:
@@ -345,6 +374,11 @@ def memory(work: Path, events: int, range_events: int, marks: list[int], prefetc
     out = {"events": events, "range_events": range_events, "columns": columns, "prefetch": prefetch,
            "gateway_start_kb": gw_start, "marks": rows,
            "client_growth": hi["client_hwm_kb"] / lo["client_hwm_kb"],
-           "gateway_growth": hi["gateway_hwm_kb"] / lo["gateway_hwm_kb"]}
+           "gateway_growth": hi["gateway_hwm_kb"] / lo["gateway_hwm_kb"],
+           # where the growth between the first and the last mark went, kB
+           "client_growth_kb": {"peak": hi["client_hwm_kb"] - lo["client_hwm_kb"],
+                                "arrow_max": hi["client_arrow_max_kb"] - lo["client_arrow_max_kb"]},
+           "gateway_growth_kb": {k: hi[f"gateway_{k}_kb"] - lo[f"gateway_{k}_kb"]
+                                 for k in ("hwm", "rss", "anon", "file", "shmem")}}
     out["met"] = out["client_growth"] <= 1.10 and out["gateway_growth"] <= 1.10
     return out

@@ -6,6 +6,11 @@ Retried: connection errors and timeouts, ``429`` and ``5xx`` (honouring ``Retry-
 and a body whose adler32 does not match its header. Every other ``4xx`` raises at once.
 A request that is not safe to repeat (``idempotent=False``) is retried only when it surely
 never reached the server (connect errors, pool timeouts, ``429``).
+
+Range bodies are read straight into one buffer of their ``Content-Length`` (allocated by
+Arrow, which then reads the table from it without a copy), with the adler32 taken chunk by
+chunk: httpx's ``response.content`` holds every network chunk and then joins them, twice the
+body at its peak, in each prefetch thread.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
+import pyarrow as pa
 
 from vdata.errors import VdataError
 
@@ -93,14 +99,41 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date, or absent: use our own backoff
 
 
-def checked_body(response: httpx.Response, what: str) -> bytes:
-    """The body, or :class:`ChecksumMismatch` (attempts=1) when it does not match its header."""
+def read_body(response: httpx.Response) -> tuple[pa.Buffer, int]:
+    """The body of a streamed response and its adler32, read into one buffer.
+
+    Pre-sized from ``Content-Length`` when the body is sent as is; otherwise (no length, or a
+    ``Content-Encoding`` to undo) the chunks are gathered and joined.
+    """
+    length = response.headers.get("Content-Length", "")
+    if not length.isdigit() or response.headers.get("Content-Encoding", "identity") != "identity":
+        data = response.read()
+        return pa.py_buffer(data), zlib.adler32(data)
+    size = int(length)
+    buffer = pa.allocate_buffer(size)
+    view = memoryview(buffer).cast("B")  # Arrow's buffers export signed bytes ("b")
+    position, adler = 0, 1
+    for chunk in response.iter_raw():
+        end = position + len(chunk)
+        if end > size:
+            raise httpx.RemoteProtocolError(f"{_path(response)}: body longer than its Content-Length {size}")
+        view[position:end] = chunk
+        adler = zlib.adler32(chunk, adler)
+        position = end
+    if position != size:
+        raise httpx.RemoteProtocolError(f"{_path(response)}: body of {position} bytes, Content-Length says {size}")
+    return buffer, adler
+
+
+def checked_body(response: httpx.Response, what: str) -> pa.Buffer:
+    """The body of a streamed response, or :class:`ChecksumMismatch` (attempts=1) when it
+    does not match its header."""
     expected = response.headers.get(ADLER_HEADER)
     if expected is None:
         raise ServiceError(response.status_code, "bad_response", f"{what}: no {ADLER_HEADER} header",
                            response.request.method, _path(response))
-    body = response.content
-    got = f"{zlib.adler32(body) & 0xFFFFFFFF:08x}"
+    body, adler = read_body(response)
+    got = f"{adler & 0xFFFFFFFF:08x}"
     if got != expected.strip().lower():
         raise ChecksumMismatch(what, expected, got, 1)
     return body
@@ -129,10 +162,11 @@ class Transport:
     def request(self, method: str, url: str | httpx.URL, *, body: Any = None, params: dict[str, str] | None = None,
                 idempotent: bool = True, stop: threading.Event | None = None, retries: int | None = None,
                 check: Callable[[httpx.Response], T] | None = None) -> Any:
-        """Send with retries; return ``check(response)`` (default: the response).
+        """Send with retries; return ``check(response)`` (default: the response, read).
 
-        ``check`` may raise :class:`ChecksumMismatch` to have the request repeated. ``stop``
-        cuts the backoff sleeps short (raising :class:`Cancelled`).
+        ``check`` gets the response before its body is read (so it can stream it where it
+        wants, e.g. :func:`checked_body`); it may raise :class:`ChecksumMismatch` to have the
+        request repeated. ``stop`` cuts the backoff sleeps short (raising :class:`Cancelled`).
         """
         budget = self.retries if retries is None else retries
         attempt = 0
@@ -141,7 +175,15 @@ class Transport:
                 raise Cancelled(f"{method} {url}")
             wait: float | None = None
             try:
-                response = self.http.request(method, url, json=body, params=params)
+                with self.http.stream(method, url, json=body, params=params) as response:
+                    status = response.status_code
+                    if status < 400 and check is not None:
+                        return check(response)
+                    response.read()
+            except ChecksumMismatch as exc:
+                if attempt >= budget:
+                    raise ChecksumMismatch(exc.what, exc.expected, exc.got, attempt + 1) from None
+                log.warning("%s: adler32 %s, header %s; fetching it again", exc.what, exc.got, exc.expected)
             except _TRANSIENT as exc:
                 if attempt >= budget or not (idempotent or isinstance(exc, _NEVER_SENT)):
                     raise ServiceUnreachable(
@@ -149,17 +191,9 @@ class Transport:
                         f"(after {attempt + 1} attempt{'s' if attempt else ''})") from exc
                 log.info("%s %s: %s, retrying", method, url, type(exc).__name__)
             else:
-                status = response.status_code
                 if status < 400:
-                    if check is None:
-                        return response
-                    try:
-                        return check(response)
-                    except ChecksumMismatch as exc:
-                        if attempt >= budget:
-                            raise ChecksumMismatch(exc.what, exc.expected, exc.got, attempt + 1) from None
-                        log.warning("%s: adler32 %s, header %s; fetching it again", exc.what, exc.got, exc.expected)
-                elif (status == 429 or (status >= 500 and idempotent)) and attempt < budget:
+                    return response
+                if (status == 429 or (status >= 500 and idempotent)) and attempt < budget:
                     wait = _retry_after(response)
                     log.info("%s %s: %d, retrying", method, url, status)
                 else:

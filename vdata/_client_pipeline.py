@@ -62,8 +62,11 @@ def ordered_prefetch(fn: Callable[[T], R], items: Iterable[T], window: int, stop
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def decode_table(body: bytes, format: str) -> pa.Table:
-    """A range body as a table: Arrow IPC stream, Parquet, or ROOT (through a temporary file)."""
+def decode_table(body: bytes | pa.Buffer, format: str) -> pa.Table:
+    """A range body as a table: Arrow IPC stream, Parquet, or ROOT (through a temporary file).
+
+    An Arrow stream is read without a copy: the table's columns point into ``body``.
+    """
     if format == "arrow":
         return pa.ipc.open_stream(body).read_all()
     if format == "parquet":
@@ -71,11 +74,11 @@ def decode_table(body: bytes, format: str) -> pa.Table:
     # uproot reads files, not buffers: a temporary file, removed at once
     with tempfile.TemporaryDirectory(prefix="vdata-client-") as tmp:
         path = Path(tmp) / "range.root"
-        path.write_bytes(body)
+        path.write_bytes(memoryview(body))
         return read_table(path, "root")
 
 
-def adler32_hex(data: bytes) -> str:
+def adler32_hex(data: bytes | pa.Buffer) -> str:
     return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
 
 
@@ -87,7 +90,7 @@ def file_adler32(path: Path) -> str:
     return f"{value & 0xFFFFFFFF:08x}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | pa.Buffer) -> None:
     """Write ``data`` to a hidden temporary file beside ``path``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:

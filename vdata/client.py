@@ -183,7 +183,7 @@ class Client:
 
     # -- range data ----------------------------------------------------------------------------
 
-    def _range_body(self, rid: str, index: int, format: str, stop: threading.Event | None) -> bytes:
+    def _range_body(self, rid: str, index: int, format: str, stop: threading.Event | None) -> pa.Buffer:
         """A range's body, checked against its adler32 (retried as the class says)."""
         what = f"{rid} range {index}"
         url = f"/v1/recipes/{rid}/ranges/{index}"

@@ -22,7 +22,7 @@ import pytest
 import uproot
 import uvicorn
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 import vdata
 from vdata.client import (
@@ -77,6 +77,7 @@ class FakeService:
     def reset(self) -> None:
         self.delay = 0.0
         self.corrupt = self.drop = self.garbage = 0
+        self.chunked = False  # send bodies without a Content-Length, in pieces
         self.statuses: list[tuple[int, str]] = []  # error answers for the next range requests
         self.recipes: set[str] = set()
         self.range_requests: list[tuple[int, str]] = []
@@ -108,6 +109,9 @@ class FakeService:
             self.drop -= 1
             headers["Content-Length"] = str(len(body))
             body = body[: len(body) // 2]
+        if self.chunked:
+            pieces = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+            return StreamingResponse(iter(pieces), media_type=MEDIA_TYPES[fmt], headers=headers)
         return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
     def job_rows(self, job_id: str) -> dict[str, Any]:
@@ -342,6 +346,32 @@ def test_a_body_corrupted_every_time_raises_checksum_mismatch(service: tuple[Fak
             pytest.raises(ChecksumMismatch, match=r"range 0: adler32 .* \(3 attempts\)") as info:
         list(client.stream(RECIPE, prefetch=0))
     assert isinstance(info.value, OSError)
+
+
+def test_a_body_without_a_length_is_read_and_checked_too(client: Client, fake: FakeService) -> None:
+    fake.chunked = True
+    fake.corrupt = 1
+    assert_tables_equal(pa.Table.from_batches(list(client.stream(RECIPE, prefetch=2))), fake.table)
+    assert len(fake.range_requests) == len(SIZES) + 1  # the corrupted one fetched again
+
+
+def test_the_bodies_held_are_bounded_by_the_window_not_by_the_ranges(client: Client, fake: FakeService) -> None:
+    """The range bodies live in Arrow's memory pool (the tables point into them, no copy), so
+    the pool tells what the stream keeps: at most the range in hand and ``prefetch`` ahead."""
+    prefetch = 2
+    largest = max(len(b) for b in fake.bodies["arrow"])
+    gc.collect()
+    base = pa.total_allocated_bytes()
+    held = []
+    batches = client.stream(RECIPE, prefetch=prefetch)
+    for batch in batches:
+        time.sleep(0.05)  # a payload slow enough for the window to fill
+        held.append(pa.total_allocated_bytes() - base)
+    assert len(held) == len(SIZES) > prefetch + 1
+    assert 0 < max(held) <= (prefetch + 1) * largest
+    del batches, batch
+    gc.collect()
+    assert pa.total_allocated_bytes() == base  # nothing kept once the stream is done
 
 
 def test_a_dropped_connection_is_retried(client: Client, fake: FakeService) -> None:
