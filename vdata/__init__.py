@@ -1,13 +1,13 @@
 """vdata: on-demand virtual data for event processing.
 
 The library layer: source datasets read with uproot, event ranges, output formats, the
-catalog, recipes and local materialization (and, as the service grows, the cache, jobs and
-the Ray engine). Everything
-a user calls is re-exported here.
+catalog, recipes and local materialization, the cache, jobs, the Ray engine and the client.
+Everything a user calls is re-exported here.
 """
 
+import sys
+import types
 
-from vdata.catalog import Catalog
 from vdata.errors import (
     ColumnNotFound,
     DatasetNotFound,
@@ -25,18 +25,24 @@ from vdata.errors import (
     VdataError,
 )
 from vdata.formats import FORMATS, read_table, write_table
-from vdata.materialize import Plan, materialize, plan
 from vdata.ranges import EventRange, plan_ranges
-from vdata.recipes import Recipe
-from vdata.sources import SourceDataset, SourceFile, open_dataset
 
 __version__ = "0.1.0"
 
-# The engine and the service core import Ray (a second of start-up), the client httpx and
-# rich: load them on first use.
+# Loaded on first use: the sources need uproot and awkward, recipes Numba (a second and
+# ~150 MiB), the engine and the service core Ray, the client httpx and rich. A payload that
+# only streams with the Client never pays for the others.
 _LAZY = {
     "CacheEntry": "vdata.cache",
     "CacheKey": "vdata.cache",
+    "Catalog": "vdata.catalog",
+    "Plan": "vdata.materialize",
+    "Recipe": "vdata.recipes",
+    "SourceDataset": "vdata.sources",
+    "SourceFile": "vdata.sources",
+    "materialize": "vdata.materialize",
+    "open_dataset": "vdata.sources",
+    "plan": "vdata.materialize",
     "ChecksumMismatch": "vdata.client",
     "Client": "vdata.client",
     "Core": "vdata.core",
@@ -63,6 +69,20 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``vdata.materialize`` is the function, as it was when it was imported eagerly: when the
+    module ``vdata.materialize`` is first loaded, the import system sets it as an attribute of
+    the package; keep the function of that name instead (the module stays in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "materialize" and isinstance(value, types.ModuleType):
+            value = value.materialize
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "CacheEntry",

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import httpx
 import pyarrow as pa
@@ -55,7 +56,6 @@ from vdata._client_worker import LeasedRange, WorkerSummary, run_worker
 from vdata.errors import FormatError, RecipeError
 from vdata.formats import FORMATS
 from vdata.ranges import EventRange
-from vdata.recipes import Recipe
 
 __all__ = [
     "ChecksumMismatch",
@@ -67,7 +67,10 @@ __all__ = [
     "WorkerSummary",
 ]
 
-RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike[str]
+if TYPE_CHECKING:
+    from vdata.recipes import Recipe
+
+RecipeLike: TypeAlias = "Recipe | Mapping[str, Any] | str | os.PathLike[str]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,8 @@ def _check_format(format: str) -> None:
 
 def _load_recipe(recipe: RecipeLike) -> dict[str, Any]:
     """The JSON body to post: a Recipe's canonical form, a mapping as it is, or a YAML/JSON file."""
-    if isinstance(recipe, Recipe):
+    recipes = sys.modules.get("vdata.recipes")  # a Recipe exists only once its module is loaded
+    if recipes is not None and isinstance(recipe, recipes.Recipe):
         return recipe.to_dict()
     if isinstance(recipe, Mapping):
         return dict(recipe)

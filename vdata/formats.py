@@ -16,11 +16,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import awkward as ak
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import uproot
 
 from vdata.errors import FormatError
 
@@ -83,6 +81,9 @@ def read_table(path: str | os.PathLike[str], format: str) -> pa.Table:
             return pa.ipc.open_stream(source).read_all()
     if format == "parquet":
         return pq.read_table(str(path))
+    import awkward as ak  # ROOT only: a client that reads Arrow never loads awkward and uproot
+    import uproot
+
     with uproot.open(str(path)) as f:
         if SCHEMA_KEY not in f:
             return ak.to_arrow_table(f[ROOT_TREE].arrays(), extensionarray=False)
@@ -188,6 +189,9 @@ def _has_nulls(column: pa.ChunkedArray) -> bool:
 
 
 def _write_root(table: pa.Table, path: Path) -> None:
+    import awkward as ak
+    import uproot
+
     _check_root_types(table.schema)
     counter_name, counters = _counter_names(table)
     data = {}
