@@ -2,7 +2,11 @@
 
 The file is pinned (so eviction cannot remove it) and opened before the response starts, then
 streamed in 1 MiB chunks read in a worker thread; the pin is released when the last byte is
-sent, or the client goes away. A miss waits for the engine's future without blocking the event
+sent, or the client goes away. Only the file's size is checked before the first byte (reading
+the whole file to check its adler32 first cost more than sending it); the checksum is computed
+as the chunks are read, and the last chunk is held back until it matches. On a mismatch the
+entry is dropped and the connection closed short of ``Content-Length``, so a damaged file never
+arrives as a complete response, and the next request materializes the range again. A miss waits for the engine's future without blocking the event
 loop (``asyncio.wrap_future``, shielded: the engine's single-flight future is shared by every
 waiter and must never be cancelled by one of them).
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
@@ -32,36 +37,58 @@ from vdata.core import Core
 from vdata.errors import FormatError
 from vdata.formats import FORMATS, MEDIA_TYPES
 
-__all__ = ["CHUNK_BYTES", "RangeFileResponse", "serve_range"]
+__all__ = ["CHUNK_BYTES", "BodyAborted", "RangeFileResponse", "serve_range"]
 
 log = logging.getLogger("service")
 CHUNK_BYTES = 1 << 20
 
 
+class BodyAborted(RuntimeError):
+    """A started response whose body cannot be completed: its cache file turned out damaged.
+
+    Not a :class:`VdataError` on purpose: the status line has gone out, so no error response can
+    follow. It escapes the app, uvicorn closes the connection, and the client sees a body shorter
+    than its ``Content-Length`` (and would see a wrong ``X-Vdata-Adler32`` anyway).
+    """
+
+
 @dataclass
 class _Open:
+    cache: RangeCache
     entry: CacheEntry
     file: BinaryIO
     stack: ExitStack
 
 
 def _open_pinned(cache: RangeCache, key: CacheKey) -> _Open | None:
-    """The verified entry, pinned, with its file open; None on a miss. Blocking: run in a thread."""
+    """The entry, pinned and size-checked, with its file open; None on a miss. Blocking: run in a thread."""
     stack = ExitStack()
     try:
-        entry = stack.enter_context(cache.pinned(key))
-        if entry is None:
-            stack.close()
-            return None
-        file = stack.enter_context(open(entry.path, "rb"))  # noqa: SIM115 - closed by the stack
+        found = stack.enter_context(cache.opened(key))
     except BaseException:
         stack.close()
         raise
-    return _Open(entry, file, stack)
+    if found is None:
+        stack.close()
+        return None
+    return _Open(cache, found[0], found[1], stack)
+
+
+class _Checksummed:
+    """Reads a file front to back, keeping the adler32 of what it has read (in the worker thread)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.adler32 = zlib.adler32(b"")
+
+    def read(self, size: int) -> bytes:
+        chunk = self.file.read(size)
+        self.adler32 = zlib.adler32(chunk, self.adler32)
+        return chunk
 
 
 class RangeFileResponse(Response):
-    """A pinned cache file, streamed in :data:`CHUNK_BYTES` pieces; unpinned when done."""
+    """A pinned cache file, streamed in :data:`CHUNK_BYTES` pieces and checked on the way; unpinned when done."""
 
     def __init__(self, opened: _Open, on_sent: Callable[[int], None]) -> None:
         entry = opened.entry
@@ -82,11 +109,15 @@ class RangeFileResponse(Response):
         self.sent = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        aborted: list[BodyAborted] = []
         try:
             async with anyio.create_task_group() as group:
 
                 async def stream() -> None:
-                    await self._stream(send)
+                    try:
+                        await self._stream(send)
+                    except BodyAborted as exc:  # raised below, outside the task group (no ExceptionGroup)
+                        aborted.append(exc)
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
@@ -97,20 +128,34 @@ class RangeFileResponse(Response):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.opened.stack.close)
             self.on_sent(self.sent)
+        if aborted:
+            raise aborted[0]
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        reader = _Checksummed(self.opened.file)
         remaining = self.opened.entry.size
         while remaining > 0:
-            chunk = await anyio.to_thread.run_sync(self.opened.file.read, min(CHUNK_BYTES, remaining))
+            chunk = await anyio.to_thread.run_sync(reader.read, min(CHUNK_BYTES, remaining))
             if not chunk:
-                log.error("cache file %s ended %d bytes early", self.opened.entry.path, remaining)
-                break
+                await self._abort(f"it ended {remaining} bytes early")
             remaining -= len(chunk)
+            if remaining == 0 and reader.adler32 != self.opened.entry.adler32:
+                await self._abort(f"its adler32 is {adler32_hex(reader.adler32)}, "
+                                  f"{adler32_hex(self.opened.entry.adler32)} recorded")
             self.sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
-        if remaining:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _abort(self, problem: str) -> None:
+        """Drop the damaged entry and raise :class:`BodyAborted` (the last chunk is never sent)."""
+        entry = self.opened.entry
+        with anyio.CancelScope(shield=True):
+            dropped = await anyio.to_thread.run_sync(self.opened.cache.drop_if_damaged, entry.key)
+        message = (f"cache file {entry.path} ({entry.key}) is damaged: {problem}; the response was cut "
+                   f"after {self.sent} of {entry.size} bytes and the entry "
+                   + ("dropped" if dropped else "kept (it was replaced meanwhile)"))
+        log.error("%s", message)
+        raise BodyAborted(message)
 
 
 def _retrieve(future: asyncio.Future[CacheEntry]) -> None:
