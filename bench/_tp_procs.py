@@ -254,6 +254,11 @@ class Nginx:
             raise
         return self
 
+    def pids(self) -> list[int]:
+        """The master's and its workers' process ids (for their CPU time)."""
+        assert self.proc is not None
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, signal.SIGQUIT, timeout=10)  # graceful shutdown of master + worker

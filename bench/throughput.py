@@ -76,7 +76,9 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         w = res["warm"]
         rows += [("warm", f"gateway GET, {w['range_events']:,} ev, {w['bytes'] / 1e6:.1f} MB arrow", fmt_rate(w["gateway_Bps"], "B/s"), ""),
                  ("warm", "nginx, same cache file", fmt_rate(w["nginx_Bps"], "B/s"), ""),
-                 ("warm", "ratio gateway / nginx", f"{w['ratio']:.2f}x", f">= 0.8: {mark(w['met'])}")]
+                 ("warm", "ratio gateway / nginx", f"{w['ratio']:.2f}x", f">= 0.8: {mark(w['met'])}"),
+                 ("warm", "server CPU per GET: gateway / nginx",
+                  f"{w['gateway_cpu_s_per_get'] * 1e3:.0f} / {w['nginx_cpu_s_per_get'] * 1e3:.0f} ms", "")]
     if "cold" in res:
         c = res["cold"]
         rows += [("cold", f"bare uproot, 1 process, {c['uproot']['events']:,} ev", fmt_rate(c["uproot"]["events_per_s"], "ev/s"), ""),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
@@ -32,7 +31,7 @@ from service.errors import RangeUnavailable
 from service.limits import check_plan
 from service.metrics import Metrics
 from service.settings import Settings
-from vdata.cache import CacheEntry, CacheKey, RangeCache, adler32_hex
+from vdata.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
 from vdata.core import Core
 from vdata.errors import FormatError
 from vdata.formats import FORMATS, MEDIA_TYPES
@@ -79,11 +78,11 @@ class _Checksummed:
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
-        self.adler32 = zlib.adler32(b"")
+        self.adler32 = 1  # the adler32 of no bytes
 
     def read(self, size: int) -> bytes:
         chunk = self.file.read(size)
-        self.adler32 = zlib.adler32(chunk, self.adler32)
+        self.adler32 = adler32(chunk, self.adler32)
         return chunk
 
 

@@ -21,6 +21,7 @@ from vdata.cache import (
     CacheError,
     CacheKey,
     RangeCache,
+    adler32,
     adler32_hex,
 )
 from vdata.db import Database
@@ -147,6 +148,13 @@ def test_failed_put_leaves_nothing(tmp_path: Path, db: Database) -> None:
             cache.put(key(1), b"data", events=1)
         assert cache.entries() == []
         assert files_under(cache.root) == set()
+
+
+@given(st.binary(max_size=20_000), st.integers(0, 20_000))
+@settings(max_examples=200, deadline=None)
+def test_adler32_is_zlibs_also_when_chained(data: bytes, cut: int) -> None:
+    assert adler32(data) == zlib.adler32(data)
+    assert adler32(data[cut:], adler32(data[:cut])) == zlib.adler32(data)
 
 
 # -- damaged files ---------------------------------------------------------------------------
