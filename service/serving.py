@@ -6,7 +6,11 @@ sent, or the client goes away. Only the file's size is checked before the first 
 the whole file to check its adler32 first cost more than sending it); the checksum is computed
 as the chunks are read, and the last chunk is held back until it matches. On a mismatch the
 entry is dropped and the connection closed short of ``Content-Length``, so a damaged file never
-arrives as a complete response, and the next request materializes the range again. A miss waits for the engine's future without blocking the event
+arrives as a complete response, and the next request materializes the range again.
+
+Behind nginx (setting ``accel_redirect_prefix``) the gateway sends no bytes: it checks the
+entry's size and answers with ``X-Accel-Redirect``, and nginx sends the file with sendfile; see
+:class:`AccelRedirectResponse` for how the pin and the checksum are kept then. A miss waits for the engine's future without blocking the event
 loop (``asyncio.wrap_future``, shielded: the engine's single-flight future is shared by every
 waiter and must never be cancelled by one of them).
 """
@@ -36,10 +40,11 @@ from vdata.core import Core
 from vdata.errors import FormatError
 from vdata.formats import FORMATS, MEDIA_TYPES
 
-__all__ = ["CHUNK_BYTES", "BodyAborted", "RangeFileResponse", "serve_range"]
+__all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse", "serve_range"]
 
 log = logging.getLogger("service")
 CHUNK_BYTES = 1 << 20
+ACCEL_GRACE_SECONDS = 2.0
 
 
 class BodyAborted(RuntimeError):
@@ -86,23 +91,24 @@ class _Checksummed:
         return chunk
 
 
+def _range_headers(entry: CacheEntry) -> dict[str, str]:
+    """What a client learns about the range besides its bytes (the length is the caller's)."""
+    return {
+        "x-vdata-adler32": adler32_hex(entry.adler32),
+        "x-vdata-events": str(entry.events),
+        "content-disposition": f'attachment; filename="{entry.key.recipe_id}-'
+                               f'{entry.key.range_index:08d}.{entry.key.format}"',
+        "cache-control": "private, max-age=86400, immutable",
+    }
+
+
 class RangeFileResponse(Response):
     """A pinned cache file, streamed in :data:`CHUNK_BYTES` pieces and checked on the way; unpinned when done."""
 
     def __init__(self, opened: _Open, on_sent: Callable[[int], None]) -> None:
         entry = opened.entry
-        super().__init__(
-            status_code=200,
-            media_type=MEDIA_TYPES[entry.key.format],
-            headers={
-                "content-length": str(entry.size),
-                "x-vdata-adler32": adler32_hex(entry.adler32),
-                "x-vdata-events": str(entry.events),
-                "content-disposition": f'attachment; filename="{entry.key.recipe_id}-'
-                                       f'{entry.key.range_index:08d}.{entry.key.format}"',
-                "cache-control": "private, max-age=86400, immutable",
-            },
-        )
+        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
+                         headers={"content-length": str(entry.size), **_range_headers(entry)})
         self.opened = opened
         self.on_sent = on_sent
         self.sent = 0
@@ -157,6 +163,47 @@ class RangeFileResponse(Response):
         raise BodyAborted(message)
 
 
+class AccelRedirectResponse(Response):
+    """An empty answer naming the cache file nginx is to send (``X-Accel-Redirect``).
+
+    nginx opens the file after this answer, out of the gateway's sight, so the pin is kept
+    :data:`ACCEL_GRACE_SECONDS` longer: nginx opens it within milliseconds, and once it is open an
+    eviction's unlink no longer matters. Should nginx still come late, it answers 404 and the
+    client asks again. Meanwhile the adler32 is checked here, in a worker thread: a damaged file
+    reaches the client once (which rejects it by ``X-Vdata-Adler32``) and is dropped, so the next
+    request materializes the range again.
+    """
+
+    def __init__(self, opened: _Open, prefix: str, on_sent: Callable[[int], None]) -> None:
+        entry = opened.entry
+        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
+                         headers={"x-accel-redirect": f"{prefix}/{entry.key.relpath}", **_range_headers(entry)})
+        self.opened = opened
+        self.on_sent = on_sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+            self.on_sent(self.opened.entry.size)
+        finally:
+            with anyio.CancelScope(shield=True):
+                started = anyio.current_time()
+                try:
+                    await anyio.to_thread.run_sync(self._check)
+                    await anyio.sleep(ACCEL_GRACE_SECONDS - (anyio.current_time() - started))
+                finally:
+                    await anyio.to_thread.run_sync(self.opened.stack.close)
+
+    def _check(self) -> None:
+        """Read the open file through, and drop the entry if its adler32 does not match."""
+        reader, entry = _Checksummed(self.opened.file), self.opened.entry
+        while reader.read(CHUNK_BYTES):
+            pass
+        if reader.adler32 != entry.adler32 and self.opened.cache.drop_if_damaged(entry.key):
+            log.error("cache file %s (%s) was damaged (adler32 %s, %s recorded); handed to nginx, then dropped",
+                      entry.path, entry.key, adler32_hex(reader.adler32), adler32_hex(entry.adler32))
+
+
 def _retrieve(future: asyncio.Future[CacheEntry]) -> None:
     if not future.cancelled():
         future.exception()  # no "exception never retrieved" after a timeout
@@ -175,7 +222,7 @@ async def _wait(future: Future[CacheEntry], timeout: float, what: str) -> None:
 async def serve_range(
     core: Core, recipe_id: str, index: int, fmt: str, *,
     settings: Settings, principal: Principal, inflight: InFlight, metrics: Metrics,
-) -> RangeFileResponse:
+) -> RangeFileResponse | AccelRedirectResponse:
     """The response for range ``index`` of a recipe in ``fmt``: cached, or materialized now."""
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -206,4 +253,6 @@ async def serve_range(
         if nbytes == size:
             metrics.ranges_served.labels(fmt).inc()
 
+    if settings.accel_redirect_prefix is not None:
+        return AccelRedirectResponse(opened, settings.accel_redirect_prefix, sent)
     return RangeFileResponse(opened, sent)
