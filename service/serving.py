@@ -196,12 +196,13 @@ class AccelRedirectResponse(Response):
 
     def _check(self) -> None:
         """Read the open file through, and drop the entry if its adler32 does not match."""
-        reader, entry = _Checksummed(self.opened.file), self.opened.entry
-        while reader.read(CHUNK_BYTES):
-            pass
-        if reader.adler32 != entry.adler32 and self.opened.cache.drop_if_damaged(entry.key):
+        entry, checksum = self.opened.entry, 1
+        buffer = memoryview(bytearray(CHUNK_BYTES))  # one buffer, reused: nothing else holds it
+        while n := self.opened.file.readinto(buffer):
+            checksum = adler32(buffer[:n], checksum)
+        if checksum != entry.adler32 and self.opened.cache.drop_if_damaged(entry.key):
             log.error("cache file %s (%s) was damaged (adler32 %s, %s recorded); handed to nginx, then dropped",
-                      entry.path, entry.key, adler32_hex(reader.adler32), adler32_hex(entry.adler32))
+                      entry.path, entry.key, adler32_hex(checksum), adler32_hex(entry.adler32))
 
 
 def _retrieve(future: asyncio.Future[CacheEntry]) -> None:
