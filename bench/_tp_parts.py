@@ -31,50 +31,76 @@ def pct(xs: list[float], q: float) -> float:
 # -- 2. warm delivery ------------------------------------------------------------------------
 
 def warm(work: Path, root_file: Path, range_events: int, repeats: int, log: Log, profile: bool = False) -> dict[str, Any]:
+    """Phase 1: the gateway alone (uvicorn sends the bytes) against plain nginx. Phase 2: the same
+    data folder under a gateway in X-Accel-Redirect mode behind nginx, against plain nginx."""
     from vdata.client import Client
 
     with Gateway(work, "warm", num_cpus=1, lookahead=0, allowed_roots=[root_file.parent]) as gw:
         with Client(gw.url, gw.token, timeout=600) as client:
             client.add_dataset(DATASET, [str(root_file)], "Events")
             info = client.submit({"source": {"dataset": DATASET}, "range_events": range_events})
-        url = f"{gw.url}/v1/recipes/{info.id}/ranges/0?format=arrow"
+        path = f"/v1/recipes/{info.id}/ranges/0?format=arrow"
         t0 = time.perf_counter()
-        size, _, status = curl_get(url, gw.token)  # materializes and caches range 0
+        size, _, status = curl_get(gw.url + path, gw.token)  # materializes and caches range 0
         log(f"  range 0 ({range_events:,} events): {size / 1e6:.1f} MB arrow, made in {time.perf_counter() - t0:.1f} s")
         if status != 200:
-            raise RuntimeError(f"GET {url}: HTTP {status}")
+            raise RuntimeError(f"GET {gw.url + path}: HTTP {status}")
         cache_root = gw.data_dir / "cache"
-        path = cache_root / info.id / "00000000.arrow"
-        if path.stat().st_size != size:
-            raise RuntimeError(f"cache file {path} has {path.stat().st_size} bytes, the gateway sent {size}")
+        file = f"{info.id}/00000000.arrow"
+        if (cache_root / file).stat().st_size != size:
+            raise RuntimeError(f"cache file {cache_root / file} has {(cache_root / file).stat().st_size} bytes, "
+                               f"the gateway sent {size}")
         with Nginx(work / "nginx", cache_root) as nx:
-            nurl = f"{nx.url}/{info.id}/00000000.arrow"
-            sides = {"gateway": (url, gw.token), "nginx": (nurl, None)}
-            for u, tok in sides.values():  # one untimed GET each
-                curl_get(u, tok)
-            runs: dict[str, list[float]] = {k: [] for k in sides}
-            cpu: dict[str, list[float]] = {"gateway": []}
-            for _ in range(repeats):  # alternate the two sides
-                for name, (u, tok) in sides.items():
-                    c0 = _cpu_s(gw.pid)
-                    n, secs, st = curl_get(u, tok)
-                    if st != 200 or n != size:
-                        raise RuntimeError(f"GET {u}: HTTP {st}, {n} bytes (expected {size})")
-                    runs[name].append(n / secs)
-                    if name == "gateway":
-                        cpu["gateway"].append(_cpu_s(gw.pid) - c0)
-            profile_top = None
-            if profile:  # after the timed GETs: py-spy on the gateway during 8 s of back-to-back GETs
-                spy = _py_spy(gw.pid, work / "warm-profile.txt", time.time() - 1.0, 10)
-                end = time.time() + 10
-                while time.time() < end:
-                    curl_get(url, gw.token)
-                profile_top = _py_spy_finish(spy) if spy else None
-    g, n = med(runs["gateway"]), med(runs["nginx"])
+            sides = {"gateway": (gw.url + path, gw.token, [gw.pid]), "nginx": (f"{nx.url}/{file}", None, nx.pids())}
+            runs, cpu = _alternate(sides, size, repeats)
+            profile_top = _profile_warm(work, gw, gw.url + path) if profile else None
+    log("  gateway in X-Accel-Redirect mode behind nginx")
+    accel = Gateway(work, "warm", num_cpus=1, lookahead=0, allowed_roots=[root_file.parent])
+    accel.env["VDATA_ACCEL_REDIRECT_PREFIX"] = ACCEL_PREFIX
+    accel.token = gw.token  # the same data folder: the admin token is announced only on its first start
+    with accel, Nginx(work / "nginx-accel", cache_root, upstream_port=accel.port, accel_prefix=ACCEL_PREFIX) as nx:
+        sides = {"accel": (nx.url + path, accel.token, [accel.pid, *nx.pids()]),
+                 "nginx2": (f"{nx.url}/{file}", None, nx.pids())}
+        runs2, cpu2 = _alternate(sides, size, repeats)
+    g, n, a, n2 = (med(r) for r in (runs["gateway"], runs["nginx"], runs2["accel"], runs2["nginx2"]))
     return {"range_events": range_events, "bytes": size, "repeats": repeats, "client": "curl -o /dev/null",
             "gateway_Bps": g, "nginx_Bps": n, "ratio": g / n, "gateway_runs_Bps": runs["gateway"],
-            "nginx_runs_Bps": runs["nginx"], "gateway_cpu_s_per_get": med(cpu["gateway"]),
-            "target": 0.8, "met": g / n >= 0.8, "profile_top": profile_top}
+            "nginx_runs_Bps": runs["nginx"], "gateway_cpu_s_per_get": cpu["gateway"] / repeats,
+            "nginx_cpu_s_per_get": cpu["nginx"] / repeats,
+            "accel_Bps": a, "nginx2_Bps": n2, "accel_ratio": a / n2, "accel_runs_Bps": runs2["accel"],
+            "nginx2_runs_Bps": runs2["nginx2"], "accel_cpu_s_per_get": cpu2["accel"] / repeats,
+            "target": 0.8, "met": g / n >= 0.8, "accel_met": a / n2 >= 0.8, "profile_top": profile_top}
+
+
+ACCEL_PREFIX = "/_vdata_cache"
+
+
+def _alternate(sides: dict[str, tuple[str, str | None, list[int]]], size: int,
+               repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Bytes/s of each GET and the servers' CPU seconds (summed: /proc counts 10 ms ticks), the
+    sides alternating, after one untimed GET each. A side is (url, token, server pids)."""
+    for url, token, _ in sides.values():
+        curl_get(url, token)
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    cpu = dict.fromkeys(sides, 0.0)
+    for _ in range(repeats):
+        for name, (url, token, pids) in sides.items():
+            c0 = sum(_cpu_s(pid) for pid in pids)
+            n, secs, status = curl_get(url, token)
+            if status != 200 or n != size:
+                raise RuntimeError(f"GET {url}: HTTP {status}, {n} bytes (expected {size})")
+            runs[name].append(n / secs)
+            cpu[name] += sum(_cpu_s(pid) for pid in pids) - c0
+    return runs, cpu
+
+
+def _profile_warm(work: Path, gw: Gateway, url: str) -> list[str] | None:
+    """py-spy on the gateway during 8 s of back-to-back GETs."""
+    spy = _py_spy(gw.pid, work / "warm-profile.txt", time.time() - 1.0, 10)
+    end = time.time() + 10
+    while time.time() < end:
+        curl_get(url, gw.token)
+    return _py_spy_finish(spy) if spy else None
 
 
 def _cpu_s(pid: int) -> float:

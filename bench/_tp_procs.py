@@ -146,7 +146,7 @@ class Gateway:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([PYTHON, "-m", "service"], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, start_new_session=True)
-        token: list[str] = []
+        token: list[str] = [self.token] if self.token else []  # set beforehand: a restart is not told it again
 
         def read_stdout() -> None:
             assert self.proc is not None and self.proc.stdout is not None
@@ -211,15 +211,30 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location / {{ root {root}; }}
-    }}
+{accel}    }}
 }}
+"""
+# In front of a gateway in X-Accel-Redirect mode: the API goes to the gateway; the file it names
+# is sent from an internal location aliasing the cache folder, with the checksum header kept.
+NGINX_ACCEL = """\
+        location /v1/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
+        location {prefix}/ {{
+            internal;
+            alias {root}/;
+            add_header X-Vdata-Adler32 $upstream_http_x_vdata_adler32;
+            add_header X-Vdata-Events $upstream_http_x_vdata_events;
+        }}
 """
 
 
 class Nginx:
-    """nginx serving ``root`` on a free loopback port, with its config and prefix under ``prefix``."""
+    """nginx serving ``root`` on a free loopback port, with its config and prefix under ``prefix``;
+    with ``upstream_port``, also in front of that gateway in X-Accel-Redirect mode (``/v1/``)."""
 
-    def __init__(self, prefix: Path, root: Path) -> None:
+    def __init__(self, prefix: Path, root: Path, upstream_port: int | None = None,
+                 accel_prefix: str = "/_vdata_cache") -> None:
+        self.upstream_port = upstream_port
+        self.accel_prefix = accel_prefix
         self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(self.binary).exists():
             raise RuntimeError("nginx not found: apt-get install -y nginx")
@@ -232,7 +247,9 @@ class Nginx:
     def start(self) -> Nginx:
         self.prefix.mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port, root=self.root))
+        accel = "" if self.upstream_port is None else NGINX_ACCEL.format(
+            upstream=self.upstream_port, prefix=self.accel_prefix, root=self.root)
+        conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port, root=self.root, accel=accel))
         self.proc = subprocess.Popen([self.binary, "-p", str(self.prefix), "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 15
@@ -253,6 +270,11 @@ class Nginx:
             self.stop()
             raise
         return self
+
+    def pids(self) -> list[int]:
+        """The master's and its workers' process ids (for their CPU time)."""
+        assert self.proc is not None
+        return [self.proc.pid, *descendants(self.proc.pid)]
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -7,6 +7,9 @@ warm        GET of a cached Arrow range (``--warm-events`` NanoAOD-like events, 
             (started here on a loopback port, own config + prefix in a temp folder) serving
             the same cache file. Same client for both: ``curl -s -o /dev/null``, a new
             connection per GET, the two sides alternating. Target: gateway >= 0.8x nginx bytes/s.
+            Then, on the same data folder, a gateway with ``VDATA_ACCEL_REDIRECT_PREFIX`` behind
+            nginx (nginx sends the file the gateway names) against the plain nginx again.
+            Server CPU per GET is summed over the runs (gateway; nginx master + worker).
 cold        ROOT -> Arrow through the engine (``Core`` in this process, Ray with 1 and then 2
             workers, a fresh cache for every pass: the entries are removed after each pass)
             vs bare uproot in one process over the same entries (arrays +
@@ -76,7 +79,13 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         w = res["warm"]
         rows += [("warm", f"gateway GET, {w['range_events']:,} ev, {w['bytes'] / 1e6:.1f} MB arrow", fmt_rate(w["gateway_Bps"], "B/s"), ""),
                  ("warm", "nginx, same cache file", fmt_rate(w["nginx_Bps"], "B/s"), ""),
-                 ("warm", "ratio gateway / nginx", f"{w['ratio']:.2f}x", f">= 0.8: {mark(w['met'])}")]
+                 ("warm", "ratio gateway / nginx", f"{w['ratio']:.2f}x", f">= 0.8: {mark(w['met'])}"),
+                 ("warm", "server CPU per GET: gateway / nginx",
+                  f"{w['gateway_cpu_s_per_get'] * 1e3:.0f} / {w['nginx_cpu_s_per_get'] * 1e3:.0f} ms", ""),
+                 ("warm", "gateway (X-Accel-Redirect) behind nginx", fmt_rate(w["accel_Bps"], "B/s"), ""),
+                 ("warm", "nginx, same cache file (2nd phase)", fmt_rate(w["nginx2_Bps"], "B/s"), ""),
+                 ("warm", "ratio accel / nginx", f"{w['accel_ratio']:.2f}x", f">= 0.8: {mark(w['accel_met'])}"),
+                 ("warm", "CPU per GET: gateway + nginx (accel)", f"{w['accel_cpu_s_per_get'] * 1e3:.0f} ms", "")]
     if "cold" in res:
         c = res["cold"]
         rows += [("cold", f"bare uproot, 1 process, {c['uproot']['events']:,} ev", fmt_rate(c["uproot"]["events_per_s"], "ev/s"), ""),

@@ -2,7 +2,15 @@
 
 The file is pinned (so eviction cannot remove it) and opened before the response starts, then
 streamed in 1 MiB chunks read in a worker thread; the pin is released when the last byte is
-sent, or the client goes away. A miss waits for the engine's future without blocking the event
+sent, or the client goes away. Only the file's size is checked before the first byte (reading
+the whole file to check its adler32 first cost more than sending it); the checksum is computed
+as the chunks are read, and the last chunk is held back until it matches. On a mismatch the
+entry is dropped and the connection closed short of ``Content-Length``, so a damaged file never
+arrives as a complete response, and the next request materializes the range again.
+
+Behind nginx (setting ``accel_redirect_prefix``) the gateway sends no bytes: it checks the
+entry's size and answers with ``X-Accel-Redirect``, and nginx sends the file with sendfile; see
+:class:`AccelRedirectResponse` for how the pin and the checksum are kept then. A miss waits for the engine's future without blocking the event
 loop (``asyncio.wrap_future``, shielded: the engine's single-flight future is shared by every
 waiter and must never be cancelled by one of them).
 """
@@ -27,66 +35,94 @@ from service.errors import RangeUnavailable
 from service.limits import check_plan
 from service.metrics import Metrics
 from service.settings import Settings
-from vdata.cache import CacheEntry, CacheKey, RangeCache, adler32_hex
+from vdata.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
 from vdata.core import Core
 from vdata.errors import FormatError
 from vdata.formats import FORMATS, MEDIA_TYPES
 
-__all__ = ["CHUNK_BYTES", "RangeFileResponse", "serve_range"]
+__all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse", "serve_range"]
 
 log = logging.getLogger("service")
 CHUNK_BYTES = 1 << 20
+ACCEL_GRACE_SECONDS = 2.0
+
+
+class BodyAborted(RuntimeError):
+    """A started response whose body cannot be completed: its cache file turned out damaged.
+
+    Not a :class:`VdataError` on purpose: the status line has gone out, so no error response can
+    follow. It escapes the app, uvicorn closes the connection, and the client sees a body shorter
+    than its ``Content-Length`` (and would see a wrong ``X-Vdata-Adler32`` anyway).
+    """
 
 
 @dataclass
 class _Open:
+    cache: RangeCache
     entry: CacheEntry
     file: BinaryIO
     stack: ExitStack
 
 
 def _open_pinned(cache: RangeCache, key: CacheKey) -> _Open | None:
-    """The verified entry, pinned, with its file open; None on a miss. Blocking: run in a thread."""
+    """The entry, pinned and size-checked, with its file open; None on a miss. Blocking: run in a thread."""
     stack = ExitStack()
     try:
-        entry = stack.enter_context(cache.pinned(key))
-        if entry is None:
-            stack.close()
-            return None
-        file = stack.enter_context(open(entry.path, "rb"))  # noqa: SIM115 - closed by the stack
+        found = stack.enter_context(cache.opened(key))
     except BaseException:
         stack.close()
         raise
-    return _Open(entry, file, stack)
+    if found is None:
+        stack.close()
+        return None
+    return _Open(cache, found[0], found[1], stack)
+
+
+class _Checksummed:
+    """Reads a file front to back, keeping the adler32 of what it has read (in the worker thread)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.adler32 = 1  # the adler32 of no bytes
+
+    def read(self, size: int) -> bytes:
+        chunk = self.file.read(size)
+        self.adler32 = adler32(chunk, self.adler32)
+        return chunk
+
+
+def _range_headers(entry: CacheEntry) -> dict[str, str]:
+    """What a client learns about the range besides its bytes (the length is the caller's)."""
+    return {
+        "x-vdata-adler32": adler32_hex(entry.adler32),
+        "x-vdata-events": str(entry.events),
+        "content-disposition": f'attachment; filename="{entry.key.recipe_id}-'
+                               f'{entry.key.range_index:08d}.{entry.key.format}"',
+        "cache-control": "private, max-age=86400, immutable",
+    }
 
 
 class RangeFileResponse(Response):
-    """A pinned cache file, streamed in :data:`CHUNK_BYTES` pieces; unpinned when done."""
+    """A pinned cache file, streamed in :data:`CHUNK_BYTES` pieces and checked on the way; unpinned when done."""
 
     def __init__(self, opened: _Open, on_sent: Callable[[int], None]) -> None:
         entry = opened.entry
-        super().__init__(
-            status_code=200,
-            media_type=MEDIA_TYPES[entry.key.format],
-            headers={
-                "content-length": str(entry.size),
-                "x-vdata-adler32": adler32_hex(entry.adler32),
-                "x-vdata-events": str(entry.events),
-                "content-disposition": f'attachment; filename="{entry.key.recipe_id}-'
-                                       f'{entry.key.range_index:08d}.{entry.key.format}"',
-                "cache-control": "private, max-age=86400, immutable",
-            },
-        )
+        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
+                         headers={"content-length": str(entry.size), **_range_headers(entry)})
         self.opened = opened
         self.on_sent = on_sent
         self.sent = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        aborted: list[BodyAborted] = []
         try:
             async with anyio.create_task_group() as group:
 
                 async def stream() -> None:
-                    await self._stream(send)
+                    try:
+                        await self._stream(send)
+                    except BodyAborted as exc:  # raised below, outside the task group (no ExceptionGroup)
+                        aborted.append(exc)
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
@@ -97,20 +133,76 @@ class RangeFileResponse(Response):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.opened.stack.close)
             self.on_sent(self.sent)
+        if aborted:
+            raise aborted[0]
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        reader = _Checksummed(self.opened.file)
         remaining = self.opened.entry.size
         while remaining > 0:
-            chunk = await anyio.to_thread.run_sync(self.opened.file.read, min(CHUNK_BYTES, remaining))
+            chunk = await anyio.to_thread.run_sync(reader.read, min(CHUNK_BYTES, remaining))
             if not chunk:
-                log.error("cache file %s ended %d bytes early", self.opened.entry.path, remaining)
-                break
+                await self._abort(f"it ended {remaining} bytes early")
             remaining -= len(chunk)
+            if remaining == 0 and reader.adler32 != self.opened.entry.adler32:
+                await self._abort(f"its adler32 is {adler32_hex(reader.adler32)}, "
+                                  f"{adler32_hex(self.opened.entry.adler32)} recorded")
             self.sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
-        if remaining:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _abort(self, problem: str) -> None:
+        """Drop the damaged entry and raise :class:`BodyAborted` (the last chunk is never sent)."""
+        entry = self.opened.entry
+        with anyio.CancelScope(shield=True):
+            dropped = await anyio.to_thread.run_sync(self.opened.cache.drop_if_damaged, entry.key)
+        message = (f"cache file {entry.path} ({entry.key}) is damaged: {problem}; the response was cut "
+                   f"after {self.sent} of {entry.size} bytes and the entry "
+                   + ("dropped" if dropped else "kept (it was replaced meanwhile)"))
+        log.error("%s", message)
+        raise BodyAborted(message)
+
+
+class AccelRedirectResponse(Response):
+    """An empty answer naming the cache file nginx is to send (``X-Accel-Redirect``).
+
+    nginx opens the file after this answer, out of the gateway's sight, so the pin is kept
+    :data:`ACCEL_GRACE_SECONDS` longer: nginx opens it within milliseconds, and once it is open an
+    eviction's unlink no longer matters. Should nginx still come late, it answers 404 and the
+    client asks again. Meanwhile the adler32 is checked here, in a worker thread: a damaged file
+    reaches the client once (which rejects it by ``X-Vdata-Adler32``) and is dropped, so the next
+    request materializes the range again.
+    """
+
+    def __init__(self, opened: _Open, prefix: str, on_sent: Callable[[int], None]) -> None:
+        entry = opened.entry
+        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
+                         headers={"x-accel-redirect": f"{prefix}/{entry.key.relpath}", **_range_headers(entry)})
+        self.opened = opened
+        self.on_sent = on_sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+            self.on_sent(self.opened.entry.size)
+        finally:
+            with anyio.CancelScope(shield=True):
+                started = anyio.current_time()
+                try:
+                    await anyio.to_thread.run_sync(self._check)
+                    await anyio.sleep(ACCEL_GRACE_SECONDS - (anyio.current_time() - started))
+                finally:
+                    await anyio.to_thread.run_sync(self.opened.stack.close)
+
+    def _check(self) -> None:
+        """Read the open file through, and drop the entry if its adler32 does not match."""
+        entry, checksum = self.opened.entry, 1
+        buffer = memoryview(bytearray(CHUNK_BYTES))  # one buffer, reused: nothing else holds it
+        while n := self.opened.file.readinto(buffer):
+            checksum = adler32(buffer[:n], checksum)
+        if checksum != entry.adler32 and self.opened.cache.drop_if_damaged(entry.key):
+            log.error("cache file %s (%s) was damaged (adler32 %s, %s recorded); handed to nginx, then dropped",
+                      entry.path, entry.key, adler32_hex(checksum), adler32_hex(entry.adler32))
 
 
 def _retrieve(future: asyncio.Future[CacheEntry]) -> None:
@@ -131,7 +223,7 @@ async def _wait(future: Future[CacheEntry], timeout: float, what: str) -> None:
 async def serve_range(
     core: Core, recipe_id: str, index: int, fmt: str, *,
     settings: Settings, principal: Principal, inflight: InFlight, metrics: Metrics,
-) -> RangeFileResponse:
+) -> RangeFileResponse | AccelRedirectResponse:
     """The response for range ``index`` of a recipe in ``fmt``: cached, or materialized now."""
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -162,4 +254,6 @@ async def serve_range(
         if nbytes == size:
             metrics.ranges_served.labels(fmt).inc()
 
+    if settings.accel_redirect_prefix is not None:
+        return AccelRedirectResponse(opened, settings.accel_redirect_prefix, sent)
     return RangeFileResponse(opened, sent)

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
 
     # cache
     cache_budget_bytes: int = Field(default=2 * 1024**3, ge=0, description="Bytes of materialized ranges kept on disk.")
+    accel_redirect_prefix: str | None = Field(
+        default=None, pattern=r"^/[A-Za-z0-9._~/-]*[^/]$",
+        description="Behind nginx: answer a cached range with an empty body and 'X-Accel-Redirect: <prefix>/<file>', "
+                    "for an nginx 'internal' location of that prefix aliasing <data_dir>/cache, which sends the file "
+                    "itself (sendfile). None: the gateway sends the bytes.")
 
     # what datasets may be
     allowed_roots: list[Path] | None = Field(default=None, description="Local dataset files must lie under one of these (default: [data_dir]).")

@@ -12,7 +12,7 @@ from service.deps import CoreDep, InFlightDep, MetricsDep, SettingsDep
 from service.limits import check_plan, check_recipe_body
 from service.errors import LimitExceeded
 from service.schemas import ColumnOut, RangeOut, RecipeOut, StageIn, StageOut
-from service.serving import RangeFileResponse, serve_range
+from service.serving import serve_range
 from vdata.formats import FORMATS, MEDIA_TYPES
 from vdata.materialize import Plan
 
@@ -78,7 +78,7 @@ async def get_range(
     recipe_id: str, index: int, core: CoreDep, settings: SettingsDep, principal: Reader,
     inflight: InFlightDep, metrics: MetricsDep,
     format: Annotated[str, Query(description=f"One of {', '.join(FORMATS)}")] = "arrow",
-) -> RangeFileResponse:
+) -> Response:
     """A range's bytes as stored in the cache (materialized first if need be)."""
     return await serve_range(core, recipe_id, index, format, settings=settings, principal=principal,
                              inflight=inflight, metrics=metrics)

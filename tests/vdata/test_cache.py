@@ -21,6 +21,7 @@ from vdata.cache import (
     CacheError,
     CacheKey,
     RangeCache,
+    adler32,
     adler32_hex,
 )
 from vdata.db import Database
@@ -149,6 +150,13 @@ def test_failed_put_leaves_nothing(tmp_path: Path, db: Database) -> None:
         assert files_under(cache.root) == set()
 
 
+@given(st.binary(max_size=20_000), st.integers(0, 20_000))
+@settings(max_examples=200, deadline=None)
+def test_adler32_is_zlibs_also_when_chained(data: bytes, cut: int) -> None:
+    assert adler32(data) == zlib.adler32(data)
+    assert adler32(data[cut:], adler32(data[:cut])) == zlib.adler32(data)
+
+
 # -- damaged files ---------------------------------------------------------------------------
 
 
@@ -222,6 +230,58 @@ def test_a_read_racing_a_put_is_not_damage(cache: RangeCache, monkeypatch: pytes
     assert raced and found is not None
     assert (found[0].events, found[1]) == (2, b"version 2!")
     assert cache.corrupt_count == 0
+
+
+@pytest.mark.parametrize(("damage", "reason"), [(truncate, "bytes"), (delete, "missing")])
+def test_opened_checks_the_size_before_the_first_byte(
+    cache: RangeCache, reports: list[tuple[CacheKey, str]], damage: Callable[[Path], None], reason: str
+) -> None:
+    entry = cache.put(key(7), bytes(range(256)), events=10)
+    damage(entry.path)
+    with cache.opened(key(7)) as found:
+        assert found is None
+    assert cache.corrupt_count == 1 and reason in reports[0][1]
+    assert cache.entries() == []
+
+
+def test_opened_leaves_the_checksum_to_the_reader_who_drops_a_damaged_entry(cache: RangeCache) -> None:
+    data = bytes(range(256)) * 3
+    entry = cache.put(key(7), data, events=10)
+    flip_a_byte(entry.path)
+    with cache.opened(key(7)) as found:
+        assert found is not None and found[0] == entry
+        sent = found[1].read()
+        assert len(sent) == len(data) and zlib.adler32(sent) != entry.adler32
+        assert cache.drop_if_damaged(key(7))  # dropped although pinned: it is damaged
+        assert cache.corrupt_count == 1 and not entry.path.exists()
+    assert cache.get(key(7)) is None
+
+
+def test_drop_if_damaged_keeps_a_good_file(cache: RangeCache) -> None:
+    """A reader that saw a bad checksum from a file a put has replaced since must not drop the new one."""
+    entry = cache.put(key(7), b"version 1", events=1)
+    with cache.opened(key(7)) as found:
+        assert found is not None
+        cache.put(key(7), b"version 2!", events=2)
+        assert found[1].read() == b"version 1"  # the open file is the old version
+        assert not cache.drop_if_damaged(key(7))
+    assert cache.read(key(7)) == (CacheEntry(key(7), entry.path, 10, zlib.adler32(b"version 2!"), 2), b"version 2!")
+    assert cache.corrupt_count == 0
+
+
+def test_opened_records_the_use_and_pins(tmp_path: Path, db: Database) -> None:
+    with RangeCache(tmp_path / "cache", db, 200, clock=ticking().__next__) as cache:
+        cache.put(key(0), bytes(100), events=1)
+        cache.put(key(1), bytes(100), events=1)
+        with cache.opened(key(0)):
+            pass  # a use: 1 is now the least recently used
+        cache.put(key(2), bytes(100), events=1)
+        assert [e.key for e in cache.entries()] == [key(0), key(2)]
+        with cache.opened(key(0)) as found:
+            assert found is not None
+            assert cache.get(key(2)) is not None  # 0 is the least recently used, but open
+            cache.put(key(3), bytes(100), events=1)
+            assert [e.key for e in cache.entries()] == [key(0), key(3)]
 
 
 # -- eviction --------------------------------------------------------------------------------
