@@ -29,8 +29,9 @@ import hashlib
 import logging
 import pickle
 import threading
+import mmap
+import os
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,11 +40,12 @@ from typing import Any
 
 import pyarrow as pa
 import ray
+from zlib_ng.zlib_ng import adler32
 
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
 from vdata.errors import EngineError, TransformError, VdataError
-from vdata.formats import encode_buffer
+from vdata.formats import encode_table, write_table
 from vdata.materialize import Plan, materialize, plan
 from vdata.recipes import Recipe
 
@@ -107,22 +109,28 @@ class _Hooks:
     written: Callable[[str, int], None] | None = None
 
 
-def _write_temp(temp: str, data: pa.Buffer | bytes) -> _Written:
-    """Write ``data`` to ``temp``, truncating what an earlier, killed attempt left there.
+def _write_temp(temp: str, table: pa.Table, fmt: str) -> _Written:
+    """Write ``table`` to ``temp`` (truncating what a killed earlier attempt left there); its
+    size and adler32.
 
-    Not fsynced here: the driver's commit does it, so the worker goes on to the next range
-    while the disk catches up."""
-    with open(temp, "wb") as f:
-        f.write(data)
-    return _Written(temp, memoryview(data).nbytes, zlib.adler32(data))
+    ``write_table`` streams Arrow's buffers straight into the file, and the checksum is taken
+    over the file's pages mapped in place: no copy of the range is made in memory. Not
+    fsynced here: the driver's commit does it while this worker goes on to the next range."""
+    write_table(table, temp, fmt)
+    with open(temp, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return _Written(temp, 0, adler32(b""))
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as pages:
+            return _Written(temp, size, adler32(pages))
 
 
-def _deliver(data: pa.Buffer | bytes, target: _Target | None) -> bytes | _Written:
-    """The bytes themselves, or (on the driver's node) the file they were written to."""
+def _deliver(table: pa.Table, fmt: str, target: _Target | None) -> bytes | _Written:
+    """The encoded bytes, or (on the driver's node) the file they were written to."""
     if target is None or ray.get_runtime_context().get_node_id() != target.node_id:
-        return data if isinstance(data, bytes) else data.to_pybytes()
+        return encode_table(table, fmt)
     try:
-        return _write_temp(target.temp, data)
+        return _write_temp(target.temp, table, fmt)
     except BaseException:
         Path(target.temp).unlink(missing_ok=True)
         raise
@@ -155,10 +163,9 @@ def _materialize_task(
         if the_plan is None:  # checked (and dry-run) by the service already
             the_plan = _WORKER_PLANS[recipe.id] = plan(recipe, catalog, dry_run=False)
         table = materialize(the_plan, index, catalog)
-        data = encode_buffer(table, fmt)
+        result = _deliver(table, fmt, target)
     except VdataError as exc:  # user-facing errors travel as values: no blind retries
         return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
-    result = _deliver(data, target)
     if hooks is not None and hooks.written is not None:
         hooks.written(recipe_json, index)
     return ("ok", result, table.num_rows, time.perf_counter() - start)
