@@ -249,13 +249,15 @@ class RangeCache:
 
         ``size`` and ``adler32`` are what the writer computed while writing; the size is
         checked against the file (cheap), the checksum is trusted (it is checked at each read).
-        The temporary file is gone afterwards, committed or, on any error, deleted.
+        The temporary file is gone afterwards, committed or, on any error, deleted (a path
+        that is not a temporary name of this key is refused and left alone).
         """
-        temp = Path(temp)
+        temp, final = Path(temp), self.root / key.relpath
+        ours = _TEMP_NAME.fullmatch(temp.name) and temp.name.startswith(f".{final.name}.")
+        if temp.parent != final.parent or not ours:
+            raise CacheError(f"cache entry {key}: {temp} is not a temporary name for {final}")
         try:
             _check_events(key, events)
-            if temp.parent != (self.root / key.relpath).parent or not _TEMP_NAME.fullmatch(temp.name):
-                raise CacheError(f"cache entry {key}: {temp} is not a temporary name for {self.root / key.relpath}")
             found = temp.stat().st_size
             if found != size:
                 raise CacheError(f"cache entry {key}: temporary file {temp} has {found} bytes, the writer said {size}")

@@ -29,24 +29,19 @@ import hashlib
 import logging
 import pickle
 import threading
-import mmap
-import os
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import ray
-from zlib_ng.zlib_ng import adler32
 
+from vdata._engine_task import Hooks, Target, Written, run_task
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
 from vdata.errors import EngineError, TransformError, VdataError
-from vdata.formats import encode_table, write_table
-from vdata.materialize import Plan, materialize, plan
+from vdata.materialize import Plan, plan
 from vdata.recipes import Recipe
 
 __all__ = ["Engine", "EngineConfig"]
@@ -79,62 +74,6 @@ class EngineConfig:
 
 # -- the task, run in Ray workers --------------------------------------------------------------
 
-_WORKER_CATALOGS: dict[str, Catalog] = {}
-_WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where a task on the driver's node writes its range: ``temp`` in the cache folder."""
-
-    node_id: str
-    temp: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """What a task that wrote its range returns instead of the bytes."""
-
-    temp: str
-    size: int
-    adler32: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Hooks:
-    """Fault injection for tests: ``start`` runs before the work, ``written`` after the result
-    exists (the temporary file written, or the bytes encoded); both get (recipe json, index)."""
-
-    start: Callable[[str, int], None] | None = None
-    written: Callable[[str, int], None] | None = None
-
-
-def _write_temp(temp: str, table: pa.Table, fmt: str) -> _Written:
-    """Write ``table`` to ``temp`` (truncating what a killed earlier attempt left there); its
-    size and adler32.
-
-    ``write_table`` streams Arrow's buffers straight into the file, and the checksum is taken
-    over the file's pages mapped in place: no copy of the range is made in memory. Not
-    fsynced here: the driver's commit does it while this worker goes on to the next range."""
-    write_table(table, temp, fmt)
-    with open(temp, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return _Written(temp, 0, adler32(b""))
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as pages:
-            return _Written(temp, size, adler32(pages))
-
-
-def _deliver(table: pa.Table, fmt: str, target: _Target | None) -> bytes | _Written:
-    """The encoded bytes, or (on the driver's node) the file they were written to."""
-    if target is None or ray.get_runtime_context().get_node_id() != target.node_id:
-        return encode_table(table, fmt)
-    try:
-        return _write_temp(target.temp, table, fmt)
-    except BaseException:
-        Path(target.temp).unlink(missing_ok=True)
-        raise
-
 
 def _materialize_task(
     catalog_version: str,
@@ -142,33 +81,13 @@ def _materialize_task(
     recipe_json: str,
     index: int,
     fmt: str,
-    target: _Target | None,
-    hooks: _Hooks | None,
-) -> tuple[str, bytes | _Written | str, int, float]:
-    """Materialize one range and encode it.
-
-    Returns (status, bytes or the written file or an error message, events, seconds)."""
-    start = time.perf_counter()
-    if hooks is not None and hooks.start is not None:
-        hooks.start(recipe_json, index)
-    catalog = _WORKER_CATALOGS.get(catalog_version)
-    if catalog is None:
-        catalog = pickle.loads(catalog_state)
-        _WORKER_CATALOGS.clear()  # one catalog version per worker is enough
-        _WORKER_PLANS.clear()
-        _WORKER_CATALOGS[catalog_version] = catalog
-    try:
-        recipe = Recipe.from_json(recipe_json)
-        the_plan = _WORKER_PLANS.get(recipe.id)
-        if the_plan is None:  # checked (and dry-run) by the service already
-            the_plan = _WORKER_PLANS[recipe.id] = plan(recipe, catalog, dry_run=False)
-        table = materialize(the_plan, index, catalog)
-        result = _deliver(table, fmt, target)
-    except VdataError as exc:  # user-facing errors travel as values: no blind retries
-        return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
-    if hooks is not None and hooks.written is not None:
-        hooks.written(recipe_json, index)
-    return ("ok", result, table.num_rows, time.perf_counter() - start)
+    target: Target | None,
+    hooks: Hooks | None,
+) -> tuple[str, bytes | Written | str, int, float]:
+    """Ray's entry point: :func:`run_task`, writing the file only on the driver's node."""
+    here = target is not None and ray.get_runtime_context().get_node_id() == target.node_id
+    write_to = target.temp if target is not None and here else None
+    return run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks)
 
 
 def _settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:
@@ -354,10 +273,10 @@ class Engine:
         if not batch:
             return
         version, state = self._catalog_state()
-        hooks = _Hooks(self.fault_hook, self.written_hook) if self.fault_hook or self.written_hook else None
+        hooks = Hooks(self.fault_hook, self.written_hook) if self.fault_hook or self.written_hook else None
         for key, recipe_json in batch:
             temp = self.cache.temp_path(key) if self.config.worker_writes else None
-            target = _Target(self._node_id, str(temp)) if temp is not None else None
+            target = Target(self._node_id, str(temp)) if temp is not None else None
             ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, target, hooks)
             with self._lock:
                 self._refs[ref] = (key, temp)
@@ -388,9 +307,9 @@ class Engine:
                 # the next task is submitted while this range is committed
                 self._writers.submit(self._finish, ref, key, temp, future)
 
-    def _store(self, key: CacheKey, payload: bytes | _Written, events: int) -> CacheEntry:
+    def _store(self, key: CacheKey, payload: bytes | Written, events: int) -> CacheEntry:
         """Commit the file a worker wrote, or write the bytes a task on another node sent."""
-        if isinstance(payload, _Written):
+        if isinstance(payload, Written):
             return self.cache.put_file(key, payload.temp, payload.size, payload.adler32, events)
         return self.cache.put(key, payload, events)
 
