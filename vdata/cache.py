@@ -5,10 +5,10 @@ records each one's size, adler32, event count and last use. The rules:
 
 - A file is written under a temporary name in its folder (by :meth:`RangeCache.put`, or by
   another process that hands it over with :meth:`RangeCache.put_file`), fsynced, renamed into
-  place, and the folder fsynced. Every change to a final file (rename, unlink) happens inside the database
-  transaction that changes its row, so the folder and the index agree between threads (and
-  processes, which SQLite serializes). A crash leaves at worst a temporary file or a file
-  without a row; both are removed when the cache is next opened.
+  place, and the folder fsynced. Every change to a final file (rename, unlink) happens inside
+  the database transaction that changes its row, so the folder and the index agree between
+  threads (and processes, which SQLite serializes). A crash leaves at worst a temporary file
+  or a file without a row; both are removed when the cache is next opened.
 - :meth:`RangeCache.get` and :meth:`RangeCache.read` read the whole file and check its size and
   adler32 against the row. A mismatch is never served: the entry is dropped, counted
   (``corrupt_count`` and the ``on_corrupt`` callback) and reported as a miss, so the caller
