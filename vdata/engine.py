@@ -14,6 +14,7 @@ are materialized before anyone leases them.
 The temporary name is chosen by the driver, so a retried attempt (its worker died) rewrites
 the same file, and the driver deletes it when the task fails for good. Only a driver crash
 leaves one behind; :class:`RangeCache` removes such debris when it next opens the folder.
+The task body itself (no Ray) is in :mod:`vdata._engine_task`.
 
 Failures: Ray retries a task whose worker or node died (``max_retries``); an error in user
 code (a transform or expression) is returned as a value, so Ray does not retry it blindly, and
