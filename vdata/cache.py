@@ -3,11 +3,12 @@
 Files lie at ``<root>/<recipe id>/<index:08d>.<format>``; the database table ``cache_entries``
 records each one's size, adler32, event count and last use. The rules:
 
-- A file is written under a temporary name in its folder, fsynced, renamed into place, and the
-  folder fsynced. Every change to a final file (rename, unlink) happens inside the database
-  transaction that changes its row, so the folder and the index agree between threads (and
-  processes, which SQLite serializes). A crash leaves at worst a temporary file or a file
-  without a row; both are removed when the cache is next opened.
+- A file is written under a temporary name in its folder (by :meth:`RangeCache.put`, or by
+  another process that hands it over with :meth:`RangeCache.put_file`), fsynced, renamed into
+  place, and the folder fsynced. Every change to a final file (rename, unlink) happens inside
+  the database transaction that changes its row, so the folder and the index agree between
+  threads (and processes, which SQLite serializes). A crash leaves at worst a temporary file
+  or a file without a row; both are removed when the cache is next opened.
 - :meth:`RangeCache.get` and :meth:`RangeCache.read` read the whole file and check its size and
   adler32 against the row. A mismatch is never served: the entry is dropped, counted
   (``corrupt_count`` and the ``on_corrupt`` callback) and reported as a miss, so the caller
@@ -29,9 +30,9 @@ import logging
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
@@ -157,6 +158,11 @@ def _select(conn: sqlite3.Connection, key: CacheKey) -> sqlite3.Row | None:
     return row
 
 
+def _check_events(key: CacheKey, events: int) -> None:
+    if isinstance(events, bool) or not isinstance(events, int) or events < 0:
+        raise CacheError(f"cache entry {key}: events must be an integer >= 0, got {events!r}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -226,21 +232,63 @@ class RangeCache:
         If the data cannot fit (it is larger than the budget, or the rest is pinned), it is
         evicted at once: the entry is returned, but ``get`` misses.
         """
-        if isinstance(events, bool) or not isinstance(events, int) or events < 0:
-            raise CacheError(f"cache entry {key}: events must be an integer >= 0, got {events!r}")
+        _check_events(key, events)
         view = memoryview(data).cast("B")
-        checksum = zlib.adler32(view)
-        path = self.root / key.relpath
-        if not path.parent.is_dir():
-            path.parent.mkdir(exist_ok=True)
+        temp = self.temp_path(key)
+        try:
+            with open(temp, "xb") as f:
+                f.write(view)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return self._commit(key, temp, view.nbytes, zlib.adler32(view), events)
+
+    def temp_path(self, key: CacheKey) -> Path:
+        """A new temporary name next to ``key``'s file (its folder made), for :meth:`put_file`.
+
+        The name is unique and matches what :meth:`_recover` removes, so a writer that dies
+        before the commit leaves only debris that the next start cleans up.
+        """
+        folder = (self.root / key.relpath).parent
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
             _fsync_dir(self.root)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return folder / f".{Path(key.relpath).name}.{uuid.uuid4().hex}.tmp"
+
+    def put_file(self, key: CacheKey, temp: Path | str, size: int, adler32: int, events: int) -> CacheEntry:
+        """Commit a file another process wrote at ``temp`` (from :meth:`temp_path`) as ``key``.
+
+        ``size`` and ``adler32`` are what the writer computed while writing; the size is
+        checked against the file (cheap), the checksum is trusted (it is checked at each read).
+        The temporary file is gone afterwards, committed or, on any error, deleted (a path
+        that is not a temporary name of this key is refused and left alone).
+        """
+        temp, final = Path(temp), self.root / key.relpath
+        ours = _TEMP_NAME.fullmatch(temp.name) and temp.name.startswith(f".{final.name}.")
+        if temp.parent != final.parent or not ours:
+            raise CacheError(f"cache entry {key}: {temp} is not a temporary name for {final}")
+        try:
+            _check_events(key, events)
+            found = temp.stat().st_size
+            if found != size:
+                raise CacheError(f"cache entry {key}: temporary file {temp} has {found} bytes, the writer said {size}")
+            adler32_hex(adler32)  # validates the value
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return self._commit(key, temp, size, adler32, events)
+
+    def _commit(self, key: CacheKey, temp: Path, size: int, checksum: int, events: int) -> CacheEntry:
+        """The one commit path: fsync ``temp``, then record the row and rename in one transaction,
+        fsync the folder, evict. ``temp`` is deleted if it is not moved into place."""
+        path = self.root / key.relpath
         moved = False
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(view)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             now = self._clock()
             with self._db.transaction() as conn:
                 conn.execute(
@@ -248,16 +296,16 @@ class RangeCache:
                     "ON CONFLICT (recipe_id, range_index, format) DO UPDATE SET path = excluded.path, "
                     "size = excluded.size, adler32 = excluded.adler32, events = excluded.events, "
                     "created = excluded.created, last_used = excluded.last_used",
-                    (key.recipe_id, key.range_index, key.format, key.relpath, view.nbytes, checksum, events, now, now),
+                    (key.recipe_id, key.range_index, key.format, key.relpath, size, checksum, events, now, now),
                 )
                 os.replace(temp, path)
                 moved = True
                 _fsync_dir(path.parent)
         finally:
             if not moved:
-                Path(temp).unlink(missing_ok=True)
+                temp.unlink(missing_ok=True)
         self._evict(keep=key)
-        return CacheEntry(key, path, view.nbytes, checksum, events)
+        return CacheEntry(key, path, size, checksum, events)
 
     def remove(self, key: CacheKey) -> bool:
         """Drop an entry and its file; False if there was none. Raises CacheBusy if it is pinned."""

@@ -1,10 +1,20 @@
 """The Ray engine: the one module that imports ``ray``.
 
-It materializes (recipe, range, format) as Ray tasks that return encoded bytes through the
-object store — so the cache need not sit on a shared file system — and writes them to the
-cache. At most one task is in flight per cache key (concurrent askers wait on it), at most
+It materializes (recipe, range, format) as Ray tasks. A task that runs on the driver's node
+writes the encoded range itself to a temporary file in the cache folder and returns only its
+size and adler32; the driver then commits it (:meth:`RangeCache.put_file`: fsync, rename,
+index row). Passing the bytes through the object store and writing them in the driver made
+the driver the bottleneck with two workers on two cores. A task on another node (a real
+cluster, whose disks the driver cannot see) returns the bytes through the object store, and
+the driver writes them (``RangeCache.put``), so the cache need not sit on a shared file
+system. At most one task is in flight per cache key (concurrent askers wait on it), at most
 ``max_in_flight`` tasks overall, and for each active job the next ``lookahead`` ready ranges
 are materialized before anyone leases them.
+
+The temporary name is chosen by the driver, so a retried attempt (its worker died) rewrites
+the same file, and the driver deletes it when the task fails for good. Only a driver crash
+leaves one behind; :class:`RangeCache` removes such debris when it next opens the folder.
+The task body itself (no Ray) is in :mod:`vdata._engine_task`.
 
 Failures: Ray retries a task whose worker or node died (``max_retries``); an error in user
 code (a transform or expression) is returned as a value, so Ray does not retry it blindly, and
@@ -20,7 +30,6 @@ import hashlib
 import logging
 import pickle
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +38,11 @@ from typing import Any
 
 import ray
 
+from vdata._engine_task import Hooks, Target, Written, run_task
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
 from vdata.errors import EngineError, TransformError, VdataError
-from vdata.formats import encode_table
-from vdata.materialize import Plan, materialize, plan
+from vdata.materialize import Plan, plan
 from vdata.recipes import Recipe
 
 __all__ = ["Engine", "EngineConfig"]
@@ -54,6 +63,7 @@ class EngineConfig:
     include_dashboard: bool = False
     dashboard_port: int = 8265
     temp_dir: str | None = None  # Ray's session folder (logs, sockets); default /tmp/ray
+    worker_writes: bool = True  # tasks on the driver's node write the cache file; False: bytes always
 
     def __post_init__(self) -> None:
         for name in ("num_cpus", "max_in_flight", "max_retries"):
@@ -65,9 +75,6 @@ class EngineConfig:
 
 # -- the task, run in Ray workers --------------------------------------------------------------
 
-_WORKER_CATALOGS: dict[str, Catalog] = {}
-_WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
-
 
 def _materialize_task(
     catalog_version: str,
@@ -75,28 +82,13 @@ def _materialize_task(
     recipe_json: str,
     index: int,
     fmt: str,
-    fault_hook: Callable[[str, int], None] | None,
-) -> tuple[str, bytes | str, int, float]:
-    """Materialize one range and encode it. Returns (status, bytes or message, events, seconds)."""
-    start = time.perf_counter()
-    if fault_hook is not None:
-        fault_hook(recipe_json, index)
-    catalog = _WORKER_CATALOGS.get(catalog_version)
-    if catalog is None:
-        catalog = pickle.loads(catalog_state)
-        _WORKER_CATALOGS.clear()  # one catalog version per worker is enough
-        _WORKER_PLANS.clear()
-        _WORKER_CATALOGS[catalog_version] = catalog
-    try:
-        recipe = Recipe.from_json(recipe_json)
-        the_plan = _WORKER_PLANS.get(recipe.id)
-        if the_plan is None:  # checked (and dry-run) by the service already
-            the_plan = _WORKER_PLANS[recipe.id] = plan(recipe, catalog, dry_run=False)
-        table = materialize(the_plan, index, catalog)
-        data = encode_table(table, fmt)
-    except VdataError as exc:  # user-facing errors travel as values: no blind retries
-        return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
-    return ("ok", data, table.num_rows, time.perf_counter() - start)
+    target: Target | None,
+    hooks: Hooks | None,
+) -> tuple[str, bytes | Written | str, int, float]:
+    """Ray's entry point: :func:`run_task`, writing the file only on the driver's node."""
+    here = target is not None and ray.get_runtime_context().get_node_id() == target.node_id
+    write_to = target.temp if target is not None and here else None
+    return run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks)
 
 
 def _settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:
@@ -140,10 +132,11 @@ class Engine:
         self.catalog = catalog
         self.cache = cache
         self.config = config or EngineConfig()
-        self.fault_hook: Callable[[str, int], None] | None = None  # for fault-injection tests
+        self.fault_hook: Callable[[str, int], None] | None = None  # for tests: runs as a task starts
+        self.written_hook: Callable[[str, int], None] | None = None  # ... and once its result exists
         self._lock = threading.Lock()
         self._inflight: dict[CacheKey, Future[CacheEntry]] = {}
-        self._refs: dict[Any, CacheKey] = {}
+        self._refs: dict[Any, tuple[CacheKey, Path | None]] = {}  # task -> its key and temporary file
         self._queue: list[tuple[CacheKey, str]] = []
         self._plans: dict[str, Plan] = {}
         self._catalog_ref: tuple[int, str, bytes] | None = None
@@ -152,6 +145,7 @@ class Engine:
         self._collector: threading.Thread | None = None
         self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vdata-cache-writer")
         self._started_ray = False
+        self._node_id = ""
         self.metrics: _Metrics | None = None
         self.submitted = 0  # tasks submitted, for tests and /metrics
 
@@ -173,6 +167,7 @@ class Engine:
                     log_to_driver=False,
                 )
             self._started_ray = True
+        self._node_id = ray.get_runtime_context().get_node_id()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
         self.metrics = _Metrics()
         self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
@@ -190,9 +185,13 @@ class Engine:
                 if not future.done():
                     _settle(future, exception=EngineError("the engine stopped before the range was ready"))
             self._inflight.clear()
+            unfinished = [temp for _, temp in self._refs.values() if temp is not None]
+            self._refs.clear()
         if self._started_ray:
-            ray.shutdown()
+            ray.shutdown()  # stops the workers, so no task writes a temporary file any more
             self._started_ray = False
+        for temp in unfinished:  # (a task on an outside cluster may still; the next start cleans up)
+            temp.unlink(missing_ok=True)
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -275,13 +274,21 @@ class Engine:
         if not batch:
             return
         version, state = self._catalog_state()
+        hooks = Hooks(self.fault_hook, self.written_hook) if self.fault_hook or self.written_hook else None
         for key, recipe_json in batch:
-            ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, self.fault_hook)
+            temp = self.cache.temp_path(key) if self.config.worker_writes else None
+            target = Target(self._node_id, str(temp)) if temp is not None else None
+            ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, target, hooks)
             with self._lock:
-                self._refs[ref] = key
+                self._refs[ref] = (key, temp)
                 self.submitted += 1
 
     def _collect(self) -> None:
+        """Submit what is queued, hand each finished task to a writer thread, repeat.
+
+        ``ray.wait`` returns as soon as one task is done (then takes every other that is), so
+        a range is committed without waiting out a polling interval; the timeout only bounds
+        how long a newly queued request waits to be submitted when nothing finishes."""
         while not self._stop.is_set():
             self._submit_ready()
             with self._lock:
@@ -290,26 +297,37 @@ class Engine:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.05)
+            ready, pending = ray.wait(refs, num_returns=1, timeout=0.05)
+            if ready and pending:
+                more, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+                ready += more
             for ref in ready:
                 with self._lock:
-                    key = self._refs.pop(ref)
+                    key, temp = self._refs.pop(ref)
                     future = self._inflight.get(key)
-                # the next task is submitted while this range is fetched and written
-                self._writers.submit(self._finish, ref, key, future)
+                # the next task is submitted while this range is committed
+                self._writers.submit(self._finish, ref, key, temp, future)
 
-    def _finish(self, ref: Any, key: CacheKey, future: Future[CacheEntry] | None) -> None:
-        """Fetch a finished task's bytes, write them to the cache, resolve the waiters."""
+    def _store(self, key: CacheKey, payload: bytes | Written, events: int) -> CacheEntry:
+        """Commit the file a worker wrote, or write the bytes a task on another node sent."""
+        if isinstance(payload, Written):
+            return self.cache.put_file(key, payload.temp, payload.size, payload.adler32, events)
+        return self.cache.put(key, payload, events)
+
+    def _finish(self, ref: Any, key: CacheKey, temp: Path | None, future: Future[CacheEntry] | None) -> None:
+        """Fetch a finished task's result, commit it to the cache, resolve the waiters."""
         try:
             status, payload, events, seconds = ray.get(ref)
             if status == "error":
                 raise TransformError(f"range {key.range_index} of {key.recipe_id}", f"format {key.format}", str(payload))
-            entry = self.cache.put(key, bytes(payload), events)
+            entry = self._store(key, payload, events)
             self._count("ranges", format=key.format)
-            self._count("bytes", len(payload), format=key.format)
+            self._count("bytes", entry.size, format=key.format)
             if self.metrics is not None:
                 self.metrics.seconds.observe(seconds)
         except (VdataError, ray.exceptions.RayError, OSError) as exc:
+            if temp is not None:  # what a failed task (or all of its attempts) wrote
+                temp.unlink(missing_ok=True)
             log.warning("materializing %s failed: %s", key, exc)
             result: Exception = exc if isinstance(exc, VdataError) else EngineError(f"materializing {key} failed: {exc}")
             with self._lock:

@@ -1,12 +1,16 @@
-"""The Ray engine: single-flight, worker death, user errors, cache corruption, look-ahead.
+"""The Ray engine: single-flight, worker death, user errors, cache corruption, look-ahead, and
+the two ways a range reaches the cache (the worker writes the file; the bytes come through Ray).
 
 One embedded Ray for the module (2 CPUs, small object store), shut down in teardown.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from vdata import Catalog, Recipe
 from vdata.cache import CacheKey, RangeCache
 from vdata.db import Database
 from vdata.engine import Engine, EngineConfig
+from vdata.errors import EngineError
 from vdata.formats import encode_table, read_table
 from vdata.jobs import JobStore
 from vdata.testing import KillOnce, assert_tables_equal
@@ -172,3 +177,99 @@ def test_range_out_of_bounds_submits_nothing(engine: Engine) -> None:
     with pytest.raises(vdata.RangeOutOfBounds):
         engine.get(zmumu(seed=8), 99, "arrow")
     assert engine.submitted == before
+
+
+# -- how a range reaches the cache: the worker writes it, or the bytes come through Ray -------
+
+
+@pytest.fixture(scope="module")
+def bytes_engine(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A second engine on the same Ray whose tasks always return the bytes, as on another node."""
+    root = tmp_path_factory.mktemp("bytes-engine")
+    db = Database(f"sqlite:///{root}/v.db")
+    cache = RangeCache(root / "cache", db, 64 * 1024**2)
+    eng = Engine(engine.catalog, cache, dataclasses.replace(CONFIG, worker_writes=False)).start()
+    try:
+        yield eng
+    finally:
+        eng.shutdown()
+        cache.close()
+        db.close()
+
+
+def temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(".*.tmp"))
+
+
+def spy_on_temp_files(folder: Path, log: Path) -> Callable[[str, int], None]:
+    """A hook that records, from inside the task, which temporary files lie in ``folder``."""
+
+    def spy(recipe_json: str, index: int) -> None:
+        with open(log, "a") as f:
+            f.write(json.dumps(sorted(p.name for p in folder.glob(".*.tmp"))) + "\n")
+
+    return spy
+
+
+@pytest.mark.parametrize("worker_writes", [True, False], ids=["worker-writes", "bytes-through-ray"])
+def test_both_paths_cache_identical_bytes_with_the_right_checksum(
+    engine: Engine, bytes_engine: Engine, worker_writes: bool, tmp_path: Path
+) -> None:
+    eng = engine if worker_writes else bytes_engine
+    recipe = zmumu(seed=11)
+    expected_table = vdata.materialize(recipe, 3, Catalog())
+    expected = encode_table(expected_table, "arrow")
+    key = CacheKey(recipe.id, 3, "arrow")
+    folder = (eng.cache.root / key.relpath).parent
+    log = tmp_path / "spy.jsonl"
+    eng.written_hook = spy_on_temp_files(folder, log)
+    try:
+        entry = eng.get(recipe, 3, "arrow", timeout=120)
+    finally:
+        eng.written_hook = None
+    [seen] = [json.loads(line) for line in log.read_text().splitlines()]
+    if worker_writes:  # the task itself wrote the file, under a temporary name in the entry's folder
+        assert len(seen) == 1 and seen[0].startswith(".00000003.arrow.")
+    else:
+        assert seen == []
+    assert entry.path.read_bytes() == expected
+    assert (entry.size, entry.adler32, entry.events) == (len(expected), zlib.adler32(expected), expected_table.num_rows)
+    assert [e for e in eng.cache.entries() if e.key == key] == [entry]  # what the index recorded
+    assert eng.cache.read(key) == (entry, expected)  # and it verifies
+    assert temp_files(folder) == []
+
+
+def test_a_task_failing_after_its_write_leaves_no_file_and_no_entry(engine: Engine, tmp_path: Path) -> None:
+    recipe = zmumu(seed=12)
+    key = CacheKey(recipe.id, 0, "arrow")
+    folder = (engine.cache.root / key.relpath).parent
+    log = tmp_path / "spy.jsonl"
+    spy = spy_on_temp_files(folder, log)
+
+    def fail_after_writing(recipe_json: str, index: int) -> None:
+        spy(recipe_json, index)
+        raise RuntimeError("injected failure after the write")
+
+    engine.written_hook = fail_after_writing
+    try:
+        with pytest.raises(EngineError, match="injected failure after the write"):
+            engine.get(recipe, 0, "arrow", timeout=120)
+    finally:
+        engine.written_hook = None
+    assert len(json.loads(log.read_text())) == 1  # the temporary file was there when the task failed
+    assert not engine.cache.contains(key) and temp_files(folder) == []
+    assert engine.get(recipe, 0, "arrow", timeout=120).events == 10_000  # and asking again works
+
+
+def test_a_worker_killed_after_its_write_is_retried_into_the_same_file(engine: Engine, tmp_path: Path) -> None:
+    recipe = zmumu(seed=13)
+    expected = encode_table(vdata.materialize(recipe, 2, Catalog()), "arrow")
+    hook = KillOnce(tmp_path / "kill-once")
+    engine.written_hook = hook
+    try:
+        entry = engine.get(recipe, 2, "arrow", timeout=180)
+    finally:
+        engine.written_hook = None
+    assert not hook.marker.exists()  # the first attempt died with its file written
+    assert entry.path.read_bytes() == expected and entry.adler32 == zlib.adler32(expected)
+    assert temp_files(entry.path.parent) == []  # the retry rewrote the same temporary file
