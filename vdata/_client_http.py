@@ -19,13 +19,13 @@ import logging
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
 import pyarrow as pa
 
+from vdata.checksum import adler32
 from vdata.errors import VdataError
 
 __all__ = ["ChecksumMismatch", "ServiceError", "ServiceUnreachable", "Transport"]
@@ -108,7 +108,7 @@ def read_body(response: httpx.Response) -> tuple[pa.Buffer, int]:
     length = response.headers.get("Content-Length", "")
     if not length.isdigit() or response.headers.get("Content-Encoding", "identity") != "identity":
         data = response.read()
-        return pa.py_buffer(data), zlib.adler32(data)
+        return pa.py_buffer(data), adler32(data)
     size = int(length)
     buffer = pa.allocate_buffer(size)
     view = memoryview(buffer).cast("B")  # Arrow's buffers export signed bytes ("b")
@@ -118,7 +118,7 @@ def read_body(response: httpx.Response) -> tuple[pa.Buffer, int]:
         if end > size:
             raise httpx.RemoteProtocolError(f"{_path(response)}: body longer than its Content-Length {size}")
         view[position:end] = chunk
-        adler = zlib.adler32(chunk, adler)
+        adler = adler32(chunk, adler)
         position = end
     if position != size:
         raise httpx.RemoteProtocolError(f"{_path(response)}: body of {position} bytes, Content-Length says {size}")

@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 import threading
-import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,8 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vdata.checksum import adler32, file_adler32
+from vdata.checksum import adler32_hex as _hex
 from vdata.formats import read_table
 
 __all__ = ["EXTENSIONS", "Manifest", "decode_table", "ordered_prefetch", "write_atomic"]
@@ -79,15 +80,13 @@ def decode_table(body: bytes | pa.Buffer, format: str) -> pa.Table:
 
 
 def adler32_hex(data: bytes | pa.Buffer) -> str:
-    return f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+    """The adler32 of ``data`` as 8 hex digits."""
+    return _hex(adler32(memoryview(data)))
 
 
-def file_adler32(path: Path) -> str:
-    value = 1
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
+def file_adler32_hex(path: Path) -> str:
+    """The adler32 of a file as 8 hex digits."""
+    return _hex(file_adler32(path)[1])
 
 
 def write_atomic(path: Path, data: bytes | pa.Buffer) -> None:
@@ -125,7 +124,7 @@ class Manifest:
     def complete(self, path: Path) -> bool:
         """Whether ``path`` was written by a fetch of this recipe and format and is intact."""
         expected = self.known.get(path.name)
-        return expected is not None and path.is_file() and file_adler32(path) == expected
+        return expected is not None and path.is_file() and file_adler32_hex(path) == expected
 
     def add(self, path: Path, adler32: str, events: int | None) -> None:
         entry = {"recipe": self.key[0], "format": self.key[1], "file": path.name, "adler32": adler32, "events": events}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import awkward as ak
 import pyarrow as pa
 import uproot
 
+from vdata.checksum import file_adler32
 from vdata.errors import (
     ColumnNotFound,
     NotARootFile,
@@ -55,14 +55,8 @@ def to_arrow(arrays: ak.Array) -> pa.Table:
 
 
 def file_checksum(path: str) -> tuple[int, int]:
-    """(size in bytes, adler32) of a local file, read in 4 MiB pieces."""
-    value = 1
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            value = zlib.adler32(chunk, value)
-            size += len(chunk)
-    return size, value
+    """(size in bytes, adler32) of a local file."""
+    return file_adler32(path)
 
 
 def open_file(path: str) -> Any:

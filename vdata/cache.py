@@ -28,148 +28,38 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import filelock
-from zlib_ng import zlib_ng
 
+from vdata._cache_keys import (
+    _KEY_WHERE,
+    _TEMP_NAME,
+    CacheBusy,
+    CacheEntry,
+    CacheError,
+    CacheKey,
+    _check_events,
+    _choose_victims,
+    _fsync_dir,
+    _key,
+    _remove_debris,
+    _select,
+)
+from vdata.checksum import adler32, adler32_hex
 from vdata.db import Database
-from vdata.errors import VdataError
-from vdata.formats import FORMATS
 
 __all__ = ["CacheBusy", "CacheEntry", "CacheError", "CacheKey", "RangeCache", "adler32", "adler32_hex"]
 
 log = logging.getLogger(__name__)
-
-_RECIPE_ID = re.compile(r"vds-[0-9a-f]{24}")
-_SUFFIX = "(?:" + "|".join(re.escape(f) for f in FORMATS) + ")"
-_FINAL_NAME = re.compile(rf"[0-9]{{8,}}\.{_SUFFIX}")
-_TEMP_NAME = re.compile(rf"\.[0-9]{{8,}}\.{_SUFFIX}\..+\.tmp")
-_KEY_WHERE = "recipe_id = ? AND range_index = ? AND format = ?"
-
-
-class CacheError(VdataError, ValueError):
-    """A cache key, budget or argument is invalid; the message names the field."""
-
-
-class CacheBusy(VdataError, RuntimeError):
-    """The entry is being read (pinned), or another cache holds the folder."""
-
-
-def adler32(data: bytes | bytearray | memoryview, value: int = 1) -> int:
-    """``zlib.adler32``, the same value, from zlib-ng: its SIMD loop is ~8x faster here (the
-    checksum was half the gateway's CPU time per served byte)."""
-    return int(zlib_ng.adler32(data, value))
-
-
-def adler32_hex(value: int) -> str:
-    """An adler32 checksum as 8 lowercase hex digits (the form used in HTTP headers)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
-        raise CacheError(f"adler32 must be an integer in [0, 2**32), got {value!r}")
-    return f"{value:08x}"
-
-
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    """What a cache file holds: range ``range_index`` of recipe ``recipe_id`` as ``format``."""
-
-    recipe_id: str
-    range_index: int
-    format: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.recipe_id, str) or not _RECIPE_ID.fullmatch(self.recipe_id):
-            raise CacheError(
-                f"cache key: recipe_id must be 'vds-' and 24 lowercase hex digits, got {self.recipe_id!r}"
-            )
-        if isinstance(self.range_index, bool) or not isinstance(self.range_index, int) or self.range_index < 0:
-            raise CacheError(
-                f"cache key for {self.recipe_id}: range_index must be an integer >= 0, got {self.range_index!r}"
-            )
-        if not isinstance(self.format, str) or self.format not in FORMATS:
-            raise CacheError(
-                f"cache key for {self.recipe_id} range {self.range_index}: format must be one of "
-                f"{', '.join(FORMATS)}, got {self.format!r}"
-            )
-
-    @property
-    def relpath(self) -> str:
-        """The file's path under the cache folder, e.g. ``vds-.../00000012.arrow``."""
-        return f"{self.recipe_id}/{self.range_index:08d}.{self.format}"
-
-    def __str__(self) -> str:
-        return f"{self.recipe_id} range {self.range_index} ({self.format})"
-
-
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """A cached range: its file (absolute path), size in bytes, adler32 and number of events."""
-
-    key: CacheKey
-    path: Path
-    size: int
-    adler32: int
-    events: int
-
-
-def _choose_victims(
-    rows: list[tuple[CacheKey, int]], budget: int, pinned: Collection[CacheKey], keep: CacheKey | None
-) -> list[CacheKey]:
-    """The entries to evict, given ``(key, size)`` of every entry, least recently used first.
-
-    Pinned entries stay. ``keep`` (the entry just written) goes only if it cannot fit next to
-    the pinned ones; then the others go in order until the total fits ``budget``.
-    """
-    total = sum(size for _, size in rows)
-    sizes = dict(rows)
-    victims: list[CacheKey] = []
-    if keep in sizes and keep not in pinned:
-        if sizes[keep] + sum(size for key, size in rows if key in pinned) > budget:
-            victims.append(keep)
-            total -= sizes[keep]
-    for key, size in rows:
-        if total <= budget:
-            break
-        if key != keep and key not in pinned:
-            victims.append(key)
-            total -= size
-    return victims
-
-
-def _key(row: sqlite3.Row) -> CacheKey:
-    return CacheKey(row["recipe_id"], row["range_index"], row["format"])
-
-
-def _select(conn: sqlite3.Connection, key: CacheKey) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        f"SELECT * FROM cache_entries WHERE {_KEY_WHERE}", (key.recipe_id, key.range_index, key.format)
-    ).fetchone()
-    return row
-
-
-def _check_events(key: CacheKey, events: int) -> None:
-    if isinstance(events, bool) or not isinstance(events, int) or events < 0:
-        raise CacheError(f"cache entry {key}: events must be an integer >= 0, got {events!r}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 class RangeCache:
     """Materialized ranges under ``root``, indexed in ``db``, at most ``budget_bytes`` in all.
@@ -241,7 +131,7 @@ class RangeCache:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return self._commit(key, temp, view.nbytes, zlib.adler32(view), events)
+        return self._commit(key, temp, view.nbytes, adler32(view), events)
 
     def temp_path(self, key: CacheKey) -> Path:
         """A new temporary name next to ``key``'s file (its folder made), for :meth:`put_file`.
@@ -272,7 +162,8 @@ class RangeCache:
             found = temp.stat().st_size
             if found != size:
                 raise CacheError(f"cache entry {key}: temporary file {temp} has {found} bytes, the writer said {size}")
-            adler32_hex(adler32)  # validates the value
+            if isinstance(adler32, bool) or not isinstance(adler32, int) or not 0 <= adler32 < 1 << 32:
+                raise CacheError(f"cache entry {key}: adler32 must be an integer in [0, 2**32), got {adler32!r}")
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -536,19 +427,7 @@ class RangeCache:
                 self._delete(conn, key)
                 reason = "the file is missing" if size is None else f"the file has {size} bytes, {row['size']} recorded"
                 dropped.append((key, reason))
-            removed = 0
-            for folder in self.root.iterdir():
-                if not (_RECIPE_ID.fullmatch(folder.name) and folder.is_dir()):
-                    continue
-                for path in folder.iterdir():
-                    debris = _TEMP_NAME.fullmatch(path.name) or (
-                        _FINAL_NAME.fullmatch(path.name) and f"{folder.name}/{path.name}" not in known
-                    )
-                    if debris and path.is_file():
-                        path.unlink()
-                        removed += 1
-                if not any(folder.iterdir()):
-                    folder.rmdir()
+            removed = _remove_debris(self.root, known)
         if removed:
             log.info("cache %s: removed %d files without an index entry", self.root, removed)
         for key, reason in dropped:

@@ -95,7 +95,7 @@ def test_key_validation_names_the_field(fields: tuple[object, object, object], n
 def test_adler32_hex() -> None:
     assert adler32_hex(1) == "00000001"
     assert adler32_hex(zlib.adler32(b"abc")) == "024d0127"
-    with pytest.raises(CacheError, match="adler32"):
+    with pytest.raises(ValueError, match="adler32"):
         adler32_hex(1 << 32)
 
 
