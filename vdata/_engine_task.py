@@ -82,6 +82,8 @@ def _plan(catalog_version: str, catalog_state: bytes, recipe_json: str) -> tuple
     catalog = _WORKER_CATALOGS.get(catalog_version)
     if catalog is None:
         catalog = pickle.loads(catalog_state)
+        for old in _WORKER_CATALOGS.values():  # datasets that did not change keep their open files
+            catalog.adopt_datasets(old)
         _WORKER_CATALOGS.clear()  # one catalog version per worker is enough
         _WORKER_PLANS.clear()
         _WORKER_CATALOGS[catalog_version] = catalog

@@ -87,6 +87,19 @@ class Catalog:
     def datasets(self) -> dict[str, SourceDataset]:
         return dict(self._datasets)
 
+    def adopt_datasets(self, other: Catalog) -> list[str]:
+        """Take over ``other``'s dataset objects where name and fingerprint agree; the names.
+
+        A copy of the catalog (a Ray worker's, after any dataset was added) then keeps the files
+        those datasets already opened instead of opening them again — for a remote file that
+        is several round trips to read its header, streamers and tree metadata.
+        """
+        with self._lock:
+            same = [name for name, fp in self._fingerprints.items() if other._fingerprints.get(name) == fp]
+            for name in same:
+                self._datasets[name] = other._datasets[name]
+        return same
+
     # -- transforms -------------------------------------------------------------------------
 
     def add_transform(

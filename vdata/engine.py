@@ -139,7 +139,7 @@ class Engine:
         self._refs: dict[Any, tuple[CacheKey, Path | None]] = {}  # task -> its key and temporary file
         self._queue: list[tuple[CacheKey, str]] = []
         self._plans: dict[str, Plan] = {}
-        self._catalog_ref: tuple[int, str, bytes] | None = None
+        self._catalog_ref: tuple[int, str, Any] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._collector: threading.Thread | None = None
@@ -259,12 +259,14 @@ class Engine:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _catalog_state(self) -> tuple[str, bytes]:
-        """The pickled catalog and its digest, re-made only when the catalog changed."""
+    def _catalog_state(self) -> tuple[str, Any]:
+        """The digest of the pickled catalog and a Ray reference to it, re-made only when the
+        catalog changed: the state goes into the object store once per revision, not with
+        every task (a catalog of many datasets is large)."""
         revision = self.catalog.revision
         if self._catalog_ref is None or self._catalog_ref[0] != revision:
             state = pickle.dumps(self.catalog)
-            self._catalog_ref = (revision, hashlib.sha256(state).hexdigest(), state)
+            self._catalog_ref = (revision, hashlib.sha256(state).hexdigest(), ray.put(state))
         return self._catalog_ref[1], self._catalog_ref[2]
 
     def _submit_ready(self) -> None:
