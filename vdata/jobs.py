@@ -120,6 +120,9 @@ class JobStore:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
+        # A job's row (recipe, attempts, lease length) never changes once created, so it is
+        # read once per process instead of once per lease/finish call.
+        self._jobs: dict[str, _Job] = {}
 
     def create_job(
         self, recipe_id: str, ranges: Sequence[EventRange], max_attempts: int = 3, lease_seconds: float = 60.0
@@ -197,11 +200,7 @@ class JobStore:
 
     def recipe_id(self, job_id: str) -> str:
         """The recipe a job runs (a read; changes nothing)."""
-        check_name(job_id, "job_id")
-        found = self.db.read().execute("SELECT recipe_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if found is None:
-            raise JobNotFound(job_id)
-        return str(found[0])
+        return self._job(self.db.read(), job_id).recipe_id
 
     def ranges(self, job_id: str) -> list[RangeRow]:
         """Every range of the job as stored, by index (changes nothing)."""
@@ -252,14 +251,17 @@ class JobStore:
                 self._write(conn, [new])
             return new
 
-    @staticmethod
-    def _job(conn: Connection, job_id: str) -> _Job:
+    def _job(self, conn: Connection, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
         check_name(job_id, "job_id")
         found = conn.execute(
             "SELECT id, recipe_id, max_attempts, lease_seconds FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             raise JobNotFound(job_id)
-        return _Job(*found)
+        job = self._jobs[job_id] = _Job(*found)
+        return job
 
     def _reclaim(self, conn: Connection, job: _Job, now: float) -> None:
         overdue = conn.execute(
