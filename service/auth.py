@@ -23,7 +23,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.deps import CoreDep
+from service.deps import get_core
 from service.errors import Forbidden, Unauthenticated
 from vdata.tokens import ROLES, TokenStore, hash_token, role_allows
 
@@ -78,8 +78,9 @@ class TokenCache:
         return principal
 
 
-def token_cache(request: Request, core: CoreDep) -> TokenCache:
+async def token_cache(request: Request) -> TokenCache:
     """The app's token cache, made on first use over the core's token table."""
+    core = await get_core(request)
     state = request.app.state
     cache: TokenCache | None = getattr(state, "token_cache", None)
     if cache is None or getattr(state, "token_cache_db", None) is not core.db:
@@ -89,12 +90,12 @@ def token_cache(request: Request, core: CoreDep) -> TokenCache:
 
 
 async def authenticate(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], core: CoreDep
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     """The caller of a request with ``Authorization: Bearer <token>``."""
     if credentials is None:
         raise Unauthenticated("no bearer token: send the header 'Authorization: Bearer <token>'")
-    principal = token_cache(request, core).principal(credentials.credentials)
+    principal = (await token_cache(request)).principal(credentials.credentials)
     if principal is None:
         raise Unauthenticated("the bearer token is not known to this service (mistyped or revoked?)")
     return principal
