@@ -8,10 +8,12 @@ A job hands the ranges of one recipe to a fleet of workers. Each range moves thr
                         +--fail(fatal)--> fatal
 
 Two layers (STYLE 8). The *decisions* are pure functions over :class:`RangeRow` values
-(in :mod:`vdata._job_rows`: :func:`expire`, :func:`lease_row`, :func:`heartbeat_row`, :func:`finish_row`,
-:func:`fail_row`, :func:`choose_ready`): they return a new row or raise :class:`LeaseError`.
-The *effects* are :class:`JobStore`: each call is one database transaction that reads rows,
-applies one decision and writes the result, so a restart loses nothing.
+(in :mod:`vdata._job_rows`: :func:`expire`, :func:`lease_row`, :func:`heartbeat_row`,
+:func:`finish_row`, :func:`fail_row`, :func:`choose_ready`): they return a new row or raise
+:class:`LeaseError`. The *effects* are :class:`JobStore`: each call is one database
+transaction that reads rows, applies one decision and writes the result, so a restart loses
+nothing. The gateway runs these calls on the job thread (:mod:`vdata._job_thread`), which
+commits the calls queued together at once; each is still answered only after its commit.
 
 Decisions on the edge cases:
 
@@ -111,7 +113,8 @@ class _Job:
 
 
 class JobStore:
-    """Jobs and their ranges in the database; every call is one transaction.
+    """Jobs and their ranges in the database; every call is one transaction (a savepoint when
+    the caller already holds one: the job thread runs a batch of calls in one commit).
 
     ``clock`` gives the time in seconds since the epoch (deadlines are stored, so they must
     survive a restart); tests pass a fake one to move time without sleeping.
