@@ -270,6 +270,7 @@ def dispatch(work: Path, workers: int, procs: int, seconds: float, ranges: int, 
            "cycles_per_s": cycles / seconds, "lease_p50_ms": pct(lease, 50) * 1e3, "lease_p99_ms": pct(lease, 99) * 1e3,
            "finish_p50_ms": pct(finish, 50) * 1e3, "finish_p99_ms": pct(finish, 99) * 1e3,
            "gateway_cpu_s": gw_cpu, "load_cpu_s": sum(r["cpu_s"] for r in results),
+           "gateway_cpu_ms_per_request": gw_cpu / max(len(lease) + len(finish), 1) * 1e3,
            "empty_leases": sum(r["empty"] for r in results), "errors": errors[:20], "n_errors": len(errors)}
     out["met"] = out["cycles_per_s"] >= 2000 and max(out["lease_p99_ms"], out["finish_p99_ms"]) < 50
     if profile_text:

@@ -99,7 +99,10 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
             owned.close()
             log.info("core closed")
 
-    app = FastAPI(title="vdata", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # No OpenTelemetry here (metrics are Prometheus, at /metrics): FastAPI's native telemetry
+    # otherwise asks OpenTelemetry for a configured provider on every request (~5% of a lease).
+    app = FastAPI(title="vdata", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
     app.state.core = core
     app.state.inflight = InFlight(settings.max_inflight_per_token)

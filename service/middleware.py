@@ -1,7 +1,7 @@
 """Pure ASGI middleware (no ``BaseHTTPMiddleware``: it would buffer streamed ranges).
 
 - :class:`RequestContext`: a request id (the client's ``X-Request-ID`` if it is sane, else a
-  new one) in ``request.state``, a context variable for log records and the response header;
+  new one: 16 hex digits, the app's random prefix and a counter) in ``request.state``, a context variable for log records and the response header;
   request counts and latency by route template and status; one access-log line.
 - :class:`BodyLimit`: reads the body before the app does and answers 413 once it is over the
   limit. Written by hand because FastAPI turns errors raised while reading a body into 400.
@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +32,14 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("vdata_request_
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """One request header's value (names in ``scope`` are lower case), without building a dict."""
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value)
+    return None
+
+
 class RequestIdFilter(logging.Filter):
     """Puts the current request id on every log record (``%(request_id)s``)."""
 
@@ -43,13 +52,17 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # New ids: a random prefix per app and a counter, unique without a uuid4 per request
+        # (os.urandom cost ~30 us a call on this VM, a twentieth of a lease request).
+        self._prefix = os.urandom(4).hex()
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        given = (_header(scope, b"x-request-id") or b"").decode("latin-1")
+        rid = given if _SANE_ID.fullmatch(given) else f"{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id.set(rid)
         status = 500
@@ -85,7 +98,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send, int(declared))
             return

@@ -10,13 +10,14 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from transforms.registry import Transform
 
+from vdata._job_thread import JobThread
 from vdata.cache import CacheEntry, RangeCache
 from vdata.catalog import Catalog
 from vdata.db import Database
@@ -65,15 +66,16 @@ class Core:
         self.jobs = JobStore(self.db)
         self.engine = Engine(self.catalog, self.cache, config.engine)
         # Job calls are short database transactions: one thread runs them all, in order, so
-        # hundreds of concurrent workers queue here instead of convoying on SQLite's lock.
-        self._job_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-jobs")
+        # hundreds of concurrent workers queue here instead of convoying on SQLite's lock, and
+        # the calls that queued together share one commit (group commit, vdata/_job_thread.py).
+        self._job_thread = JobThread(self.db)
 
     def start(self) -> Core:
         self.engine.start()
         return self
 
     def close(self) -> None:
-        self._job_thread.shutdown(wait=True)
+        self._job_thread.close()  # runs what is queued: an acknowledged call is committed
         self.engine.shutdown()
         self.cache.close()
         self.db.close()
@@ -165,8 +167,9 @@ class Core:
         return self.jobs.status(job_id)
 
     def in_job_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run a job call on the job thread; await the result from an event loop."""
-        return asyncio.wrap_future(self._job_thread.submit(fn, *args))
+        """Run a job call on the job thread; await the result from an event loop. The result
+        comes after the commit of the call's writes (grouped with the calls queued with it)."""
+        return self._job_thread.run_async(fn, *args)
 
     def lookahead(self, job_id: str) -> int:
         """Materialize the next ready ranges of a job before anyone leases them."""

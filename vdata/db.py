@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS job_ranges (
     PRIMARY KEY (job_id, range_index)
 );
 CREATE INDEX IF NOT EXISTS job_ranges_state ON job_ranges (job_id, state, range_index);
+-- finds overdue leases without reading every running row (each lease call reclaims first)
+CREATE INDEX IF NOT EXISTS job_ranges_deadline ON job_ranges (job_id, state, deadline);
 CREATE TABLE IF NOT EXISTS tokens (
     hash    TEXT PRIMARY KEY,           -- sha256 hex of the secret; the secret is never stored
     role    TEXT NOT NULL,              -- reader, worker, scientist, admin
@@ -132,15 +134,46 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; inside another transaction of the same thread, a
+        savepoint instead, so that several calls can share one commit (group commit) while a
+        failing call still undoes only its own writes."""
         conn = self._connection()
+        depth: int = getattr(self._local, "depth", 0)
+        if depth:
+            with self._savepoint(conn, depth):
+                yield conn
+            return
         with self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1
             try:
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            finally:
+                self._local.depth = 0
+            try:
+                conn.execute("COMMIT")
+            except BaseException:  # a failed COMMIT (a deferred constraint) leaves it open
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _savepoint(self, conn: sqlite3.Connection, depth: int) -> Iterator[None]:
+        name = f"vdata_sp{depth}"
+        conn.execute(f"SAVEPOINT {name}")
+        self._local.depth = depth + 1
+        try:
+            yield
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        finally:
+            self._local.depth = depth
+        conn.execute(f"RELEASE {name}")
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees committed data)."""

@@ -8,10 +8,12 @@ A job hands the ranges of one recipe to a fleet of workers. Each range moves thr
                         +--fail(fatal)--> fatal
 
 Two layers (STYLE 8). The *decisions* are pure functions over :class:`RangeRow` values
-(:func:`expire`, :func:`lease_row`, :func:`heartbeat_row`, :func:`finish_row`,
-:func:`fail_row`, :func:`choose_ready`): they return a new row or raise :class:`LeaseError`.
-The *effects* are :class:`JobStore`: each call is one database transaction that reads rows,
-applies one decision and writes the result, so a restart loses nothing.
+(in :mod:`vdata._job_rows`: :func:`expire`, :func:`lease_row`, :func:`heartbeat_row`,
+:func:`finish_row`, :func:`fail_row`, :func:`choose_ready`): they return a new row or raise
+:class:`LeaseError`. The *effects* are :class:`JobStore`: each call is one database
+transaction that reads rows, applies one decision and writes the result, so a restart loses
+nothing. The gateway runs these calls on the job thread (:mod:`vdata._job_thread`), which
+commits the calls queued together at once; each is still answered only after its commit.
 
 Decisions on the edge cases:
 
@@ -35,12 +37,36 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from vdata._job_rows import (
+    FAILED,
+    FATAL,
+    FINISHED,
+    MAX_LEASE_COUNT,
+    READY,
+    RUNNING,
+    STATES,
+    JobError,
+    JobNotFound,
+    JobStatus,
+    Lease,
+    LeaseError,
+    RangeNotFound,
+    RangeRow,
+    check_ranges,
+    check_int,
+    check_name,
+    choose_ready,
+    expire,
+    fail_row,
+    finish_row,
+    heartbeat_row,
+    lease_row,
+)
 from vdata.db import Database
-from vdata.errors import VdataError
 from vdata.ranges import EventRange
 
 if TYPE_CHECKING:
@@ -69,197 +95,6 @@ __all__ = [
     "lease_row",
 ]
 
-READY, RUNNING, FINISHED, FAILED, FATAL = "ready", "running", "finished", "failed", "fatal"
-STATES = (READY, RUNNING, FINISHED, FAILED, FATAL)
-MAX_LEASE_COUNT = 10_000  # ranges per lease call
-MAX_NAME = 200  # characters in a worker name, job id or recipe id
-MAX_MESSAGE = 4000  # characters of a failure message kept (longer ones are cut, not refused)
-
-
-class JobError(VdataError, ValueError):
-    """A bad argument to a job call (names the field and the value)."""
-
-
-class JobNotFound(VdataError, KeyError):
-    """No job of that id."""
-
-    def __init__(self, job_id: str, message: str | None = None) -> None:
-        super().__init__(message or f"no job {job_id!r}")
-        self.job_id = job_id
-
-
-class RangeNotFound(JobNotFound):
-    """The job exists but has no range of that index."""
-
-    def __init__(self, job_id: str, index: int, count: int) -> None:
-        super().__init__(job_id, f"job {job_id!r} has no range {index} (it has ranges 0 to {count - 1})")
-        self.index = index
-
-
-class LeaseError(VdataError, PermissionError):
-    """A worker acted on a range it does not hold, or that is not in a state for it."""
-
-    def __init__(self, row: RangeRow, worker: str, action: str, reason: str) -> None:
-        super().__init__(f"worker {worker!r} cannot {action} range {row.index} of job {row.job_id!r}: {reason}")
-        self.job_id = row.job_id
-        self.index = row.index
-        self.worker = worker
-        self.state = row.state
-
-
-@dataclass(frozen=True, slots=True)
-class RangeRow:
-    """One range of a job and where it stands. ``worker`` is the holder while running and the
-    last holder once finished, failed or fatal; ``deadline`` is set only while running."""
-
-    job_id: str
-    index: int
-    first: int
-    stop: int
-    state: str = READY
-    attempts: int = 0
-    worker: str | None = None
-    deadline: float | None = None
-    message: str | None = None
-    updated: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.state not in STATES:
-            raise ValueError(f"range {self.index} of job {self.job_id!r}: unknown state {self.state!r}")
-        if self.index < 0 or not 0 <= self.first < self.stop or self.attempts < 0:
-            raise ValueError(f"range {self.index} of job {self.job_id!r}: bad index, events or attempts")
-        running = self.state == RUNNING
-        if running != (self.deadline is not None) or (running and self.worker is None):
-            raise ValueError(f"range {self.index} of job {self.job_id!r}: a {self.state} range "
-                             f"cannot have worker={self.worker!r}, deadline={self.deadline!r}")
-        if self.state == READY and self.worker is not None:
-            raise ValueError(f"range {self.index} of job {self.job_id!r}: a ready range has no worker")
-
-    @property
-    def num_events(self) -> int:
-        return self.stop - self.first
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A range leased to a worker until ``deadline`` (seconds since the epoch)."""
-
-    index: int
-    first: int
-    stop: int
-    deadline: float
-
-
-@dataclass(frozen=True, slots=True)
-class JobStatus:
-    """Where a job stands. ``counts`` has every state of :data:`STATES`; ``done`` when no
-    range is ready or running."""
-
-    job_id: str
-    recipe_id: str
-    counts: dict[str, int]
-    ranges_total: int
-    events_total: int
-    events_finished: int
-    done: bool
-    max_attempts: int
-    lease_seconds: float
-
-
-# ---------------------------------------------------------------- decisions (pure functions)
-
-
-def _spend(row: RangeRow, now: float, message: str, max_attempts: int, fatal: bool = False) -> RangeRow:
-    attempts = min(row.attempts + 1, max_attempts)
-    if fatal:
-        state = FATAL
-    else:
-        state = FAILED if attempts >= max_attempts else READY
-    worker = None if state == READY else row.worker
-    return replace(row, state=state, attempts=attempts, worker=worker, deadline=None, message=message, updated=now)
-
-
-def _check_holder(row: RangeRow, worker: str, action: str) -> None:
-    if row.state != RUNNING:
-        raise LeaseError(row, worker, action, f"it is {row.state}, not leased")
-    if row.worker != worker:
-        raise LeaseError(row, worker, action, f"it is leased to worker {row.worker!r}")
-
-
-def expire(row: RangeRow, now: float, max_attempts: int) -> RangeRow:
-    """The row with its lease reclaimed if it ran out before ``now``; else the row itself."""
-    if row.state != RUNNING or row.deadline is None or row.deadline >= now:
-        return row
-    return _spend(row, now, f"lease expired (worker {row.worker})", max_attempts)
-
-
-def lease_row(row: RangeRow, worker: str, now: float, lease_seconds: float) -> RangeRow:
-    """The ready row leased to ``worker`` until ``now + lease_seconds``."""
-    if row.state != READY:
-        reason = f"it is leased to worker {row.worker!r}" if row.state == RUNNING else f"it is {row.state}"
-        raise LeaseError(row, worker, "lease", reason)
-    return replace(row, state=RUNNING, worker=worker, deadline=now + lease_seconds, updated=now)
-
-
-def heartbeat_row(row: RangeRow, worker: str, now: float, lease_seconds: float) -> RangeRow:
-    """The holder's lease extended to ``now + lease_seconds`` (also past an unreclaimed deadline)."""
-    _check_holder(row, worker, "heartbeat")
-    return replace(row, deadline=now + lease_seconds, updated=now)
-
-
-def finish_row(row: RangeRow, worker: str, now: float) -> RangeRow:
-    """The holder's range finished. Finishing again by the same worker returns the row unchanged."""
-    if row.state == FINISHED and row.worker == worker:
-        return row
-    if row.state == FINISHED:
-        raise LeaseError(row, worker, "finish", f"it was finished by worker {row.worker!r}")
-    _check_holder(row, worker, "finish")
-    return replace(row, state=FINISHED, deadline=None, updated=now)
-
-
-def fail_row(row: RangeRow, worker: str, now: float, message: str, fatal: bool, max_attempts: int) -> RangeRow:
-    """The holder's failure: back to ready with an attempt spent, ``failed`` once none is left,
-    ``fatal`` at once if ``fatal``. The message is kept (cut to :data:`MAX_MESSAGE` characters)."""
-    _check_holder(row, worker, "fail")
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 1] + "…"
-    return _spend(row, now, message, max_attempts, fatal=fatal)
-
-
-def choose_ready(rows: Iterable[RangeRow], n: int) -> list[RangeRow]:
-    """The (at most) ``n`` ready rows to hand out next: lowest index first."""
-    return sorted((r for r in rows if r.state == READY), key=lambda r: r.index)[: max(n, 0)]
-
-
-# ---------------------------------------------------------------- argument checks
-
-
-def _name(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-        raise JobError(f"{field} must be a non-blank string of at most {MAX_NAME} characters, got {value!r:.80}")
-    return value
-
-
-def _int(value: object, field: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise JobError(f"{field} must be an integer {bounds}, got {value!r}")
-    return value
-
-
-def _check_ranges(ranges: Sequence[EventRange]) -> None:
-    if not ranges:
-        raise JobError("ranges: a job needs at least one event range")
-    if not all(isinstance(r, EventRange) for r in ranges):
-        raise JobError("ranges must be EventRange values")
-    if len({r.index for r in ranges}) != len(ranges):
-        raise JobError("ranges: two ranges have the same index")
-    ordered = sorted(ranges, key=lambda r: r.first)
-    for a, b in zip(ordered, ordered[1:]):
-        if b.first < a.stop:
-            raise JobError(f"ranges: {a} and {b} overlap; each event must lie in one range")
-
-
 # ---------------------------------------------------------------- effects (the store)
 
 _COLUMNS = "job_id, range_index, first, stop, state, attempts, worker, deadline, message, updated"
@@ -278,7 +113,8 @@ class _Job:
 
 
 class JobStore:
-    """Jobs and their ranges in the database; every call is one transaction.
+    """Jobs and their ranges in the database; every call is one transaction (a savepoint when
+    the caller already holds one: the job thread runs a batch of calls in one commit).
 
     ``clock`` gives the time in seconds since the epoch (deadlines are stored, so they must
     survive a restart); tests pass a fake one to move time without sleeping.
@@ -287,14 +123,17 @@ class JobStore:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
+        # A job's row (recipe, attempts, lease length) never changes once created, so it is
+        # read once per process instead of once per lease/finish call.
+        self._jobs: dict[str, _Job] = {}
 
     def create_job(
         self, recipe_id: str, ranges: Sequence[EventRange], max_attempts: int = 3, lease_seconds: float = 60.0
     ) -> str:
         """A new job over ``ranges`` of the recipe, every range ready. Returns its id."""
-        _name(recipe_id, "recipe_id")
-        _check_ranges(ranges)
-        _int(max_attempts, "max_attempts", 1)
+        check_name(recipe_id, "recipe_id")
+        check_ranges(ranges)
+        check_int(max_attempts, "max_attempts", 1)
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) \
                 or not math.isfinite(lease_seconds) or lease_seconds <= 0:
             raise JobError(f"lease_seconds must be a finite number > 0, got {lease_seconds!r}")
@@ -311,8 +150,8 @@ class JobStore:
 
     def lease(self, job_id: str, worker: str, n: int) -> list[Lease]:
         """Up to ``n`` ready ranges (lowest index first) leased to ``worker``; reclaims overdue leases first."""
-        _name(worker, "worker")
-        _int(n, "n", 1, MAX_LEASE_COUNT)
+        check_name(worker, "worker")
+        check_int(n, "n", 1, MAX_LEASE_COUNT)
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
             now = self.clock()
@@ -364,11 +203,7 @@ class JobStore:
 
     def recipe_id(self, job_id: str) -> str:
         """The recipe a job runs (a read; changes nothing)."""
-        _name(job_id, "job_id")
-        found = self.db.read().execute("SELECT recipe_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if found is None:
-            raise JobNotFound(job_id)
-        return str(found[0])
+        return self._job(self.db.read(), job_id).recipe_id
 
     def ranges(self, job_id: str) -> list[RangeRow]:
         """Every range of the job as stored, by index (changes nothing)."""
@@ -380,7 +215,7 @@ class JobStore:
 
     def next_ready(self, job_id: str, n: int) -> list[RangeRow]:
         """The next ``n`` ranges a lease would hand out now, for look-ahead (changes nothing)."""
-        _int(n, "n", 1, MAX_LEASE_COUNT)
+        check_int(n, "n", 1, MAX_LEASE_COUNT)
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
             rows = conn.execute(
@@ -404,8 +239,8 @@ class JobStore:
 
     def _apply(self, job_id: str, index: int, worker: str,
                decide: Callable[[RangeRow, _Job, float], RangeRow]) -> RangeRow:
-        _name(worker, "worker")
-        _int(index, "index", 0)
+        check_name(worker, "worker")
+        check_int(index, "index", 0)
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
             found = conn.execute(f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND range_index = ?",
@@ -419,14 +254,17 @@ class JobStore:
                 self._write(conn, [new])
             return new
 
-    @staticmethod
-    def _job(conn: Connection, job_id: str) -> _Job:
-        _name(job_id, "job_id")
+    def _job(self, conn: Connection, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        check_name(job_id, "job_id")
         found = conn.execute(
             "SELECT id, recipe_id, max_attempts, lease_seconds FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             raise JobNotFound(job_id)
-        return _Job(*found)
+        job = self._jobs[job_id] = _Job(*found)
+        return job
 
     def _reclaim(self, conn: Connection, job: _Job, now: float) -> None:
         overdue = conn.execute(
