@@ -110,7 +110,7 @@ class Gateway:
     """``python -m service`` in a subprocess on a free loopback port, configured by VDATA_* env."""
 
     def __init__(self, work: Path, name: str, *, num_cpus: int, lookahead: int, allowed_roots: list[Path],
-                 max_in_flight: int = 8, cache_budget_bytes: int = 4 * 1024**3,
+                 max_in_flight: int = 8, cache_budget_bytes: int = 4 * 1024**3, readahead: int = 0,
                  object_store_bytes: int = 300 * 1024**2, startup_timeout: float = 120.0) -> None:
         self.data_dir = work / f"{name}-data"
         self.ray_dir = work / f"r{name[:3]}"
@@ -124,6 +124,7 @@ class Gateway:
             "VDATA_PORT": str(self.port),
             "VDATA_NUM_CPUS": str(num_cpus),
             "VDATA_LOOKAHEAD": str(lookahead),
+            "VDATA_READAHEAD": str(readahead),  # each part says what it wants materialized
             "VDATA_MAX_IN_FLIGHT": str(max_in_flight),
             "VDATA_CACHE_BUDGET_BYTES": str(cache_budget_bytes),
             "VDATA_OBJECT_STORE_BYTES": str(object_store_bytes),

@@ -205,6 +205,25 @@ class AccelRedirectResponse(Response):
                       entry.path, entry.key, adler32_hex(checksum), adler32_hex(entry.adler32))
 
 
+def _read_ahead(core: Core, plan: Plan, index: int, fmt: str, n: int) -> None:
+    """Server-side read-ahead, as a file system or a CDN does it: when range ``index`` is asked
+    for right after ``index - 1`` (it is cached), start materializing the next ``n`` ranges
+    (no-ops for those cached or in flight). Random access (the previous range not cached)
+    reads nothing ahead."""
+    if n == 0 or index + 1 >= len(plan.ranges):
+        return
+    if index > 0 and not core.cache.contains(CacheKey(plan.id, index - 1, fmt)):
+        return
+    core.stage(plan.id, index + 1, n, fmt)
+
+
+def _request(core: Core, plan: Plan, index: int, fmt: str, readahead: int) -> Future[CacheEntry]:
+    """Ask the engine for a range (first in its queue), then read ahead of it."""
+    future = core.request(plan.id, index, fmt)
+    _read_ahead(core, plan, index, fmt, readahead)
+    return future
+
+
 def _retrieve(future: asyncio.Future[CacheEntry]) -> None:
     if not future.cancelled():
         future.exception()  # no "exception never retrieved" after a timeout
@@ -233,10 +252,12 @@ async def serve_range(
     key = CacheKey(plan.id, index, fmt)
     opened = await anyio.to_thread.run_sync(_open_pinned, core.cache, key)
     metrics.gateway_cache.labels("hit" if opened is not None else "miss").inc()
+    if opened is not None and settings.readahead:
+        await anyio.to_thread.run_sync(_read_ahead, core, plan, index, fmt, settings.readahead)
     if opened is None:
         with inflight.slot(principal.key):
             for _ in range(2):  # a second try if the entry was evicted between the write and now
-                future = await anyio.to_thread.run_sync(core.request, recipe_id, index, fmt)
+                future = await anyio.to_thread.run_sync(_request, core, plan, index, fmt, settings.readahead)
                 await _wait(future, settings.range_timeout_seconds, str(key))
                 opened = await anyio.to_thread.run_sync(_open_pinned, core.cache, key)
                 if opened is not None:

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     max_columns: int = Field(default=2000, ge=1, description="Most output columns of a recipe (400 above).")
     max_range_events: int = Field(default=1_000_000, ge=1, description="Most events per range of a recipe (400 above).")
     max_inflight_per_token: int = Field(default=8, ge=1, description="Materializations one token may wait on at once (429 above).")
+    readahead: int = Field(default=4, ge=0, description="Ranges after a requested one that the gateway materializes ahead when the access looks sequential (0: off).")
     max_stage_ranges: int = Field(default=64, ge=1, description="Most ranges one stage request may start (400 above).")
     range_timeout_seconds: float = Field(default=600.0, gt=0, description="How long a range request waits for materialization (503 after).")
 

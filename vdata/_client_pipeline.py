@@ -34,12 +34,16 @@ MANIFEST = ".vdata-fetch.jsonl"
 
 
 def ordered_prefetch(fn: Callable[[T], R], items: Iterable[T], window: int, stop: threading.Event,
-                     name: str = "vdata-prefetch") -> Generator[R, None, None]:
+                     name: str = "vdata-prefetch", ramp: bool = True) -> Generator[R, None, None]:
     """``fn(item)`` for each item, in order, computed up to ``window`` items ahead in threads.
 
-    At most ``window`` results wait besides the one the caller holds. Closing the iterator
-    (or dropping it) sets ``stop``, cancels what has not started and joins the threads; a
-    call already running finishes its current request first. ``window=0``: no threads.
+    At most ``window`` results wait besides the one the caller holds. With ``ramp`` the window
+    opens like TCP's slow start: the first item alone, then one more in flight per item done.
+    On a link of limited rate, ``window`` parallel downloads would share it and the first
+    would arrive ``window`` times later; ramped, it comes at the link's full speed and the
+    window is full by the time the caller has worked through it. Closing the iterator (or
+    dropping it) sets ``stop``, cancels what has not started and joins the threads; a call
+    already running finishes its current request first. ``window=0``: no threads.
     """
     if window <= 0:
         for item in items:
@@ -48,12 +52,14 @@ def ordered_prefetch(fn: Callable[[T], R], items: Iterable[T], window: int, stop
     pending: deque[Future[R]] = deque()
     todo = iter(items)
     executor = ThreadPoolExecutor(max_workers=window, thread_name_prefix=name)
+    limit = 1 if ramp else window
     try:
-        for item in itertools.islice(todo, window):
+        for item in itertools.islice(todo, limit):
             pending.append(executor.submit(fn, item))
         while pending:
             result = pending.popleft().result()
-            for item in itertools.islice(todo, 1):  # one in, one out: the window stays full
+            limit = min(window, limit + 1)
+            for item in itertools.islice(todo, limit - len(pending)):  # refill up to the limit
                 pending.append(executor.submit(fn, item))
             yield result
     finally:

@@ -85,7 +85,7 @@ class Env:
 
 def make_settings(data_dir: Path, shared_data: Path, **kwargs: Any) -> Settings:
     return Settings(data_dir=data_dir, allowed_roots=[data_dir, shared_data], num_cpus=2,
-                    object_store_bytes=100 * 1024**2, lookahead=0, **kwargs)
+                    object_store_bytes=100 * 1024**2, lookahead=0, readahead=0, **kwargs)
 
 
 @contextmanager

@@ -182,6 +182,19 @@ def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> No
     assert reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 5, "format": "arrow"}).json()["ranges"] == [5, 6]
 
 
+def test_sequential_gets_read_ahead_random_ones_do_not(env: Env, recipe_id: str) -> None:
+    reader = env.client("reader", env.settings_with(readahead=2))
+    cached = lambda i: env.core.cache.contains(CacheKey(recipe_id, i, "root"))  # noqa: E731
+    assert reader.get(f"/v1/recipes/{recipe_id}/ranges/3?format=root").status_code == 200
+    time.sleep(1.0)  # random access (range 2 not cached): nothing is read ahead
+    assert [cached(i) for i in range(7)] == [False, False, False, True, False, False, False]
+    assert reader.get(f"/v1/recipes/{recipe_id}/ranges/0?format=root").status_code == 200  # a start
+    assert _cached(env, recipe_id, [1, 2], "root") and not cached(4)
+    assert reader.get(f"/v1/recipes/{recipe_id}/ranges/2?format=root").status_code == 200  # after 1: sequential
+    assert _cached(env, recipe_id, [4], "root")  # 3 and 4; 5 is beyond the read-ahead
+    assert not cached(5) and not cached(6)
+
+
 def test_stage_errors(env: Env, recipe_id: str) -> None:
     reader = env.client("reader", env.settings_with(max_stage_ranges=2))
     url = f"/v1/recipes/{recipe_id}/stage"
