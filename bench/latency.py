@@ -23,19 +23,21 @@ Modes
   gets Arrow record batches over its own shaped link;
 * ``file``   -- ``Client.fetch(recipe, dir, format="root")`` in a background thread writes one
   small ROOT file per range ahead of the payload, which reads each with uproot as it appears.
-* ``stream+stage``, ``file+stage`` -- the same, pre-staged: when the work is assigned (the recipe
-  submitted), ``Client.stage`` asks the service for the first ``--prefetch`` ranges, and the
-  payload starts ``--setup-seconds`` later (a pilot's set-up: environment, software, conditions;
-  in production minutes, here 2 s). The other ranges are streamed while the payload runs. This is
-  the event-streaming idea itself: deliver the input ahead of need.
+* ``stream+stage``, ``file+stage`` -- the same, with delivery starting when the work is
+  assigned (the recipe submitted) instead of when the payload starts: ``Client.stage`` asks the
+  service for the first ``--prefetch`` ranges, and the pilot opens the stream (or starts the
+  fetch) on the payload's link; the payload starts ``--setup-seconds`` later (a pilot's set-up:
+  environment, software, conditions; minutes in production, 2 s here). The payload's clock
+  starts then; a first batch not yet there by then is waited for inside it. This is the
+  event-streaming idea itself: deliver the input ahead of need.
 
 Each vdata run is **cold for the cache**: it registers the file under a new dataset name, so the
 recipe id (and every cache key) is new and the service has to read the site again; the Ray
 workers are warm (a warm-up recipe runs first after each service start), as in a running service.
 The payload's wall clock starts when it asks for data (the uproot open, or the ``stream``/``fetch``
 calls that list the ranges) and stops after its last batch; service start-up, dataset
-registration, recipe submission and (for ``+stage``) staging and set-up are outside it; in the
-other vdata modes the service starts reading the site only when the payload asks.
+registration, recipe submission and (for ``+stage``) the set-up time are outside it; in the
+other vdata modes nothing is read from the site before the payload asks.
 
 Measured per run: **efficiency** = payload CPU seconds (``time.thread_time`` around the busy
 loop) / wall seconds; ``busy`` = wall seconds inside the busy loop / wall seconds (insensitive to
@@ -56,6 +58,7 @@ How to run
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -273,19 +276,35 @@ def run_uproot(source: str, payload: Payload, step: int) -> None:
             payload.process(len(arrays), int(np.sum(np.asarray(arrays["nMuon"]))))
 
 
-def run_stream(client: Any, rid: str, payload: Payload, prefetch: int) -> None:
+def run_stream(client: Any, rid: str, payload: Payload, prefetch: int, setup_s: float | None = None) -> None:
+    """The payload over ``Client.stream``. With ``setup_s`` (+stage) the stream opens when the
+    work is assigned and starts filling its window; the payload starts ``setup_s`` later."""
     import pyarrow.compute as pc
 
-    payload.start()
-    for batch in client.stream(rid, format="arrow", prefetch=prefetch):
+    if setup_s is None:
+        payload.start()
+    batches = client.stream(rid, format="arrow", prefetch=prefetch)
+    if setup_s is not None:
+        first: list[Any] = []
+        primer = threading.Thread(target=lambda: first.extend(itertools.islice(batches, 1)), daemon=True)
+        primer.start()  # the first next() starts the prefetch threads
+        time.sleep(setup_s)
+        payload.start()
+        primer.join()  # inside the payload's clock: a late first batch counts
+        batches = itertools.chain(first, batches)
+    for batch in batches:
         payload.process(batch.num_rows, int(pc.sum(batch.column("nMuon")).as_py() or 0))
 
 
-def run_file(client: Any, rid: str, out_dir: Path, payload: Payload, prefetch: int) -> None:
+def run_file(client: Any, rid: str, out_dir: Path, payload: Payload, prefetch: int,
+             setup_s: float | None = None) -> None:
+    """The payload over ROOT files that ``Client.fetch`` writes. With ``setup_s`` (+stage) the
+    fetch starts when the work is assigned; the payload starts ``setup_s`` later."""
     import numpy as np
     import uproot
 
-    payload.start()
+    if setup_s is None:
+        payload.start()
     ranges = client.ranges(rid)
     outcome: dict[str, Any] = {}
 
@@ -297,6 +316,9 @@ def run_file(client: Any, rid: str, out_dir: Path, payload: Payload, prefetch: i
 
     thread = threading.Thread(target=fetch, name="vdata-fetch", daemon=True)
     thread.start()
+    if setup_s is not None:
+        time.sleep(setup_s)
+        payload.start()
     try:
         for r in ranges:
             path = out_dir / f"range-{r.index:05d}.root"
@@ -389,9 +411,8 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
         admin.add_dataset(name, [remote.info["file_url"]], TREE)
         info = admin.submit({"source": {"dataset": name}, "columns": COLUMNS, "range_events": range_events})
         extra.update(recipe=info.id, ranges=info.num_ranges)
-        if mode != base:  # the workload system stages the first ranges when it assigns the work,
+        if mode != base:  # the workload system stages the first ranges when it assigns the work
             admin.stage(info.id, prefetch, format="arrow" if base == "stream" else "root")
-            time.sleep(setup_s)  # and the payload starts after its set-up
     before = remote.stats()
     if mode == "local":
         run_uproot(str(file), payload, range_events)
@@ -399,12 +420,13 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
         run_uproot(remote.info["file_url"], payload, range_events)
     else:
         with Client(remote.info["gateway"], remote.info["token"]) as client:
+            staged = setup_s if mode != base else None
             if base == "stream":
-                run_stream(client, extra["recipe"], payload, prefetch)
+                run_stream(client, extra["recipe"], payload, prefetch, staged)
             else:
                 out = work / f"fetch-{nonce}-{rtt:g}-{us:g}-{rep}"
                 try:
-                    run_file(client, extra["recipe"], out, payload, prefetch)
+                    run_file(client, extra["recipe"], out, payload, prefetch, staged)
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
     wall = time.perf_counter() - payload.t0
