@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
@@ -37,8 +38,9 @@ from service.metrics import Metrics
 from service.settings import Settings
 from vdata.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
 from vdata.core import Core
-from vdata.errors import FormatError
+from vdata.errors import FormatError, VdataError
 from vdata.formats import FORMATS, MEDIA_TYPES
+from vdata.materialize import Plan
 
 __all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse", "serve_range"]
 
@@ -218,9 +220,19 @@ def _read_ahead(core: Core, plan: Plan, index: int, fmt: str, n: int) -> None:
 
 
 def _request(core: Core, plan: Plan, index: int, fmt: str, readahead: int) -> Future[CacheEntry]:
-    """Ask the engine for a range (first in its queue), then read ahead of it."""
+    """Ask the engine for a range, and read ahead of it once it is made: started at once, the
+    ranges ahead would share the site's link and the CPUs with the one a client waits for."""
+
+    def then_read_ahead(done: Future[CacheEntry]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            try:
+                _read_ahead(core, plan, index, fmt, readahead)
+            except (VdataError, sqlite3.Error, OSError):  # a hint: never worth failing anything for
+                log.exception("read-ahead after %s range %d failed", plan.id, index)
+
     future = core.request(plan.id, index, fmt)
-    _read_ahead(core, plan, index, fmt, readahead)
+    if readahead:
+        future.add_done_callback(then_read_ahead)
     return future
 
 
