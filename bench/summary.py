@@ -37,17 +37,16 @@ def rows() -> list[tuple[str, str, str, str]]:
             out.append(("virtual", f"{e['label']}: vs awkward / Python lists", f"{s['awkward']:.1f}x / {s['python_lists']:.1f}x",
                         f">= 2x {verdict(s['awkward'] >= 2)}, >= 50x {verdict(s['python_lists'] >= 50)}"))
     if latency := load("latency"):
-        for label, modes in (("cold start", ("stream", "file")), ("pre-staged", ("stream+stage", "file+stage"))):
-            vd = [r for r in latency["summary"] if r["mode"] in modes]
+        for mode in ("stream", "file", "stream+stage", "file+stage"):
+            vd = [r for r in latency["summary"] if r["mode"] == mode]
             if not vd:
                 continue
             worst = min(vd, key=lambda r: r["eff"])
             met = sum(bool(r.get("meets_target")) for r in vd)
-            out.append(("latency", f"vdata efficiency {label} ({'/'.join(modes)}), worst cell; cells meeting the target",
-                        f"{worst['eff']:.2f}; {met}/{len(vd)}", f">= 0.97 {verdict(met == len(vd))}"))
             ratios = [r["direct_over_vdata_wall"] for r in vd if r.get("direct_over_vdata_wall")]
-            if ratios:
-                out.append(("latency", f"wall-time ratio direct / vdata, {label}", f"{min(ratios):.2f}-{max(ratios):.2f}", "reported"))
+            out.append(("latency", f"{mode}: worst efficiency; cells meeting the target; wall direct / vdata",
+                        f"{worst['eff']:.2f}; {met}/{len(vd)}; {min(ratios):.2f}-{max(ratios):.2f}",
+                        f">= 0.97 {verdict(met == len(vd))}"))
     if tp := load("throughput"):
         res = tp["results"]
         if w := res.get("warm"):
