@@ -8,7 +8,7 @@ Set-up (everything on 127.0.0.1)
 * **vdata service**: ``service.server.BackgroundServer`` (uvicorn gateway + core + embedded Ray),
   registering the dataset *by URL through the site proxy*, behind its own shaped proxy with the
   same RTT and rate: the payload's link to the service is as far away as the site.
-* Site, proxies and service run in a separate process (``_serve``), started once per delay and
+* Site, proxies and service run in a separate process (``bench/_lat_remote.py``), started once per delay and
   ``nice``d (+10): on this 2-core machine they stand in for machines elsewhere, so they should use
   spare cycles rather than take them from the payload. The payload runs in the main process.
 * **Payload**: a Numba busy loop (``nogil``) calibrated to ``--payloads`` microseconds of CPU per
@@ -62,15 +62,12 @@ import itertools
 import json
 import os
 import platform
-import select
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +75,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _lat_remote import Remote  # after the path set-up
 
 TREE = "Events"
 COLUMNS = ["nMuon", "Muon_pt", "Muon_eta", "Jet_pt"]
@@ -87,121 +86,6 @@ TARGET = 0.97
 OUTPUT_JSON = ROOT / "bench" / "results" / "latency.json"
 OUTPUT_PNG = ROOT / "bench" / "results" / "latency.png"
 INPUT_DIR = ROOT / "bench" / "results" / "input"
-
-
-# ==================================================================================================
-# The "remote" side: file server + site proxy + vdata service + gateway proxy, in its own process
-# ==================================================================================================
-
-def serve_main(argv: list[str]) -> None:
-    """``latency.py _serve ...``: run the remote side until stdin says ``quit`` (or closes).
-
-    Protocol on the original stdout: one JSON line when ready (urls, token), then one JSON line
-    of counters per ``stats`` line read from stdin. Everything else printed goes to stderr.
-    """
-    p = argparse.ArgumentParser()
-    p.add_argument("--file", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--rtt-ms", type=float, required=True)
-    p.add_argument("--rate-mbit", type=float, required=True)
-    p.add_argument("--num-cpus", type=int, default=4)
-    p.add_argument("--max-in-flight", type=int, default=8)
-    p.add_argument("--nice", type=int, default=10)
-    a = p.parse_args(argv)
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # Ray, uvicorn & co. must not write into the protocol
-    if a.nice:
-        os.nice(a.nice)
-
-    from service.server import BackgroundServer
-    from service.settings import Settings
-    from vdata.testing import RangeFileServer
-
-    from _shaping import ShapedProxy
-
-    file = Path(a.file).resolve()
-    rtt, rate = a.rtt_ms / 1000.0, a.rate_mbit * 1e6
-    with ExitStack() as stack:
-        files = stack.enter_context(RangeFileServer(file.parent))
-        fport = int(files.url.rsplit(":", 1)[1])
-        site = stack.enter_context(ShapedProxy("127.0.0.1", fport, rtt, rate, "site"))
-        settings = Settings(
-            data_dir=Path(a.data_dir), port=0, num_cpus=a.num_cpus, object_store_bytes=300 * 1024**2,
-            allowed_url_prefixes=[site.url], max_in_flight=a.max_in_flight, log_level="warning",
-            ray_temp_dir=Path(a.data_dir) / "ray", max_inflight_per_token=16,
-        )
-        server = stack.enter_context(BackgroundServer(settings))
-        gateway = stack.enter_context(ShapedProxy("127.0.0.1", server.port, rtt, rate, "gateway"))
-        proto.write(json.dumps({"file_url": f"{site.url}/{file.name}", "gateway": gateway.url,
-                                "gateway_direct": server.url, "token": server.admin_token}) + "\n")
-        for line in sys.stdin:
-            cmd = line.strip()
-            if cmd == "stats":
-                proto.write(json.dumps({
-                    "site_up": site.bytes_up, "site_down": site.bytes_down, "site_conns": site.connections,
-                    "gw_up": gateway.bytes_up, "gw_down": gateway.bytes_down, "gw_conns": gateway.connections,
-                    "file_requests": files.requests}) + "\n")
-            elif cmd == "quit":
-                break
-
-
-class Remote:
-    """The ``_serve`` process, seen from the benchmark: started, queried, always stopped."""
-
-    def __init__(self, file: Path, data_dir: Path, rtt_ms: float, rate_mbit: float, num_cpus: int,
-                 log: Path, nice: int = 0) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", "--file", str(file), "--data-dir",
-               str(data_dir), "--rtt-ms", str(rtt_ms), "--rate-mbit", str(rate_mbit), "--num-cpus", str(num_cpus), "--nice", str(nice)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, cwd=ROOT)
-        try:
-            self.info = self._read(timeout=180)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"remote side silent for {timeout} s (see {self.log.name})")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"remote side exited with {self.proc.poll()} (see {self.log.name})")
-        return json.loads(line)
-
-    def stats(self) -> dict[str, int]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        return self._read(timeout=30)
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None and self.proc.stdin is not None:
-                try:
-                    self.proc.stdin.write("quit\n")
-                    self.proc.stdin.close()
-                except OSError:
-                    pass
-                try:
-                    self.proc.wait(timeout=90)
-                except subprocess.TimeoutExpired:
-                    self.proc.terminate()
-                    try:
-                        self.proc.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        self.proc.kill()
-                        self.proc.wait()
-        finally:
-            self.log.close()
-
-    def __enter__(self) -> Remote:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # ==================================================================================================
@@ -625,7 +509,4 @@ def warm_up(remote: Remote, range_events: int, nonce: str, rtt: float) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
-        serve_main(sys.argv[2:])
-    else:
-        sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
