@@ -8,9 +8,9 @@ Set-up (everything on 127.0.0.1)
 * **vdata service**: ``service.server.BackgroundServer`` (uvicorn gateway + core + embedded Ray),
   registering the dataset *by URL through the site proxy*, behind its own shaped proxy with the
   same RTT and rate: the payload's link to the service is as far away as the site.
-* Site, proxies and service run in a separate process (``bench/_lat_remote.py``), started once per delay and
-  ``nice``d (+10): on this 2-core machine they stand in for machines elsewhere, so they should use
-  spare cycles rather than take them from the payload. The payload runs in the main process.
+* Site, proxies and service run in a separate process (``bench/_lat_remote.py``), started once
+  per delay (``--remote-nice N`` runs it ``nice``d; 0 by default). The payload runs in the main
+  process.
 * **Payload**: a Numba busy loop (``nogil``) calibrated to ``--payloads`` microseconds of CPU per
   event, run on every batch of the 4 columns ``nMuon, Muon_pt, Muon_eta, Jet_pt``; it also sums
   ``nMuon`` and counts events, checked against the file in every run.
