@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +20,10 @@ from typing import Any
 
 import httpx
 
+from vdata.testing import Nginx, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- /proc ------------------------------------------------------------------------------------
@@ -188,105 +182,12 @@ class Gateway:
         self.stop()
 
 
-# -- nginx --------------------------------------------------------------------------------------
+# -- nginx (vdata.testing.Nginx) -----------------------------------------------------------------
 
-NGINX_CONF = """\
-worker_processes 1;
-user root;
-daemon off;
-master_process on;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 30;
-    default_type application/octet-stream;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ root {root}; }}
-{accel}    }}
-}}
-"""
-# In front of a gateway in X-Accel-Redirect mode: the API goes to the gateway; the file it names
-# is sent from an internal location aliasing the cache folder, with the checksum header kept.
-NGINX_ACCEL = """\
-        location /v1/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
-        location {prefix}/ {{
-            internal;
-            alias {root}/;
-            add_header X-Vdata-Adler32 $upstream_http_x_vdata_adler32;
-            add_header X-Vdata-Events $upstream_http_x_vdata_events;
-        }}
-"""
-
-
-class Nginx:
-    """nginx serving ``root`` on a free loopback port, with its config and prefix under ``prefix``;
-    with ``upstream_port``, also in front of that gateway in X-Accel-Redirect mode (``/v1/``)."""
-
-    def __init__(self, prefix: Path, root: Path, upstream_port: int | None = None,
-                 accel_prefix: str = "/_vdata_cache") -> None:
-        self.upstream_port = upstream_port
-        self.accel_prefix = accel_prefix
-        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(self.binary).exists():
-            raise RuntimeError("nginx not found: apt-get install -y nginx")
-        self.prefix = prefix
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Nginx:
-        self.prefix.mkdir(parents=True, exist_ok=True)
-        conf = self.prefix / "nginx.conf"
-        accel = "" if self.upstream_port is None else NGINX_ACCEL.format(
-            upstream=self.upstream_port, prefix=self.accel_prefix, root=self.root)
-        conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port, root=self.root, accel=accel))
-        self.proc = subprocess.Popen([self.binary, "-p", str(self.prefix), "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 15
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    err = (self.prefix / "error.log").read_text() if (self.prefix / "error.log").exists() else ""
-                    raise RuntimeError(f"nginx exited ({self.proc.returncode}): {err[-500:]}")
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nginx did not start in 15 s")
-                time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def pids(self) -> list[int]:
-        """The master's and its workers' process ids (for their CPU time)."""
-        assert self.proc is not None
-        return [self.proc.pid, *descendants(self.proc.pid)]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, signal.SIGQUIT, timeout=10)  # graceful shutdown of master + worker
-            self.proc = None
-
-    def __enter__(self) -> Nginx:
-        return self.start()
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+def nginx_pids(nx: Nginx) -> list[int]:
+    """The master's and its workers' process ids (for their CPU time)."""
+    assert nx.proc is not None
+    return [nx.proc.pid, *descendants(nx.proc.pid)]
 
 
 # -- the HTTP client used for both sides of the warm comparison ---------------------------------

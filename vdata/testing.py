@@ -1,5 +1,6 @@
-"""Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range``,
-and NaN-aware comparison of Arrow tables.
+"""Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range``, nginx
+on loopback (for the gateway's X-Accel-Redirect mode and the warm-delivery comparison), and
+NaN-aware comparison of Arrow tables.
 
 Python's ``http.server`` ignores ``Range`` headers, and uproot reads remote files with
 (multi-)range requests, so tests need a server that answers 206 with the requested bytes.
@@ -10,17 +11,22 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
+import subprocess
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import awkward as ak
 import pyarrow as pa
 
-__all__ = ["KillOnce", "RangeFileServer", "assert_tables_equal"]
+__all__ = ["KillOnce", "Nginx", "RangeFileServer", "assert_tables_equal", "free_port"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
@@ -207,3 +213,117 @@ class KillOnce:
         except FileNotFoundError:
             return
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- nginx on loopback ---------------------------------------------------------------------------
+
+NGINX_BINARY = shutil.which("nginx") or "/usr/sbin/nginx"
+
+_NGINX_CONF = """\
+worker_processes 1;
+{user}
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 30;
+    default_type application/octet-stream;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+{locations}    }}
+}}
+"""
+_STATIC = "        location / {{ root {root}; }}\n"
+# In front of a gateway in X-Accel-Redirect mode: the API goes to the gateway; the file it names
+# is sent from an internal location aliasing the cache folder, with the vdata headers kept.
+_ACCEL = """\
+        location /v1/ {{ proxy_pass http://127.0.0.1:{upstream}; }}
+        location {accel}/ {{
+            internal;
+            alias {cache}/;
+            add_header X-Vdata-Adler32 $upstream_http_x_vdata_adler32;
+            add_header X-Vdata-Events $upstream_http_x_vdata_events;
+        }}
+"""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Nginx:
+    """nginx on a free loopback port, its config, logs and pid under ``prefix``: serving ``root``
+    as static files, and/or, with ``upstream_port``, in front of that gateway in X-Accel-Redirect
+    mode (``/v1/`` proxied; ``accel_prefix`` internal, aliasing ``cache_root``). A context
+    manager; stopped gracefully (SIGQUIT), killed if it does not go."""
+
+    def __init__(self, prefix: Path, *, root: Path | None = None, upstream_port: int | None = None,
+                 cache_root: Path | None = None, accel_prefix: str = "/_vdata_cache") -> None:
+        if not Path(NGINX_BINARY).exists():
+            raise FileNotFoundError(f"nginx not found ({NGINX_BINARY}): apt-get install -y nginx")
+        if (upstream_port is None) != (cache_root is None):
+            raise ValueError("Nginx: upstream_port and cache_root go together (X-Accel-Redirect mode)")
+        locations = "" if root is None else _STATIC.format(root=root)
+        if upstream_port is not None:
+            locations += _ACCEL.format(upstream=upstream_port, accel=accel_prefix, cache=cache_root)
+        self.prefix = prefix
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._conf = _NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", prefix=prefix,
+                                        port=self.port, locations=locations)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(self._conf)
+        self.proc = subprocess.Popen([NGINX_BINARY, "-p", str(self.prefix), "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    log = self.prefix / "error.log"
+                    raise RuntimeError(f"nginx exited ({self.proc.returncode}): "
+                                       f"{log.read_text()[-500:] if log.exists() else ''}")
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return self
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start in 15 s")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT)  # graceful: the master stops its worker
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the workers too
+                proc.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from gateway_helpers import Env, environment
+
+from service.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")
@@ -23,3 +26,18 @@ def idle_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Ite
     """A core whose engine never starts: everything but materialization works."""
     with environment(tmp_path_factory.mktemp("idle"), shared_data, start=False) as env:
         yield env
+
+
+@pytest.fixture(scope="module")
+def server(started_env: Env) -> Iterator[BackgroundServer]:
+    """A real uvicorn server on a loopback port over the module's core."""
+    with BackgroundServer(started_env.settings_with(port=0), started_env.core) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server: BackgroundServer, started_env: Env) -> Iterator[httpx.Client]:
+    """An admin's HTTP client of :func:`server`."""
+    headers = {"Authorization": f"Bearer {started_env.tokens['admin']}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=120) as client:
+        yield client

@@ -6,31 +6,16 @@ from __future__ import annotations
 
 import io
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from gateway_helpers import HZZ, RECIPE, SCALE, Env, make_settings
 
 from service.server import BackgroundServer
 from vdata.core import Core, CoreConfig
 from vdata.formats import FORMATS, MEDIA_TYPES, read_table
-
-
-@pytest.fixture(scope="module")
-def server(started_env: Env) -> Iterator[BackgroundServer]:
-    with BackgroundServer(started_env.settings_with(port=0), started_env.core) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def http(server: BackgroundServer, started_env: Env) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {started_env.tokens['admin']}"}
-    with httpx.Client(base_url=server.url, headers=headers, timeout=120) as client:
-        yield client
 
 
 def test_server_listens_on_loopback(server: BackgroundServer) -> None:

@@ -4,11 +4,6 @@ nginx (X-Accel-Redirect; skipped where nginx is not installed) nginx sends the f
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import zlib
 from collections.abc import Iterator
@@ -22,19 +17,7 @@ from service import serving
 from service.server import BackgroundServer
 from vdata.cache import CacheKey
 from vdata.formats import MEDIA_TYPES
-
-
-@pytest.fixture(scope="module")
-def server(started_env: Env) -> Iterator[BackgroundServer]:
-    with BackgroundServer(started_env.settings_with(port=0), started_env.core) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def http(server: BackgroundServer, started_env: Env) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {started_env.tokens['admin']}"}
-    with httpx.Client(base_url=server.url, headers=headers, timeout=120) as client:
-        yield client
+from vdata.testing import NGINX_BINARY, Nginx
 
 
 @pytest.fixture(scope="module")
@@ -106,35 +89,7 @@ def test_a_truncated_file_is_a_miss_before_the_first_byte(http: httpx.Client, re
 
 # -- behind nginx, with X-Accel-Redirect ---------------------------------------------------------
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ACCEL_PREFIX = "/_vdata_cache"
-NGINX_CONF = """\
-worker_processes 1;
-{user}
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ proxy_pass http://127.0.0.1:{upstream}; }}
-        location {accel}/ {{
-            internal;
-            alias {cache}/;
-            add_header X-Vdata-Adler32 $upstream_http_x_vdata_adler32;
-            add_header X-Vdata-Events $upstream_http_x_vdata_events;
-        }}
-    }}
-}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -146,39 +101,13 @@ def accel_server(started_env: Env) -> Iterator[BackgroundServer]:
 
 @pytest.fixture(scope="module")
 def nginx(accel_server: BackgroundServer, started_env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """nginx on a loopback port in front of the accel gateway (skipped where nginx is not installed)."""
-    if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed")
-    prefix = tmp_path_factory.mktemp("nginx")
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", prefix=prefix, port=port,
-                                      upstream=accel_server.port, accel=ACCEL_PREFIX, cache=started_env.core.cache.root))
-    proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (prefix / "error.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGQUIT)  # graceful: the master stops its worker
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """nginx on a loopback port in front of the accel gateway (skipped where nginx is not installed:
+    an optional front, not part of the service)."""
+    if not Path(NGINX_BINARY).exists():
+        pytest.skip(f"nginx is not installed ({NGINX_BINARY})")
+    with Nginx(tmp_path_factory.mktemp("nginx"), upstream_port=accel_server.port,
+               cache_root=started_env.core.cache.root, accel_prefix=ACCEL_PREFIX) as running:
+        yield running.url
 
 
 def test_the_accel_gateway_answers_with_the_file_to_send(accel_server: BackgroundServer, http: httpx.Client,
