@@ -20,6 +20,20 @@ records each one's size, adler32, event count and last use. The rules:
   budget. A pinned entry (one being read) is never evicted; the entry just written goes only
   when nothing else can (it is larger than the budget, or the rest is pinned).
 
+Lock order (the deadlock an outside check found: a cache writer evicting held the cache lock
+and waited for the database, while the job thread held the database and waited for the cache
+lock). There are two locks, always taken in this order and never the other way round:
+
+1. the database's write lock (:meth:`Database.transaction`, held for a whole transaction), then
+2. ``RangeCache._lock``, the innermost lock: it guards the pins, ``_over_budget`` and
+   ``corrupt_count``; while it is held the code takes no other lock, opens no transaction and
+   waits for nothing but the unlinks of the files being evicted.
+
+So eviction, :meth:`RangeCache.remove` and the clean-up at start open their transaction first
+and take the cache lock inside it, and a pin (taken under the cache lock alone) never waits for
+the database. The engine's lock (:mod:`vdata.engine`) is a leaf too: nothing is called while it
+is held.
+
 One :class:`RangeCache` owns a folder at a time (a lock file, ``<root>/.lock``): pins are kept
 in memory, and the clean-up at start cannot tell another writer's temporary files from debris.
 """
@@ -86,7 +100,7 @@ class RangeCache:
         self._db = db
         self._clock = clock
         self._on_corrupt = on_corrupt
-        self._lock = threading.Lock()  # guards the pins, the flag below and every eviction
+        self._lock = threading.Lock()  # innermost: taken inside a transaction, never around one
         self._pins: Counter[CacheKey] = Counter()
         self._over_budget = False  # pins kept the last eviction from reaching the budget
         self.root.mkdir(parents=True, exist_ok=True)
@@ -200,13 +214,12 @@ class RangeCache:
 
     def remove(self, key: CacheKey) -> bool:
         """Drop an entry and its file; False if there was none. Raises CacheBusy if it is pinned."""
-        with self._lock:
+        with self._db.transaction() as conn, self._lock:  # the lock order: database, then cache
             if self._pins[key]:
                 raise CacheBusy(f"cache entry {key} ({self.root / key.relpath}) is being read; not removed")
-            with self._db.transaction() as conn:
-                if _select(conn, key) is None:
-                    return False
-                self._delete(conn, key)
+            if _select(conn, key) is None:
+                return False
+            self._delete(conn, key)
         return True
 
     def evict(self) -> int:
@@ -390,7 +403,7 @@ class RangeCache:
             self._on_corrupt(key, reason)
 
     def _evict(self, keep: CacheKey | None) -> int:
-        with self._lock, self._db.transaction() as conn:
+        with self._db.transaction() as conn, self._lock:  # the lock order: database, then cache
             total: int = conn.execute("SELECT COALESCE(SUM(size), 0) FROM cache_entries").fetchone()[0]
             if total <= self.budget_bytes:
                 self._over_budget = False
@@ -413,7 +426,7 @@ class RangeCache:
     def _recover(self) -> None:
         """Drop rows whose file is missing or of the wrong size; delete files without a row."""
         dropped: list[tuple[CacheKey, str]] = []
-        with self._lock, self._db.transaction() as conn:
+        with self._db.transaction() as conn, self._lock:  # the lock order: database, then cache
             known = set()
             for row in conn.execute("SELECT recipe_id, range_index, format, size FROM cache_entries").fetchall():
                 key = _key(row)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,12 @@ class Core:
         # hundreds of concurrent workers queue here instead of convoying on SQLite's lock, and
         # the calls that queued together share one commit (group commit, vdata/_job_thread.py).
         self._job_thread = JobThread(self.db)
+        # Look-ahead after a lease or a failure runs here, not on the job thread: the job thread
+        # holds the database's write lock for a whole batch, and look-ahead reads the cache and
+        # queues Ray work (the lock order in vdata/cache.py; no transaction waits on either).
+        self._lookahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-lookahead")
+        self._lookahead_lock = threading.Lock()  # a leaf: guards the set below only
+        self._lookahead_pending: set[str] = set()
 
     def start(self) -> Core:
         self.engine.start()
@@ -76,6 +83,7 @@ class Core:
 
     def close(self) -> None:
         self._job_thread.close()  # runs what is queued: an acknowledged call is committed
+        self._lookahead_pool.shutdown(wait=True, cancel_futures=True)
         self.engine.shutdown()
         self.cache.close()
         self.db.close()
@@ -146,7 +154,7 @@ class Core:
     def lease(self, job_id: str, worker: str, n: int) -> list[Lease]:
         leases = self.jobs.lease(job_id, worker, n)
         self.engine.count_lease("lease", len(leases))
-        self.lookahead(job_id)
+        self.lookahead_later(job_id)
         return leases
 
     def heartbeat(self, job_id: str, index: int, worker: str) -> float:
@@ -161,7 +169,7 @@ class Core:
     def fail(self, job_id: str, index: int, worker: str, message: str, fatal: bool = False) -> None:
         self.jobs.fail(job_id, index, worker, message, fatal)
         self.engine.count_lease("fatal" if fatal else "fail")
-        self.lookahead(job_id)
+        self.lookahead_later(job_id)
 
     def status(self, job_id: str) -> JobStatus:
         return self.jobs.status(job_id)
@@ -170,6 +178,27 @@ class Core:
         """Run a job call on the job thread; await the result from an event loop. The result
         comes after the commit of the call's writes (grouped with the calls queued with it)."""
         return self._job_thread.run_async(fn, *args)
+
+    def lookahead_later(self, job_id: str) -> None:
+        """Run :meth:`lookahead` for the job soon, on the look-ahead thread (once, however many
+        leases asked for it meanwhile). Safe inside a transaction: it only queues."""
+        with self._lookahead_lock:
+            if job_id in self._lookahead_pending:
+                return
+            self._lookahead_pending.add(job_id)
+        try:
+            self._lookahead_pool.submit(self._lookahead_now, job_id)
+        except RuntimeError:  # closing: look-ahead is an optimisation, nothing is lost
+            with self._lookahead_lock:
+                self._lookahead_pending.discard(job_id)
+
+    def _lookahead_now(self, job_id: str) -> None:
+        with self._lookahead_lock:
+            self._lookahead_pending.discard(job_id)
+        try:
+            self.lookahead(job_id)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the leased range is made on request
+            log.warning("look-ahead for job %s failed: %s", job_id, exc)
 
     def lookahead(self, job_id: str) -> int:
         """Materialize the next ready ranges of a job before anyone leases them."""

@@ -113,7 +113,9 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         # Writers of this process queue here, in order, instead of in SQLite's busy handler,
-        # which sleeps with back-off and gives long tails under many threads.
+        # which sleeps with back-off and gives long tails under many threads. The outermost
+        # lock of the service: held for a whole transaction, during which only leaf locks (the
+        # cache's, see vdata/cache.py) may be taken; never taken while holding another lock.
         self._write_lock = threading.Lock()
         self._connection().executescript(SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
         with self.transaction() as conn:

@@ -216,12 +216,12 @@ class JobStore:
     def next_ready(self, job_id: str, n: int) -> list[RangeRow]:
         """The next ``n`` ranges a lease would hand out now, for look-ahead (changes nothing)."""
         check_int(n, "n", 1, MAX_LEASE_COUNT)
-        with self.db.transaction() as conn:
-            job = self._job(conn, job_id)
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?",
-                (job.id, READY, n))
-            return choose_ready([_row(r) for r in rows], n)
+        conn = self.db.read()  # a read: no write transaction (look-ahead runs beside the job thread)
+        job = self._job(conn, job_id)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?",
+            (job.id, READY, n)).fetchall()
+        return choose_ready([_row(r) for r in rows], n)
 
     def jobs(self) -> list[str]:
         """Ids of the jobs not done (oldest first); reclaims overdue leases of every job first."""
