@@ -1,9 +1,11 @@
 """The ``vdata`` command line (typer + rich).
 
-``serve`` and ``token create`` work on a data folder (``token create`` on an existing one); the other commands talk to a gateway
-(``--url``/``VDATA_URL``, ``--token``/``VDATA_TOKEN``) through :class:`vdata.Client`, except
-``inspect``, which opens ROOT files directly, and ``demo``, the main job behind ``make run``.
-Errors print one line naming what was wrong and exit with status 2.
+``serve`` and ``token create`` work on a data folder (``token create`` on an existing one);
+the other commands talk to a gateway (``--url``/``VDATA_URL``, ``--token``/``VDATA_TOKEN``)
+through :class:`vdata.Client`, except ``inspect``, which opens ROOT files directly, and
+``demo``, the main job behind ``make run``, on a folder of its own. Errors print one line
+naming what was wrong and exit with status 2; a taken port is such an error, found before
+anything is created or started.
 """
 
 from __future__ import annotations
@@ -150,12 +152,12 @@ def token_create(
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="The demo's own folder (made and marked by the demo).")] = Path("data/demo"),
+    data_dir: Annotated[Path, typer.Option(help="The demo's own folder (made and marked by it).")] = Path("data/demo"),
     events: Annotated[int, typer.Option(min=1, help="Events in the virtual dataset.")] = 2_000_000,
     range_events: Annotated[int, typer.Option(min=1, help="Events per range.")] = 100_000,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard.")] = True,
     dashboard_port: Annotated[int, typer.Option(min=1, max=65535, help="Port of Ray's dashboard.")] = 8265,
-    force: Annotated[bool, typer.Option(help="Run in a non-empty folder the demo did not make, keeping all it holds.")] = False,
+    force: Annotated[bool, typer.Option(help="Run in a non-empty folder it did not make; keep all there.")] = False,
 ) -> None:
     """The main job (make run): service, virtual dataset, worker, histogram.
 

@@ -151,9 +151,9 @@ def _own_folder(data_dir: Path, force: bool) -> bool:
         return False
     shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
     raise DemoFolderRefused(
-        f"{data_dir} is not empty ({shown}) and was not made by the demo, which would replace its "
-        f"vdata.db and cache: pass another --data-dir (a new folder), or --force to run in it and keep "
-        f"everything there"
+        f"{data_dir} is not empty ({shown}) and was not made by the demo (which replaces vdata.db and "
+        f"cache in a folder of its own): pass another --data-dir (a new folder), or --force to run in it "
+        f"and keep everything there"
     )
 
 
