@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	VDATA_KERNEL_CACHE=data/kernels NUMBA_CACHE_DIR=data/numba MPLCONFIGDIR=data/matplotlib \
-		$(VENV)/bin/vdata demo --data-dir data
+		$(VENV)/bin/vdata demo --data-dir data/demo
 
 test: $(STAMP)
 	$(PY) -m pytest

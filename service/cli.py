@@ -1,9 +1,11 @@
 """The ``vdata`` command line (typer + rich).
 
-``serve`` and ``token create`` work on a data folder; the other commands talk to a gateway
-(``--url``/``VDATA_URL``, ``--token``/``VDATA_TOKEN``) through :class:`vdata.Client`, except
-``inspect``, which opens ROOT files directly, and ``demo``, the main job behind ``make run``.
-Errors print one line naming what was wrong and exit with status 2.
+``serve`` and ``token create`` work on a data folder (``token create`` on an existing one);
+the other commands talk to a gateway (``--url``/``VDATA_URL``, ``--token``/``VDATA_TOKEN``)
+through :class:`vdata.Client`, except ``inspect``, which opens ROOT files directly, and
+``demo``, the main job behind ``make run``, on a folder of its own. Errors print one line
+naming what was wrong and exit with status 2; a taken port is such an error, found before
+anything is created or started.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import httpx
 import pyarrow as pa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vdata.client import Client
@@ -53,14 +56,19 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except VdataError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _error_line(str(exc))
         raise typer.Exit(code=2) from exc
     except httpx.HTTPError as exc:
-        err.print(f"[bold red]error:[/] cannot reach the gateway: {exc}", highlight=False)
+        _error_line(f"cannot reach the gateway: {exc}")
         raise typer.Exit(code=2) from exc
     except (OSError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _error_line(str(exc))
         raise typer.Exit(code=2) from exc
+
+
+def _error_line(message: str) -> None:
+    """One red line on stderr, never wrapped at the terminal's width (scripts grep it)."""
+    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
 
 
 def _client(url: str, token: str) -> Client:
@@ -94,7 +102,34 @@ def serve(
     given = {"data_dir": data_dir, "host": host, "port": port, "ray_address": ray_address, "config": config}
     with _errors():
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        _check_serve_ports(settings)
         run(settings, announce=lambda line: console.print(f"[bold yellow]{line}[/]", highlight=False))
+
+
+def _check_serve_ports(settings: Any) -> None:
+    """Before anything is created or started: the gateway's port, and the dashboard's when an
+    embedded Ray starts one (one line naming the port and how to change it, else)."""
+    from service.ports import check_free
+
+    check_free(settings.host, settings.port, "the gateway", "pass --port PORT (0: any free port)")
+    if settings.include_dashboard and not settings.ray_address:
+        check_free("127.0.0.1", settings.dashboard_port, "Ray's dashboard",
+                   "set VDATA_DASHBOARD_PORT (dashboard_port in the settings file), or VDATA_INCLUDE_DASHBOARD=false")
+
+
+def _existing_database(settings: Any) -> str:
+    """The database URL of the service's data folder; a DatabaseError naming the folder when
+    its SQLite file does not exist (a token there would be one no server knows)."""
+    from service.server import core_config
+    from vdata.db import DatabaseError
+
+    url: str = core_config(settings).db_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise DatabaseError(
+            f"no database in {settings.data_dir} ({url.removeprefix('sqlite:///')} does not exist): pass the "
+            f"--data-dir of your service, or start it once with 'vdata serve --data-dir {settings.data_dir}'"
+        )
+    return url
 
 
 @token_app.command("create")
@@ -103,32 +138,37 @@ def token_create(
     data_dir: DataDir = Path("data"),
     note: Annotated[str, typer.Option(help="What the token is for.")] = "",
 ) -> None:
-    """Make a token (printed once; only its hash is stored)."""
-    from service.server import core_config
+    """Make a token (printed once; only its hash is stored). The data folder must hold the
+    service's database: ``vdata serve`` creates it on its first start."""
     from service.settings import Settings
     from vdata.db import Database
     from vdata.tokens import TokenStore
 
     with _errors():
-        config = core_config(Settings(data_dir=data_dir))
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        with Database(config.db_url) as db:
+        with Database(_existing_database(Settings(data_dir=data_dir))) as db:
             secret = TokenStore(db).create(role, note)
     console.print(secret, highlight=False)
 
 
 @app.command()
 def demo(
-    data_dir: DataDir = Path("data"),
+    data_dir: Annotated[Path, typer.Option(help="The demo's own folder (made and marked by it).")] = Path("data/demo"),
     events: Annotated[int, typer.Option(min=1, help="Events in the virtual dataset.")] = 2_000_000,
     range_events: Annotated[int, typer.Option(min=1, help="Events per range.")] = 100_000,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard.")] = True,
+    dashboard_port: Annotated[int, typer.Option(min=1, max=65535, help="Port of Ray's dashboard.")] = 8265,
+    force: Annotated[bool, typer.Option(help="Run in a non-empty folder it did not make; keep all there.")] = False,
 ) -> None:
-    """The main job (make run): service, virtual dataset, worker, histogram."""
+    """The main job (make run): service, virtual dataset, worker, histogram.
+
+    The demo works in a folder of its own: one it creates and marks (re-runs replace what it
+    wrote there). A non-empty folder it did not make is refused unless --force, which keeps
+    everything in it. Nothing is deleted that the demo did not write."""
     from service.demo import run_demo
 
     with _errors():
-        result = run_demo(data_dir, events, range_events, dashboard, say=lambda line: console.print(line, highlight=False))
+        result = run_demo(data_dir, events, range_events, dashboard, say=lambda line: console.print(line, highlight=False),
+                          dashboard_port=dashboard_port, force=force)
     console.print(
         f"[bold green]done[/]: {result.events:,} events in {result.ranges} ranges, "
         f"{result.seconds:.1f} s, [bold]{result.events_per_second:,.0f} events/s[/] through the worker",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vdata.catalog import DATASET_NAME, check_dataset_name
 
 __all__ = [
     "ColumnOut",
@@ -39,9 +41,17 @@ class _In(BaseModel):
 
 
 class DatasetIn(_In):
-    name: str = Field(min_length=1, max_length=200, examples=["opendata:hzz"])
+    """A dataset to register. The name follows ``vdata.catalog.DATASET_NAME`` (no '..' either);
+    paths are absolute, distinct, and at most ``max_dataset_paths`` (checked by the route)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=DATASET_NAME, examples=["opendata:hzz"])
     paths: list[str] = Field(min_length=1, max_length=10_000, examples=[["/data/uproot-HZZ.root"]])
     tree: str = Field(min_length=1, max_length=1000, examples=["events"])
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_dataset_name(name)  # what the pattern cannot say: no '..'
 
 
 class FileOut(BaseModel):

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     # what datasets may be
     allowed_roots: list[Path] | None = Field(default=None, description="Local dataset files must lie under one of these (default: [data_dir]).")
     allowed_url_prefixes: list[str] = Field(default_factory=list, description="Remote dataset URLs must start with one of these.")
+    max_dataset_paths: int = Field(default=1000, ge=1, description="Most paths (files) of one dataset (400 above); a path may appear once.")
 
     # limits
     max_body_bytes: int = Field(default=1 * MiB, ge=1, description="Largest request body (413 above).")

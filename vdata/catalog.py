@@ -9,16 +9,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 
 from transforms.errors import TransformsError, UnknownName
 from transforms.registry import Transform, get_transform
 from transforms.usercode import compile_user_transform
-from vdata.errors import DatasetNotFound, RecipeError, TransformRejected
+from vdata.errors import DatasetNotFound, TransformRejected, VdataError
 from vdata.sources import SourceDataset, open_dataset
 
-__all__ = ["Catalog", "dataset_fingerprint"]
+__all__ = ["DATASET_NAME", "BadDatasetName", "Catalog", "check_dataset_name", "dataset_fingerprint"]
+
+# A dataset name is a word of ASCII letters, digits and ``. _ : -``, starting with a letter or a
+# digit, at most 128 characters, without ``..``: it shows up in logs, URLs
+# (``/v1/datasets/{name}``), metrics labels and messages, so it holds no separator, space,
+# control character or NUL, and nothing that reads as a path. ``opendata:hzz`` is one.
+DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_DATASET_NAME = re.compile(DATASET_NAME.removeprefix("^").removesuffix("$"))
+
+
+class BadDatasetName(VdataError, ValueError):
+    """A dataset name outside :data:`DATASET_NAME` (names the field and the name)."""
+
+
+def check_dataset_name(name: object) -> str:
+    """``name`` if it is a valid dataset name, else :class:`BadDatasetName` saying why."""
+    if not isinstance(name, str) or not name:
+        raise BadDatasetName(f"name: a dataset needs a non-empty name, got {name!r:.80}")
+    if len(name) > 128:
+        raise BadDatasetName(f"name: a dataset name has at most 128 characters, got {len(name)} ({name[:40]!r}...)")
+    if _DATASET_NAME.fullmatch(name) is None or ".." in name:
+        raise BadDatasetName(
+            f"name: {name!r:.160} is not a valid dataset name: use ASCII letters, digits and . _ : - "
+            f"(starting with a letter or digit, no '..'), e.g. 'opendata:hzz'"
+        )
+    return name
 
 
 def dataset_fingerprint(ds: SourceDataset) -> str:
@@ -60,14 +86,15 @@ class Catalog:
     def add_dataset(
         self, name: str, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], tree: str
     ) -> SourceDataset:
-        """Open and register a dataset (replacing one of the same name)."""
-        if not name or not isinstance(name, str):
-            raise RecipeError([f"a dataset needs a non-empty name, got {name!r}"])
+        """Open and register a dataset (replacing one of the same name); the name must match
+        :data:`DATASET_NAME` (:class:`BadDatasetName` otherwise, before any file is opened)."""
+        check_dataset_name(name)
         ds = open_dataset(paths, tree)
         self.put_dataset(name, ds)
         return ds
 
     def put_dataset(self, name: str, ds: SourceDataset) -> None:
+        check_dataset_name(name)
         fingerprint = dataset_fingerprint(ds)
         with self._lock:
             self._datasets[name] = ds

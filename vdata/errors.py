@@ -27,8 +27,9 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
 Errors of one component are defined beside it, in the same hierarchy: ``vdata.jobs``
 (``JobError``, ``JobNotFound``, ``RangeNotFound``, ``LeaseError``), ``vdata.cache``
 (``CacheError``, ``CacheBusy``), ``vdata.store`` (``RecipeNotFound``), ``vdata.tokens``
-(``TokenError``), ``vdata.paths`` (``BadPath``, ``PathNotAllowed``), ``vdata.client``
-(``ServiceError``, ``ChecksumMismatch``, ``ServiceUnreachable``) and ``vdata.db``
+(``TokenError``), ``vdata.paths`` (``BadPath``, ``PathNotAllowed``), ``vdata.catalog``
+(``BadDatasetName``), ``vdata.client`` (``ServiceError``, ``ChecksumMismatch``,
+``ServiceUnreachable``) and ``vdata.db``
 (``DatabaseError``); the array layer's errors (``transforms.errors``) are translated where
 ``vdata`` calls into it.
 

@@ -5,10 +5,16 @@ allowed prefixes, nothing else.
 directory entries, never file contents) and returns the paths to open: local paths fully
 resolved, so that what was checked is what gets opened.
 
-Refused: NUL bytes and empty paths (:class:`BadPath`); ``..`` components, local paths whose
-real location (symlinks resolved) lies outside every root, URL schemes other than http,
-https and root (``file://``, ``ftp:``, ...), ``..`` in a URL's path, and URLs that do not
-start with an allowed prefix (:class:`PathNotAllowed`).
+Refused: NUL bytes, empty paths, relative paths and a path listed twice (:class:`BadPath`);
+``..`` components, local paths whose real location (symlinks resolved) lies outside every
+root, URL schemes other than http, https and root (``file://``, ``ftp:``, ...), ``..`` in a
+URL's path, and URLs that do not start with an allowed prefix (:class:`PathNotAllowed`).
+
+A relative path is refused rather than resolved: against the server's working directory it
+would mean whatever that directory happens to be, and against a root it would depend on the
+order of the roots. Two entries that are the same file (the same string, or two names that
+resolve to one file) are refused too: a dataset of one file read twice is a mistake, and
+thousands of copies of one path would make the service open that file thousands of times.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ def check_path(path: object, roots: Iterable[str | os.PathLike[str]], url_prefix
         return _check_url(path, scheme.group(0)[:-1], url_prefixes)
     if ".." in Path(path).parts:
         raise PathNotAllowed(f"{path!r}: '..' is not allowed in a dataset path")
+    if not os.path.isabs(path):
+        raise BadPath(f"dataset path {path!r:.200} is relative: give an absolute path under an allowed root "
+                      f"(relative paths are not resolved against the server's working directory)")
     real = Path(os.path.abspath(path)).resolve()  # follows every symlink
     resolved_roots = [Path(os.path.abspath(root)).resolve() for root in roots]
     if not any(real == root or root in real.parents for root in resolved_roots):
@@ -79,8 +88,30 @@ def check_path(path: object, roots: Iterable[str | os.PathLike[str]], url_prefix
 def check_paths(
     paths: Sequence[object], roots: Iterable[str | os.PathLike[str]], url_prefixes: Sequence[str] = ()
 ) -> list[str]:
-    """Check every path (see the module docstring); returns the paths to open, in order."""
+    """Check every path (see the module docstring); returns the paths to open, in order.
+
+    Duplicates are looked for twice: among the strings as given (before anything is resolved,
+    so a list of thousands of copies is refused at once) and among the resolved paths."""
     if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence):
         raise BadPath(f"paths must be a list of strings, got {type(paths).__name__}")
+    _no_duplicates(paths, paths)
     roots = list(roots)
-    return [check_path(p, roots, url_prefixes) for p in paths]
+    checked = [check_path(p, roots, url_prefixes) for p in paths]
+    _no_duplicates(checked, paths)
+    return checked
+
+
+def _no_duplicates(items: Sequence[object], given: Sequence[object]) -> None:
+    """BadPath naming the first entry of ``items`` equal to an earlier one (``given``: the
+    paths as the caller wrote them, for the message)."""
+    seen: dict[object, int] = {}
+    for i, item in enumerate(items):
+        try:
+            first = seen.setdefault(item, i)
+        except TypeError:  # not hashable: check_path says what is wrong with it
+            continue
+        if first != i:
+            if given[first] == given[i]:
+                raise BadPath(f"paths: {given[i]!r:.200} is listed twice (entries {first} and {i}); list each file once")
+            raise BadPath(f"paths: {given[first]!r:.200} (entry {first}) and {given[i]!r:.200} (entry {i}) are the "
+                          f"same file {item!r:.200}; list each file once")

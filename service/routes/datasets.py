@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.auth import Admin, Reader
 from service.deps import CoreDep, SettingsDep
+from service.errors import LimitExceeded
 from service.schemas import DatasetIn, DatasetOut, FileOut
 from vdata.cache import adler32_hex
 from vdata.paths import check_paths
@@ -24,7 +25,13 @@ def dataset_out(name: str, ds: SourceDataset) -> DatasetOut:
 
 @router.post("", status_code=201, response_model=DatasetOut)
 def add_dataset(body: DatasetIn, core: CoreDep, settings: SettingsDep, _: Admin) -> DatasetOut:
-    """Open a dataset's files (under the allowed roots or URL prefixes) and register it."""
+    """Open a dataset's files (under the allowed roots or URL prefixes) and register it.
+
+    Refused before any file is opened: a bad name (422, by the schema), more than
+    ``max_dataset_paths`` paths (400), a relative, duplicate or disallowed path (400/403)."""
+    if len(body.paths) > settings.max_dataset_paths:
+        raise LimitExceeded(f"paths: the dataset lists {len(body.paths)} paths; the limit is "
+                            f"{settings.max_dataset_paths} (setting max_dataset_paths)")
     paths = check_paths(body.paths, settings.roots, settings.allowed_url_prefixes)
     return dataset_out(body.name, core.add_dataset(body.name, paths, body.tree))
 
@@ -36,5 +43,6 @@ def list_datasets(core: CoreDep, _: Reader) -> list[DatasetOut]:
 
 @router.get("/{name:path}", response_model=DatasetOut)
 def get_dataset(name: str, core: CoreDep, _: Reader) -> DatasetOut:
-    """One dataset; names may contain ':' and '/' (``opendata:hzz``)."""
+    """One dataset (``opendata:hzz``). ``:path`` so that an old name holding '/' (allowed
+    before names had a pattern) can still be looked up."""
     return dataset_out(name, core.catalog.dataset(name))

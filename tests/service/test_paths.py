@@ -89,6 +89,24 @@ def test_nul_bytes_and_non_paths(roots: dict[str, Path], path: Any) -> None:
         check_paths([f"{roots['root']}/{path}" if isinstance(path, str) and path else path], [roots["root"]])
 
 
+@pytest.mark.parametrize("path", ["sub/hzz.root", "hzz.root", "./sub/hzz.root", "~/hzz.root"])
+def test_relative_paths_are_refused_not_resolved(roots: dict[str, Path], path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(roots["root"])  # where a relative path would have resolved to a real file
+    with pytest.raises(BadPath, match="relative"):
+        check_paths([path], [roots["root"]])
+
+
+def test_a_file_listed_twice_is_refused(roots: dict[str, Path]) -> None:
+    path = str(roots["root"] / "sub" / "hzz.root")
+    with pytest.raises(BadPath, match=r"listed twice \(entries 0 and 2\)"):
+        check_paths([path, str(roots["root"] / "sub" / "other.root"), path], [roots["root"]])
+    with pytest.raises(BadPath, match="same file"):
+        check_paths([path, str(roots["root"] / "inside.root")], [roots["root"]])
+    url = PREFIXES[0] + "a.root"
+    with pytest.raises(BadPath, match="listed twice"):
+        check_paths([url, url], [], PREFIXES)
+
+
 # -- through the API: refused before the core (and uproot) sees the path ---------------------------
 
 
