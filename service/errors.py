@@ -38,6 +38,8 @@ from vdata.errors import (
     RangeOutOfBounds,
     RecipeError,
     SourceError,
+    StorageFull,
+    TaskLimitExceeded,
     TransformError,
     TransformRejected,
     VdataError,
@@ -111,7 +113,9 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (FormatError, 400, "bad_format"),
     (CacheError, 400, "bad_range_key"),
     (TokenError, 400, "bad_token_request"),
+    (TaskLimitExceeded, 422, "task_limit_exceeded"),
     (TransformError, 422, "transform_failed"),
+    (StorageFull, 507, "insufficient_storage"),
     (TransformRejected, 400, "transform_refused"),
     (EngineError, 503, "engine_unavailable"),
     (SourceError, 400, None),  # SourceFileNotFound, TreeNotFound, ...: the class name says which

@@ -8,6 +8,7 @@ disk the cache is on).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import pickle
@@ -20,12 +21,13 @@ import pyarrow as pa
 
 from vdata.catalog import Catalog
 from vdata.checksum import adler32
-from vdata.errors import VdataError
+from vdata.errors import TaskLimitExceeded, VdataError
 from vdata.formats import encode_table, write_table
-from vdata.materialize import Plan, materialize, plan
+from vdata._limits import Limits, TaskLimits, marker_path, timed_out
+from vdata.materialize import Plan, dry_run, materialize, plan
 from vdata.recipes import Recipe
 
-__all__ = ["Hooks", "Target", "Written", "run_task", "write_temp"]
+__all__ = ["Hooks", "Target", "Written", "run_dry", "run_task", "write_temp"]
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
@@ -77,8 +79,9 @@ def write_temp(temp: str, table: pa.Table, fmt: str) -> Written:
         raise
 
 
-def _plan(catalog_version: str, catalog_state: bytes, recipe_json: str) -> tuple[Plan, Catalog]:
-    """The recipe's plan, unpickling the catalog once per version and planning once per recipe."""
+def _plan(catalog_version: str, catalog_state: bytes, recipe_json: str, check: bool = False) -> tuple[Plan, Catalog]:
+    """The recipe's plan, unpickling the catalog once per version and planning once per recipe
+    (``check``: plan it anew, for a recipe being checked rather than one checked already)."""
     catalog = _WORKER_CATALOGS.get(catalog_version)
     if catalog is None:
         catalog = pickle.loads(catalog_state)
@@ -88,8 +91,8 @@ def _plan(catalog_version: str, catalog_state: bytes, recipe_json: str) -> tuple
         _WORKER_PLANS.clear()
         _WORKER_CATALOGS[catalog_version] = catalog
     recipe = Recipe.from_json(recipe_json)
-    the_plan = _WORKER_PLANS.get(recipe.id)
-    if the_plan is None:  # checked (and dry-run) by the service already
+    the_plan = None if check else _WORKER_PLANS.get(recipe.id)
+    if the_plan is None:  # checked (and dry-run) by the service already, or being checked now
         the_plan = _WORKER_PLANS[recipe.id] = plan(recipe, catalog, dry_run=False)
     return the_plan, catalog
 
@@ -102,19 +105,79 @@ def run_task(
     fmt: str,
     write_to: str | None,
     hooks: Hooks | None,
-) -> tuple[str, bytes | Written | str, int, float]:
-    """Materialize one range; write it to ``write_to`` if given, else encode it to bytes.
+    limits: Limits | None = None,
+    attempt: str | None = None,
+) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
+    """Materialize one range; write it to ``write_to`` if given, else encode it to bytes, within
+    ``limits`` (see :mod:`vdata._limits`; ``attempt`` names the submission's marker file).
 
-    Returns (status, the bytes or the written file or an error message, events, seconds)."""
+    Returns (status, the bytes or the written file or (error class, message), events, seconds).
+    Errors meant for the user travel as values (no blind retries by Ray, no traceback)."""
     start = time.perf_counter()
+    where = f"range {index} of {Recipe.from_json(recipe_json).id}"
+    if attempt is not None and (what := timed_out(attempt)) is not None:
+        marker_path(attempt).unlink(missing_ok=True)
+        return ("error", _over_time(what, where, limits), 0, time.perf_counter() - start)
     if hooks is not None and hooks.start is not None:
         hooks.start(recipe_json, index)
     try:
-        the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
-        table = materialize(the_plan, index, catalog)
-        result = encode_table(table, fmt) if write_to is None else write_temp(write_to, table, fmt)
-    except VdataError as exc:  # user-facing errors travel as values: no blind retries
-        return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
+        with TaskLimits(limits or Limits(), attempt) as guard:
+            the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
+            table = materialize(the_plan, index, catalog, note=guard.note)
+            guard.note(f"writing {where} as {fmt}")
+            result = encode_table(table, fmt) if write_to is None else write_temp(write_to, table, fmt)
+    except VdataError as exc:
+        return ("error", _error(exc, limits), 0, time.perf_counter() - start)
+    except MemoryError:
+        return ("error", _over_memory(where, limits), 0, time.perf_counter() - start)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ("error", ("StorageFull", f"no space left to write {where} ({os.strerror(exc.errno)}): "
+                              "free space in the cache folder's file system or lower cache_budget_bytes"),
+                    0, time.perf_counter() - start)
+        raise
     if hooks is not None and hooks.written is not None:
         hooks.written(recipe_json, index)
     return ("ok", result, table.num_rows, time.perf_counter() - start)
+
+
+def run_dry(
+    catalog_version: str, catalog_state: bytes, recipe_json: str, limits: Limits | None = None,
+    attempt: str | None = None,
+) -> tuple[str, str] | None:
+    """The recipe check's dry run (:func:`vdata.materialize.dry_run`) in this worker, within
+    ``limits``: None if it passed, else (error class, message)."""
+    where = f"the dry run of {Recipe.from_json(recipe_json).id}"
+    if attempt is not None and (what := timed_out(attempt)) is not None:
+        marker_path(attempt).unlink(missing_ok=True)
+        return _over_time(what, where, limits, "dry_run_seconds_limit")
+    try:
+        with TaskLimits(limits or Limits(), attempt) as guard:
+            the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json, check=True)
+            dry_run(the_plan, catalog, note=guard.note)
+    except VdataError as exc:
+        return _error(exc, limits)
+    except MemoryError:
+        return _over_memory(where, limits)
+    return None
+
+
+def _error(exc: VdataError, limits: Limits | None) -> tuple[str, str]:
+    """(class name, message) of an error for the user; a memory limit is named with its setting."""
+    message = str(exc)
+    if isinstance(exc, TaskLimitExceeded) and limits is not None and limits.memory_bytes is not None:
+        message += (f" (the memory limit is {limits.memory_bytes / 2**20:g} MiB per task: "
+                    "setting task_memory_bytes_limit)")
+    return (type(exc).__name__, message)
+
+
+def _over_time(what: str, where: str, limits: Limits | None, setting: str = "task_seconds_limit") -> tuple[str, str]:
+    seconds = limits.seconds if limits is not None and limits.seconds is not None else 0
+    return ("TaskLimitExceeded", f"{what} failed on {where}: stopped after the time limit of {seconds:g} s "
+            f"(setting {setting})")
+
+
+def _over_memory(where: str, limits: Limits | None) -> tuple[str, str]:
+    size = limits.memory_bytes if limits is not None and limits.memory_bytes is not None else 0
+    return ("TaskLimitExceeded", f"materializing failed on {where}: it needed more than the memory limit of "
+            f"{size / 2**20:g} MiB per task (setting task_memory_bytes_limit)")

@@ -57,6 +57,8 @@ from vdata.errors import FormatError, RecipeError
 from vdata.formats import FORMATS
 from vdata.ranges import EventRange
 
+RANGES_PAGE = 10_000  # ranges per request of Client.ranges (the service's largest page)
+
 __all__ = [
     "ChecksumMismatch",
     "Client",
@@ -168,8 +170,12 @@ class Client:
     def ranges(self, recipe_or_id: RecipeLike) -> list[EventRange]:
         """The event ranges of a recipe (an id ``"vds-..."``, or a recipe to submit first)."""
         rid = self._recipe_id(recipe_or_id)
-        return [EventRange(int(r["index"]), int(r["first"]), int(r["stop"]))
-                for r in self._http.json("GET", f"/v1/recipes/{rid}/ranges")]
+        ranges: list[EventRange] = []
+        while True:  # the list comes in pages; a short page is the last
+            page = self._http.json("GET", f"/v1/recipes/{rid}/ranges?offset={len(ranges)}&limit={RANGES_PAGE}")
+            ranges += [EventRange(int(r["index"]), int(r["first"]), int(r["stop"])) for r in page]
+            if len(page) < RANGES_PAGE:
+                return ranges
 
     def stage(self, recipe_or_id: RecipeLike, count: int = 4, *, first: int = 0, format: str = "arrow") -> list[int]:
         """Ask the service to materialize ranges ``first .. first+count-1`` now, ahead of need

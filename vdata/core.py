@@ -111,10 +111,14 @@ class Core:
 
     # -- recipes -----------------------------------------------------------------------------
 
-    def submit(self, data: Mapping[str, Any]) -> Plan:
-        """Parse, check and store a recipe; the plan says its size, ranges and schema."""
+    def submit(self, data: Mapping[str, Any], limits: Callable[[Plan], None] | None = None) -> Plan:
+        """Parse, check and store a recipe; the plan says its size, ranges and schema.
+        ``limits(plan)`` may refuse it (by raising) before the dry run costs anything."""
         recipe = Recipe.from_dict(data, self.catalog)
         plan = self.engine.plan(recipe)
+        if limits is not None:
+            limits(plan)
+        self.engine.check(plan)  # the dry run, in a Ray worker under limits: never here
         self.store.save_recipe(recipe)
         return plan
 

@@ -17,8 +17,11 @@ leaves one behind; :class:`RangeCache` removes such debris when it next opens th
 The task body itself (no Ray) is in :mod:`vdata._engine_task`.
 
 Failures: Ray retries a task whose worker or node died (``max_retries``); an error in user
-code (a transform or expression) is returned as a value, so Ray does not retry it blindly, and
-surfaces as :class:`~vdata.errors.TransformError` carrying the user's message.
+code (a transform or expression) is returned as a value (its class name and message, never a
+traceback), so Ray does not retry it blindly, and surfaces as that error here. Every task (the
+recipe check's dry run included: a scientist's code never runs in the gateway process) runs
+under a wall-time and a memory limit (:mod:`vdata._limits`); one past either surfaces as
+:class:`~vdata.errors.TaskLimitExceeded`. Whatever goes wrong, each waiting future is resolved.
 
 The decisions (what to submit next) are plain functions of the state; a single collector
 thread runs the ``ray.wait`` loop and resolves the waiting futures.
@@ -26,10 +29,14 @@ thread runs the ``ray.wait`` loop and resolves the waiting futures.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import pickle
+import re
 import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,10 +45,11 @@ from typing import Any
 
 import ray
 
-from vdata._engine_task import Hooks, Target, Written, run_task
+from vdata._engine_task import Hooks, Target, Written, run_dry, run_task
+from vdata._limits import Limits, marker_path, timed_out
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
-from vdata.errors import EngineError, TransformError, VdataError
+from vdata.errors import EngineError, StorageFull, TaskLimitExceeded, VdataError, rebuild
 from vdata.materialize import Plan, plan
 from vdata.recipes import Recipe
 
@@ -64,6 +72,10 @@ class EngineConfig:
     dashboard_port: int = 8265
     temp_dir: str | None = None  # Ray's session folder (logs, sockets); default /tmp/ray
     worker_writes: bool = True  # tasks on the driver's node write the cache file; False: bytes always
+    task_seconds: float | None = 300.0  # wall time of one materialization task (None: no limit)
+    dry_run_seconds: float | None = 60.0  # wall time of a recipe check's dry run (compiling included)
+    task_memory_bytes: int | None = 2 * 1024**3  # memory one task may add to its worker (None: no limit)
+    max_plans: int = 256  # plans kept in memory (least recently used dropped)
 
     def __post_init__(self) -> None:
         for name in ("num_cpus", "max_in_flight", "max_retries"):
@@ -71,6 +83,18 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name} must be positive, got {getattr(self, name)}")
         if self.lookahead < 0:
             raise ValueError(f"EngineConfig.lookahead must be >= 0, got {self.lookahead}")
+        if self.max_plans < 1:
+            raise ValueError(f"EngineConfig.max_plans must be >= 1, got {self.max_plans}")
+        Limits(self.task_seconds, self.task_memory_bytes)  # raises ValueError naming the field
+        Limits(self.dry_run_seconds, self.task_memory_bytes)
+
+    @property
+    def task_limits(self) -> Limits:
+        return Limits(self.task_seconds, self.task_memory_bytes)
+
+    @property
+    def dry_run_limits(self) -> Limits:
+        return Limits(self.dry_run_seconds, self.task_memory_bytes)
 
 
 # -- the task, run in Ray workers --------------------------------------------------------------
@@ -84,11 +108,34 @@ def _materialize_task(
     fmt: str,
     target: Target | None,
     hooks: Hooks | None,
-) -> tuple[str, bytes | Written | str, int, float]:
+    limits: Limits | None = None,
+    attempt: str | None = None,
+) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
     """Ray's entry point: :func:`run_task`, writing the file only on the driver's node."""
     here = target is not None and ray.get_runtime_context().get_node_id() == target.node_id
     write_to = target.temp if target is not None and here else None
-    return run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks)
+    return run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks, limits, attempt)
+
+
+def _dry_run_task(catalog_version: str, catalog_state: bytes, recipe_json: str, limits: Limits,
+                  attempt: str) -> tuple[str, str] | None:
+    """Ray's entry point of a recipe check's dry run: :func:`run_dry`."""
+    return run_dry(catalog_version, catalog_state, recipe_json, limits, attempt)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _short(exc: BaseException) -> str:
+    """One line about a Ray failure for a client: no traceback, colour codes, PIDs or addresses."""
+    cause = getattr(exc, "cause", None)  # a RayTaskError carries the task's own exception
+    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+        exc = cause
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    first = next((line for line in lines if not line.startswith(("Traceback", "File ", "ray::"))), "")
+    first = re.sub(r"\b(pid|PID|ip|IP|node_id|worker_id|Worker ID|Node ID)[=: ]+\S+", r"\1=...", first)
+    first = re.sub(r"\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b", "<address>", first)
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:
@@ -136,10 +183,11 @@ class Engine:
         self.written_hook: Callable[[str, int], None] | None = None  # ... and once its result exists
         self._lock = threading.Lock()
         self._inflight: dict[CacheKey, Future[CacheEntry]] = {}
-        self._refs: dict[Any, tuple[CacheKey, Path | None]] = {}  # task -> its key and temporary file
+        self._refs: dict[Any, tuple[CacheKey, Path | None, str]] = {}  # task -> key, temporary file, attempt id
         self._queue: list[tuple[CacheKey, str]] = []
-        self._plans: dict[str, Plan] = {}
+        self._plans: OrderedDict[str, Plan] = OrderedDict()  # least recently used first
         self._catalog_ref: tuple[int, str, Any] | None = None
+        self._catalog_lock = threading.Lock()  # a leaf: guards _catalog_ref
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._collector: threading.Thread | None = None
@@ -169,6 +217,7 @@ class Engine:
             self._started_ray = True
         self._node_id = ray.get_runtime_context().get_node_id()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
+        self._dry_task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_dry_run_task)
         self.metrics = _Metrics()
         self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
         self._collector.start()
@@ -185,7 +234,8 @@ class Engine:
                 if not future.done():
                     _settle(future, exception=EngineError("the engine stopped before the range was ready"))
             self._inflight.clear()
-            unfinished = [temp for _, temp in self._refs.values() if temp is not None]
+            unfinished = [temp for _, temp, _ in self._refs.values() if temp is not None]
+            unfinished += [marker_path(attempt) for _, _, attempt in self._refs.values()]
             self._refs.clear()
         if self._started_ray:
             ray.shutdown()  # stops the workers, so no task writes a temporary file any more
@@ -202,14 +252,47 @@ class Engine:
     # -- asking for ranges -----------------------------------------------------------------------
 
     def plan(self, recipe: Recipe) -> Plan:
-        """The plan of a recipe, cached by id."""
+        """The plan of a recipe (no dry run here: see :meth:`check`), cached by id; at most
+        ``max_plans`` are kept."""
         with self._lock:
             cached = self._plans.get(recipe.id)
+            if cached is not None:
+                self._plans.move_to_end(recipe.id)
         if cached is None:
-            cached = plan(recipe, self.catalog)
+            cached = plan(recipe, self.catalog, dry_run=False)
             with self._lock:
                 self._plans[recipe.id] = cached
+                while len(self._plans) > self.config.max_plans:
+                    self._plans.popitem(last=False)
         return cached
+
+    def check(self, the_plan: Plan) -> None:
+        """The recipe check's dry run (:func:`vdata.materialize.dry_run`), in a Ray worker under
+        the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...)."""
+        if not the_plan.ops and the_plan.recipe.is_generated:
+            return  # no user code and nothing read: nothing a dry run could find
+        version, state = self._catalog_state()
+        attempt = uuid.uuid4().hex
+        ref = self._dry_task.remote(version, state, the_plan.recipe.to_json(), self.config.dry_run_limits, attempt)
+        seconds = self.config.dry_run_seconds
+        # The worker stops itself at the limit; a retry answers at once. Beyond that, Ray is stuck.
+        wait = None if seconds is None else seconds * (self.config.max_retries + 2) + 60
+        try:
+            found = ray.get(ref, timeout=wait)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise EngineError(f"the dry run of {the_plan.id} did not end within {wait:g} s; try again later") from None
+        except ray.exceptions.RayError as exc:
+            what = timed_out(attempt)
+            if what is not None:
+                raise TaskLimitExceeded(what, f"the dry run of {the_plan.id}",
+                                        f"stopped after the time limit of {seconds:g} s "
+                                        "(setting dry_run_seconds_limit)") from None
+            raise EngineError(f"the dry run of {the_plan.id} failed: {_short(exc)}") from None
+        finally:
+            marker_path(attempt).unlink(missing_ok=True)
+        if found is not None:
+            raise rebuild(*found)
 
     def get(self, recipe: Recipe, index: int, fmt: str, timeout: float | None = None) -> CacheEntry:
         """The cache entry of a range: from the cache, or materialized now (waiting for it)."""
@@ -263,11 +346,12 @@ class Engine:
         """The digest of the pickled catalog and a Ray reference to it, re-made only when the
         catalog changed: the state goes into the object store once per revision, not with
         every task (a catalog of many datasets is large)."""
-        revision = self.catalog.revision
-        if self._catalog_ref is None or self._catalog_ref[0] != revision:
-            state = pickle.dumps(self.catalog)
-            self._catalog_ref = (revision, hashlib.sha256(state).hexdigest(), ray.put(state))
-        return self._catalog_ref[1], self._catalog_ref[2]
+        with self._catalog_lock:
+            revision = self.catalog.revision
+            if self._catalog_ref is None or self._catalog_ref[0] != revision:
+                state = pickle.dumps(self.catalog)
+                self._catalog_ref = (revision, hashlib.sha256(state).hexdigest(), ray.put(state))
+            return self._catalog_ref[1], self._catalog_ref[2]
 
     def _submit_ready(self) -> None:
         with self._lock:
@@ -277,12 +361,19 @@ class Engine:
             return
         version, state = self._catalog_state()
         hooks = Hooks(self.fault_hook, self.written_hook) if self.fault_hook or self.written_hook else None
+        limits = self.config.task_limits
         for key, recipe_json in batch:
-            temp = self.cache.temp_path(key) if self.config.worker_writes else None
+            attempt = uuid.uuid4().hex
+            try:
+                temp = self.cache.temp_path(key) if self.config.worker_writes else None
+            except OSError as exc:  # the cache folder cannot even hold a new name (disk full)
+                self._fail(key, None, attempt, exc)
+                continue
             target = Target(self._node_id, str(temp)) if temp is not None else None
-            ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, target, hooks)
+            ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, target, hooks,
+                                    limits, attempt)
             with self._lock:
-                self._refs[ref] = (key, temp)
+                self._refs[ref] = (key, temp, attempt)
                 self.submitted += 1
 
     def _collect(self) -> None:
@@ -305,10 +396,9 @@ class Engine:
                 ready += more
             for ref in ready:
                 with self._lock:
-                    key, temp = self._refs.pop(ref)
-                    future = self._inflight.get(key)
+                    key, temp, attempt = self._refs.pop(ref)
                 # the next task is submitted while this range is committed
-                self._writers.submit(self._finish, ref, key, temp, future)
+                self._writers.submit(self._finish, ref, key, temp, attempt)
 
     def _store(self, key: CacheKey, payload: bytes | Written, events: int) -> CacheEntry:
         """Commit the file a worker wrote, or write the bytes a task on another node sent."""
@@ -316,31 +406,54 @@ class Engine:
             return self.cache.put_file(key, payload.temp, payload.size, payload.adler32, events)
         return self.cache.put(key, payload, events)
 
-    def _finish(self, ref: Any, key: CacheKey, temp: Path | None, future: Future[CacheEntry] | None) -> None:
-        """Fetch a finished task's result, commit it to the cache, resolve the waiters."""
+    def _finish(self, ref: Any, key: CacheKey, temp: Path | None, attempt: str) -> None:
+        """Fetch a finished task's result, commit it to the cache, resolve the waiters. Every
+        outcome resolves them: an unexpected error too (else they would wait out their timeout)."""
         try:
             status, payload, events, seconds = ray.get(ref)
             if status == "error":
-                raise TransformError(f"range {key.range_index} of {key.recipe_id}", f"format {key.format}", str(payload))
+                raise rebuild(*payload)
             entry = self._store(key, payload, events)
             self._count("ranges", format=key.format)
             self._count("bytes", entry.size, format=key.format)
             if self.metrics is not None:
                 self.metrics.seconds.observe(seconds)
-        except (VdataError, ray.exceptions.RayError, OSError) as exc:
-            if temp is not None:  # what a failed task (or all of its attempts) wrote
-                temp.unlink(missing_ok=True)
-            log.warning("materializing %s failed: %s", key, exc)
-            result: Exception = exc if isinstance(exc, VdataError) else EngineError(f"materializing {key} failed: {exc}")
-            with self._lock:
-                self._inflight.pop(key, None)
-            if future is not None:
-                _settle(future, exception=result)
+        except Exception as exc:  # noqa: BLE001 - translated and handed to every waiter
+            self._fail(key, temp, attempt, exc)
             return
+        finally:
+            marker_path(attempt).unlink(missing_ok=True)
         with self._lock:
-            self._inflight.pop(key, None)
+            future = self._inflight.pop(key, None)
         if future is not None:
             _settle(future, result=entry)
+
+    def _fail(self, key: CacheKey, temp: Path | None, attempt: str, exc: Exception) -> None:
+        """Resolve the waiters of ``key`` with what ``exc`` means for a client."""
+        if temp is not None:  # what a failed task (or all of its attempts) wrote
+            temp.unlink(missing_ok=True)
+        result = self._translate(key, attempt, exc)
+        log.warning("%s", result)
+        with self._lock:
+            future = self._inflight.pop(key, None)
+        if future is not None:
+            _settle(future, exception=result)
+
+    def _translate(self, key: CacheKey, attempt: str, exc: Exception) -> VdataError:
+        if isinstance(exc, VdataError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull(f"no space left to store {key} in {self.cache.root} ({exc.strerror}): free space "
+                               "there or lower cache_budget_bytes")
+        if isinstance(exc, ray.exceptions.RayError):
+            what = timed_out(attempt)  # no retry was left to report it: the marker says
+            if what is not None:
+                return TaskLimitExceeded(what, f"range {key.range_index} of {key.recipe_id}",
+                                         f"stopped after the time limit of {self.config.task_seconds:g} s "
+                                         "(setting task_seconds_limit)")
+            return EngineError(f"materializing {key} failed: {_short(exc)}")
+        log.error("materializing %s failed with an unexpected error", key, exc_info=exc)
+        return EngineError(f"materializing {key} failed: {type(exc).__name__} (a bug of the service: see its log)")
 
     def count_lease(self, event: str, n: int = 1) -> None:
         """Count lease events (lease, heartbeat, finish, fail, fatal) for the dashboard."""

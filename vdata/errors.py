@@ -18,11 +18,14 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
      ├── RecipeError                      (ValueError) a recipe is malformed or does not fit
      │                                    the catalog: every problem at once, in .problems
      ├── TransformError                   (RuntimeError) a scientist's transform or
-     │                                    expression failed on a range: names both
+     │    │                               expression failed on a range: names both
+     │    └── TaskLimitExceeded           it ran past the time or memory limit of a task
      ├── TransformRejected                (ValueError) a submitted transform was refused
      │                                    (line and reason) or does not compile
-     └── EngineError                      (RuntimeError) the engine stopped, or Ray failed
-                                          after its retries: try again later
+     ├── EngineError                      (RuntimeError) the engine stopped, or Ray failed
+     │                                    after its retries: try again later
+     └── StorageFull                      (OSError) no space left for a range: retrying
+                                          will not help until space is freed
 
 Errors of one component are defined beside it, in the same hierarchy: ``vdata.jobs``
 (``JobError``, ``JobNotFound``, ``RangeNotFound``, ``LeaseError``), ``vdata.cache``
@@ -50,12 +53,15 @@ __all__ = [
     "SchemaMismatch",
     "SourceError",
     "SourceFileNotFound",
+    "StorageFull",
     "EngineError",
+    "TaskLimitExceeded",
     "TransformError",
     "TransformRejected",
     "TreeNotFound",
     "UninterpretableColumn",
     "VdataError",
+    "rebuild",
 ]
 
 
@@ -170,9 +176,30 @@ class TransformError(VdataError, RuntimeError):
         self.where = where
 
 
+class TaskLimitExceeded(TransformError):
+    """A transform or expression (or the whole task) ran past a task's wall-time or memory limit;
+    the task was stopped (its worker killed if it had to be)."""
+
+
 class TransformRejected(VdataError, ValueError):
     """A scientist's transform was refused by the checks or did not compile."""
 
 
 class EngineError(VdataError, RuntimeError):
     """The engine could not produce a range for reasons of its own (stopped, Ray failed)."""
+
+
+class StorageFull(VdataError, OSError):
+    """The disk (or quota) holding the cache has no room for a range."""
+
+
+def rebuild(name: str, message: str) -> VdataError:
+    """The error ``name`` (a class of this module) with ``message``, as raised in another process
+    (a Ray worker sends the class name and the message: no pickled exception, no traceback).
+    Unknown names give a plain :class:`VdataError`."""
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, VdataError)):
+        cls = VdataError
+    error = cls.__new__(cls)
+    VdataError.__init__(error, message)
+    return error

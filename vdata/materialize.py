@@ -8,8 +8,7 @@ same bytes every time, anywhere.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +23,11 @@ from transforms.generators import get_generator
 from transforms.registry import Transform
 
 from vdata.catalog import Catalog
-from vdata.errors import RangeOutOfBounds, RecipeError, TransformError, VdataError
-from vdata.ranges import EventRange
+from vdata.errors import RangeOutOfBounds, RecipeError, TaskLimitExceeded, TransformError, VdataError
+from vdata.ranges import EventRange, RegularRanges
 from vdata.recipes import Recipe, Step
 
-__all__ = ["Plan", "materialize", "plan"]
+__all__ = ["Plan", "dry_run", "materialize", "plan"]
 
 DRY_RUN_EVENTS = 1000  # events of the first range run at planning time to catch runtime type errors
 
@@ -88,7 +87,7 @@ class Plan:
 
     recipe: Recipe
     num_events: int
-    ranges: list[EventRange]
+    ranges: Sequence[EventRange]  # a RegularRanges (computed, not listed) for generated events
     schema: pa.Schema
     source_columns: list[str]
     ops: list[_Op]
@@ -106,8 +105,9 @@ class Plan:
 def plan(recipe: Recipe, catalog: Catalog, dry_run: bool = True) -> Plan:
     """Check ``recipe`` against ``catalog`` and compile it; RecipeError lists every problem.
 
-    ``dry_run`` runs the first events of the first range too (see :func:`_dry_run`); the
-    engine's workers skip it for recipes the service has already checked."""
+    ``dry_run`` runs the first events of the first range too (see :func:`dry_run`). The
+    service plans with ``dry_run=False`` and runs the dry run in a Ray worker under time and
+    memory limits: a scientist's code never runs in the gateway process."""
     problems: list[str] = []
     types, num_events, ranges = _source(recipe, catalog, problems)
     if types is None:
@@ -132,17 +132,23 @@ def plan(recipe: Recipe, catalog: Catalog, dry_run: bool = True) -> Plan:
     return result
 
 
-def materialize(recipe: Recipe | Plan, range_index: int, catalog: Catalog) -> pa.Table:
-    """The ``range_index``-th range of ``recipe`` as a ``pyarrow.Table``."""
+def materialize(
+    recipe: Recipe | Plan, range_index: int, catalog: Catalog, *, note: Callable[[str], None] | None = None,
+) -> pa.Table:
+    """The ``range_index``-th range of ``recipe`` as a ``pyarrow.Table``. ``note`` is told what
+    runs before each step (for the task's time limit to name it)."""
     the_plan = recipe if isinstance(recipe, Plan) else plan(recipe, catalog)
-    return _run(the_plan, the_plan.range(range_index), catalog)
+    return _run(the_plan, the_plan.range(range_index), catalog, note)
 
 
 # -- running -----------------------------------------------------------------------------------
 
 
-def _run(the_plan: Plan, event_range: EventRange, catalog: Catalog) -> pa.Table:
+def _run(
+    the_plan: Plan, event_range: EventRange, catalog: Catalog, note: Callable[[str], None] | None = None,
+) -> pa.Table:
     recipe = the_plan.recipe
+    where = f"{event_range} of {the_plan.id}"
     env = _Env(event_range.num_events)
     if recipe.is_generated:
         src = recipe.source
@@ -154,15 +160,21 @@ def _run(the_plan: Plan, event_range: EventRange, catalog: Catalog) -> pa.Table:
         for name in table.column_names:
             env.arrow[name] = table[name].combine_chunks()
     for op in the_plan.ops:
+        if note is not None:
+            note(op.describe)
         try:
             op.run(env)
+        except MemoryError:
+            raise TaskLimitExceeded(op.describe, where, "out of memory") from None
         except (ExpressionError, KernelError) as exc:
-            raise TransformError(op.describe, f"{event_range} of {the_plan.id}", str(exc)) from None
+            if isinstance(exc.__cause__, MemoryError):  # a kernel's allocation failed
+                raise TaskLimitExceeded(op.describe, where, f"out of memory ({exc.__cause__})") from None
+            raise TransformError(op.describe, where, str(exc)) from None
     arrays = [env.to_arrow(f.name) for f in the_plan.schema]
     return pa.Table.from_arrays(arrays, schema=the_plan.schema)
 
 
-def _dry_run(the_plan: Plan, catalog: Catalog) -> None:
+def _dry_run(the_plan: Plan, catalog: Catalog, *, note: Callable[[str], None] | None = None) -> None:
     """Run the first events of the first range, so that errors only data can show (jagged
     columns of different lengths combined, a kernel that fails) are reported at submission."""
     if not the_plan.ranges:
@@ -170,22 +182,26 @@ def _dry_run(the_plan: Plan, catalog: Catalog) -> None:
     first = the_plan.ranges[0]
     probe = EventRange(0, first.first, min(first.stop, first.first + DRY_RUN_EVENTS))
     try:
-        _run(the_plan, probe, catalog)
+        _run(the_plan, probe, catalog, note)
+    except TaskLimitExceeded:
+        raise
     except TransformError as exc:
         raise RecipeError([f"on the first {probe.num_events} events: {exc}"]) from None
+
+
+dry_run = _dry_run  # public name; ``plan``'s flag of the same name hides it there
 
 
 # -- planning ----------------------------------------------------------------------------------
 
 
-def _source(recipe: Recipe, catalog: Catalog, problems: list[str]) -> tuple[dict[str, Kind] | None, int, list[EventRange]]:
+def _source(recipe: Recipe, catalog: Catalog, problems: list[str]) -> tuple[dict[str, Kind] | None, int, Sequence[EventRange]]:
     src = recipe.source
     if recipe.is_generated:
         generator = get_generator(src["generator"])
         events = src["events"]
         size = recipe.range_events
-        ranges = [EventRange(k, k * size, min((k + 1) * size, events)) for k in range(math.ceil(events / size))]
-        return dict(generator.schema(src["params"])), events, ranges
+        return dict(generator.schema(src["params"])), events, RegularRanges(events, size)
     try:
         ds = catalog.dataset(src["dataset"])
     except VdataError as exc:

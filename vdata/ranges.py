@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["EventRange", "plan_ranges"]
+__all__ = ["EventRange", "RegularRanges", "plan_ranges"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,44 @@ class EventRange:
 
     def __str__(self) -> str:
         return f"range {self.index} [{self.first}, {self.stop})"
+
+
+class RegularRanges(Sequence[EventRange]):
+    """``events`` events cut into ranges of ``size`` (the last one shorter): computed on demand,
+    not listed, so a plan of millions of ranges costs the same memory as one of a single range."""
+
+    __slots__ = ("events", "size")
+
+    def __init__(self, events: int, size: int) -> None:
+        if events < 0 or size < 1:
+            raise ValueError(f"need events >= 0 and size >= 1, got {events} and {size}")
+        self.events = events
+        self.size = size
+
+    def __len__(self) -> int:
+        return -(-self.events // self.size)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # int -> EventRange, slice -> list
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"range {index} of {n}")
+        return EventRange(index, index * self.size, min((index + 1) * self.size, self.events))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RegularRanges):
+            return (self.events, self.size) == (other.events, other.size)
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # like a list
+
+    def __repr__(self) -> str:
+        return f"RegularRanges(events={self.events}, size={self.size})"
 
 
 def _file_windows(entries: int, clusters: Sequence[int], target: int) -> list[tuple[int, int]]:

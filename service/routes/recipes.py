@@ -40,8 +40,7 @@ def submit_recipe(
 ) -> RecipeOut:
     """Check a recipe against the catalog and store it; its id names the virtual dataset."""
     check_recipe_body(body, settings)
-    plan = core.submit(body)
-    check_plan(plan, settings)
+    plan = core.submit(body, limits=lambda plan: check_plan(plan, settings))
     return recipe_out(plan)
 
 
@@ -50,10 +49,21 @@ def get_recipe(recipe_id: str, core: CoreDep, _: Reader) -> RecipeOut:
     return recipe_out(core.plan(recipe_id))
 
 
+RANGES_PAGE = 1000  # ranges per page by default
+RANGES_PAGE_MAX = 10_000
+
+
 @router.get("/{recipe_id}/ranges", response_model=list[RangeOut])
-def list_ranges(recipe_id: str, core: CoreDep, _: Reader) -> list[RangeOut]:
-    """Every range of the recipe: index and events [first, stop)."""
-    return [RangeOut(index=r.index, first=r.first, stop=r.stop) for r in core.plan(recipe_id).ranges]
+def list_ranges(
+    recipe_id: str, core: CoreDep, _: Reader, response: Response,
+    offset: Annotated[int, Query(ge=0, le=2**62, description="Index of the first range listed.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=RANGES_PAGE_MAX, description="Most ranges listed.")] = RANGES_PAGE,
+) -> list[RangeOut]:
+    """The ranges of the recipe from ``offset`` on, at most ``limit``: index and events [first, stop).
+    ``X-Total-Count`` gives the number of ranges; a page shorter than ``limit`` is the last."""
+    ranges = core.plan(recipe_id).ranges
+    response.headers["X-Total-Count"] = str(len(ranges))
+    return [RangeOut(index=r.index, first=r.first, stop=r.stop) for r in ranges[offset:offset + limit]]
 
 
 @router.post("/{recipe_id}/stage", status_code=202, response_model=StageOut)

@@ -135,7 +135,7 @@ def test_user_errors_are_not_retried_and_carry_the_message(engine: Engine) -> No
     with pytest.raises(vdata.TransformError) as info:
         engine.get(recipe, failing[0], "arrow", timeout=120)
     assert "boom: sum too large" in str(info.value) and "'picky'" in str(info.value)
-    assert f"range {failing[0]} of {recipe.id}" in str(info.value)
+    assert f"range {failing[0]} [{failing[0] * 1000}, {failing[0] * 1000 + 1000}) of {recipe.id}" in str(info.value)
     assert engine.submitted == before + 1  # one task: Ray did not retry user code
     assert engine.get(recipe, 0, "arrow", timeout=120).events == 1000
 
