@@ -62,6 +62,7 @@ def core_config(settings: Settings) -> CoreConfig:
         include_dashboard=settings.include_dashboard,
         dashboard_port=settings.dashboard_port,
         temp_dir=None if settings.ray_temp_dir is None else str(settings.ray_temp_dir),
+        data_dir=str(settings.data_dir),
     )
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
                       database_url=settings.database_url)
