@@ -24,7 +24,10 @@ Why each piece (Ray 2.60, checked on this machine):
   a watchdog process (this file run as a script, in its own session) waits for the gateway's
   pipe to close and then stops every process with that mark (SIGTERM, SIGKILL after a grace
   period); the next start on the same data folder does the same before starting Ray, in case
-  the watchdog died too.
+  the watchdog died too. (The mark is read from the raw ``/proc/<pid>/environ``: retitling
+  zeroes its start. As a second net, a Python or Ray binary with a file open in Ray's folder is
+  ours too — only when that folder is ours alone, not one named by ``ray_temp_dir``.) Old
+  session folders (logs) in ``<data dir>/ray`` are pruned at start but for the last two.
 
 No ``ray`` import here: the watchdog runs this file with ``python -I`` and needs only psutil.
 """
@@ -51,10 +54,6 @@ OWNER_ENV = "VDATA_RAY_OWNER"
 TOKEN_NAME = "ray_auth_token"
 KEEP_SESSIONS = 2  # old Ray session folders (logs) kept for a post-mortem; older ones are removed
 GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL (Ray's agents ignored SIGTERM for longer than this)
-
-# What the private Ray sets in the environment (and what the engine restores when it stops).
-_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-             "RAY_ADDRESS", OWNER_ENV)
 
 
 def reap(owner: str, ray_dir: str | os.PathLike[str] | None = None, grace: float = GRACE_SECONDS) -> list[int]:
@@ -150,6 +149,7 @@ class PrivateRay:
     temp_dir: Path  # Ray's _temp_dir
     token_path: Path
     own_temp: bool  # temp_dir was made here: removed on close
+    exclusive: bool  # temp_dir is ours alone (not named by the settings, which may share it): reaped by its files
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     _watchdog: subprocess.Popen[bytes] | None = None
 
@@ -157,6 +157,7 @@ class PrivateRay:
     def prepare(cls, data_dir: str | os.PathLike[str] | None, temp_dir: str | os.PathLike[str] | None) -> PrivateRay:
         """Choose the folders, stop leftovers of the same owner, write a fresh token."""
         data = Path(data_dir).resolve() if data_dir is not None else None
+        exclusive = temp_dir is None
         if temp_dir is not None:
             ray_dir, own = Path(temp_dir).resolve(), False
             if len(str(ray_dir)) > RAY_DIR_MAX:
@@ -167,14 +168,18 @@ class PrivateRay:
         else:
             ray_dir, own = _short_temp_dir(), True
         owner = str(data if data is not None else ray_dir)
-        reap(owner, ray_dir)
+        reap(owner, ray_dir if exclusive else None)
         ray_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not own:
+        if exclusive and not own:
             _prune_sessions(ray_dir)
         token = (data if data is not None else ray_dir) / TOKEN_NAME
         token.parent.mkdir(parents=True, exist_ok=True)
         _write_token(token)
-        return cls(owner=owner, temp_dir=ray_dir, token_path=token, own_temp=own)
+        return cls(owner=owner, temp_dir=ray_dir, token_path=token, own_temp=own, exclusive=exclusive)
+
+    @property
+    def _reap_dir(self) -> str:
+        return str(self.temp_dir) if self.exclusive else ""
 
     def environment(self) -> dict[str, str | None]:
         """The variables Ray's processes inherit (None: removed)."""
@@ -208,7 +213,7 @@ class PrivateRay:
         remove = ["--remove"] if self.own_temp else []
         env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-I", str(Path(__file__).resolve()), self.owner, str(self.temp_dir), *remove],
+            [sys.executable, "-I", str(Path(__file__).resolve()), self.owner, self._reap_dir, *remove],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True, close_fds=True,
         )
@@ -230,7 +235,7 @@ class PrivateRay:
             except subprocess.TimeoutExpired:
                 watchdog.kill()
                 watchdog.wait()
-        reap(self.owner, self.temp_dir)  # whatever the watchdog could not stop (normally nothing)
+        reap(self.owner, self._reap_dir or None)  # whatever the watchdog could not stop (normally nothing)
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -244,12 +249,13 @@ class PrivateRay:
 
 def _watch(owner: str, ray_dir: str, remove: bool) -> None:
     """The watchdog: wait for the end of stdin (the gateway closed it or died), then stop
-    every process of ``owner``'s Ray and remove Ray's folder if it was a private one."""
+    every process of ``owner``'s Ray (and with files open in ``ray_dir`` unless it is "") and
+    remove that folder if it was a private one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the gateway, which then closes the pipe
     while sys.stdin.buffer.read(4096):
         pass
-    reap(owner, ray_dir)
-    if remove:
+    reap(owner, ray_dir or None)
+    if remove and ray_dir:
         shutil.rmtree(ray_dir, ignore_errors=True)
 
 

@@ -267,8 +267,12 @@ def test_every_socket_of_the_service_is_on_loopback_and_ray_uses_a_private_token
         assert token_file.resolve().is_relative_to(data.resolve()), token_file
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600, oct(token_file.stat().st_mode)
         assert len(token_file.read_text().strip()) >= 32
+        ray_dir = Path(next(a for a in raylet.cmdline() if a.startswith("--temp_dir=")).split("=", 1)[1])
+        assert len(str(ray_dir)) <= 44 and ray_dir.is_dir(), ray_dir  # a short private folder instead
     leftovers = [p for p in serve.seen.values() if alive(p)]
     assert not leftovers, f"alive after a graceful stop:\n{describe(leftovers)}"
+    assert not ray_dir.exists(), f"Ray's private folder {ray_dir} was left behind"
+    assert not token_file.exists(), "the Ray token outlived the service"
 
 
 # -- a foreign Ray on the machine is not joined ------------------------------------------------
