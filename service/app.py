@@ -65,6 +65,7 @@ def core_config(settings: Settings) -> CoreConfig:
         task_seconds=settings.task_seconds_limit,
         dry_run_seconds=settings.dry_run_seconds_limit,
         task_memory_bytes=settings.task_memory_bytes_limit,
+        data_dir=str(settings.data_dir),
     )
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
                       database_url=settings.database_url)

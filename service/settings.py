@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     lookahead: int = Field(default=4, ge=0, description="Ranges of a job materialized ahead of the leases.")
     include_dashboard: bool = Field(default=False, description="Start Ray's dashboard (on loopback).")
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
-    ray_temp_dir: Path | None = Field(default=None, description="Ray's session folder (logs, sockets); default /tmp/ray.")
+    ray_temp_dir: Path | None = Field(
+        default=None, description="Embedded Ray's folder (logs, sockets); default <data_dir>/ray, or a private "
+                                  "temporary folder (removed at shutdown) when that path is too long for Unix sockets.")
 
     # cache
     cache_budget_bytes: int = Field(default=2 * 1024**3, ge=0, description="Bytes of materialized ranges kept on disk.")

@@ -47,6 +47,7 @@ import ray
 
 from vdata._engine_task import Hooks, Target, Written, run_dry, run_task
 from vdata._limits import Limits, marker_path, timed_out
+from vdata._ray_local import PrivateRay
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
 from vdata.errors import EngineError, StorageFull, TaskLimitExceeded, VdataError, rebuild
@@ -70,7 +71,8 @@ class EngineConfig:
     max_retries: int = 3
     include_dashboard: bool = False
     dashboard_port: int = 8265
-    temp_dir: str | None = None  # Ray's session folder (logs, sockets); default /tmp/ray
+    temp_dir: str | None = None  # Ray's folder (logs, sockets); default <data_dir>/ray, see vdata._ray_local
+    data_dir: str | None = None  # embedded Ray's folder and token go here; None: a private temporary folder
     worker_writes: bool = True  # tasks on the driver's node write the cache file; False: bytes always
     task_seconds: float | None = 300.0  # wall time of one materialization task (None: no limit)
     dry_run_seconds: float | None = 60.0  # wall time of a recipe check's dry run (compiling included)
@@ -138,6 +140,19 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
+def _reload_ray_environment(loopback: bool) -> None:
+    """Make this process's Ray see the environment :class:`PrivateRay` set or restored: the
+    loopback switch Ray read from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` at import, its config
+    (the authentication mode) and its cached authentication token."""
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    default = ray_constants.env_bool(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not ray_constants.IS_WINDOWS_OR_OSX)
+    ray_constants.ENABLE_RAY_CLUSTER = False if loopback else default
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def _settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:
     """Resolve a shared future unless a waiter cancelled it (the others still see the cache)."""
     if future.cancelled():
@@ -193,6 +208,7 @@ class Engine:
         self._collector: threading.Thread | None = None
         self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vdata-cache-writer")
         self._started_ray = False
+        self._private_ray: PrivateRay | None = None
         self._node_id = ""
         self.metrics: _Metrics | None = None
         self.submitted = 0  # tasks submitted, for tests and /metrics
@@ -203,17 +219,19 @@ class Engine:
         if not ray.is_initialized():
             if self.config.address:
                 ray.init(address=self.config.address, log_to_driver=False)
-            else:
-                ray.init(
-                    num_cpus=self.config.num_cpus,
-                    object_store_memory=self.config.object_store_bytes,
-                    include_dashboard=self.config.include_dashboard,
-                    dashboard_host="127.0.0.1",
-                    dashboard_port=self.config.dashboard_port,
-                    _node_ip_address="127.0.0.1",
-                    _temp_dir=str(Path(self.config.temp_dir).resolve()) if self.config.temp_dir else None,
-                    log_to_driver=False,
-                )
+            else:  # always our own instance, on loopback, with its own token (see vdata._ray_local)
+                private = PrivateRay.prepare(self.config.data_dir, self.config.temp_dir)
+                try:
+                    private.activate()
+                    _reload_ray_environment(loopback=True)
+                    ray.init(**private.init_kwargs(self.config.num_cpus, self.config.object_store_bytes,
+                                                   self.config.include_dashboard, self.config.dashboard_port))
+                except BaseException:
+                    ray.shutdown()
+                    private.close()
+                    _reload_ray_environment(loopback=False)
+                    raise
+                self._private_ray = private
             self._started_ray = True
         self._node_id = ray.get_runtime_context().get_node_id()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
@@ -240,6 +258,10 @@ class Engine:
         if self._started_ray:
             ray.shutdown()  # stops the workers, so no task writes a temporary file any more
             self._started_ray = False
+        if self._private_ray is not None:
+            self._private_ray.close()  # what ray.shutdown left (its agents), the environment, the token
+            self._private_ray = None
+            _reload_ray_environment(loopback=False)
         for temp in unfinished:  # (a task on an outside cluster may still; the next start cleans up)
             temp.unlink(missing_ok=True)
 
