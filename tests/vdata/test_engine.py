@@ -273,3 +273,25 @@ def test_a_worker_killed_after_its_write_is_retried_into_the_same_file(engine: E
     assert not hook.marker.exists()  # the first attempt died with its file written
     assert entry.path.read_bytes() == expected and entry.adler32 == zlib.adler32(expected)
     assert temp_files(entry.path.parent) == []  # the retry rewrote the same temporary file
+
+
+def test_an_unexpected_error_while_committing_resolves_every_waiter(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found from outside: an error outside VdataError/RayError/OSError (here SQLite's, in the
+    commit) left the single-flight future unresolved, and every asker of that range waited 600 s."""
+    import sqlite3
+
+    def locked(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(engine.cache, "put_file", locked)
+    monkeypatch.setattr(engine.cache, "put", locked)
+    recipe = zmumu(seed=31)
+    futures = [engine.request(recipe, 0, "arrow") for _ in range(3)]  # one task, three askers
+    for future in futures:
+        with pytest.raises(EngineError, match="OperationalError") as info:
+            future.result(timeout=120)
+        assert "database is locked" not in str(info.value)  # ours, not the user's: the log has it
+    monkeypatch.undo()
+    assert engine.get(recipe, 0, "arrow", timeout=120).events > 0  # nothing stuck: asked again, it is made
