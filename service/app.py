@@ -24,6 +24,7 @@ from service.settings import Settings
 from vdata import __version__
 from vdata.core import Core, CoreConfig
 from vdata.engine import EngineConfig
+from vdata.remote import RemoteOptions
 
 __all__ = ["build_core", "core_config", "create_app"]
 
@@ -63,8 +64,10 @@ def core_config(settings: Settings) -> CoreConfig:
         dashboard_port=settings.dashboard_port,
         temp_dir=None if settings.ray_temp_dir is None else str(settings.ray_temp_dir),
     )
+    remote = RemoteOptions(connect_timeout=settings.remote_connect_timeout_seconds,
+                           read_timeout=settings.remote_read_timeout_seconds)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
-                      database_url=settings.database_url)
+                      database_url=settings.database_url, remote=remote)
 
 
 def build_core(settings: Settings) -> Core:

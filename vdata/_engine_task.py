@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from vdata.catalog import Catalog
 from vdata.checksum import adler32
-from vdata.errors import VdataError
+from vdata.errors import RemoteReadError, VdataError
 from vdata.formats import encode_table, write_table
 from vdata.materialize import Plan, materialize, plan
 from vdata.recipes import Recipe
@@ -102,10 +102,11 @@ def run_task(
     fmt: str,
     write_to: str | None,
     hooks: Hooks | None,
-) -> tuple[str, bytes | Written | str, int, float]:
+) -> tuple[str, bytes | Written | str | RemoteReadError, int, float]:
     """Materialize one range; write it to ``write_to`` if given, else encode it to bytes.
 
-    Returns (status, the bytes or the written file or an error message, events, seconds)."""
+    Returns (status, the bytes or the written file or an error message, events, seconds); a
+    failed remote read returns the RemoteReadError itself."""
     start = time.perf_counter()
     if hooks is not None and hooks.start is not None:
         hooks.start(recipe_json, index)
@@ -113,6 +114,8 @@ def run_task(
         the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
         table = materialize(the_plan, index, catalog)
         result = encode_table(table, fmt) if write_to is None else write_temp(write_to, table, fmt)
+    except RemoteReadError as exc:  # travels as itself: the gateway answers 502 naming the URL
+        return ("error", RemoteReadError(exc.message), 0, time.perf_counter() - start)
     except VdataError as exc:  # user-facing errors travel as values: no blind retries
         return ("error", f"{type(exc).__name__}: {exc}", 0, time.perf_counter() - start)
     if hooks is not None and hooks.written is not None:

@@ -16,6 +16,7 @@ from transforms.errors import TransformsError, UnknownName
 from transforms.registry import Transform, get_transform
 from transforms.usercode import compile_user_transform
 from vdata.errors import DatasetNotFound, RecipeError, TransformRejected
+from vdata.remote import RemoteOptions
 from vdata.sources import SourceDataset, open_dataset
 
 __all__ = ["Catalog", "dataset_fingerprint"]
@@ -35,9 +36,13 @@ def dataset_fingerprint(ds: SourceDataset) -> str:
 
 
 class Catalog:
-    """Datasets by name and user transforms by name; built-in transforms are always known."""
+    """Datasets by name and user transforms by name; built-in transforms are always known.
 
-    def __init__(self) -> None:
+    ``remote``: how its datasets read http(s) files (timeouts; :mod:`vdata.remote`).
+    """
+
+    def __init__(self, remote: RemoteOptions | None = None) -> None:
+        self.remote = remote or RemoteOptions()
         self._datasets: dict[str, SourceDataset] = {}
         self._fingerprints: dict[str, str] = {}
         self._transforms: dict[str, Transform] = {}
@@ -63,7 +68,7 @@ class Catalog:
         """Open and register a dataset (replacing one of the same name)."""
         if not name or not isinstance(name, str):
             raise RecipeError([f"a dataset needs a non-empty name, got {name!r}"])
-        ds = open_dataset(paths, tree)
+        ds = open_dataset(paths, tree, self.remote)
         self.put_dataset(name, ds)
         return ds
 

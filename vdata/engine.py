@@ -41,7 +41,7 @@ import ray
 from vdata._engine_task import Hooks, Target, Written, run_task
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
-from vdata.errors import EngineError, TransformError, VdataError
+from vdata.errors import EngineError, RemoteReadError, TransformError, VdataError
 from vdata.materialize import Plan, plan
 from vdata.recipes import Recipe
 
@@ -84,7 +84,7 @@ def _materialize_task(
     fmt: str,
     target: Target | None,
     hooks: Hooks | None,
-) -> tuple[str, bytes | Written | str, int, float]:
+) -> tuple[str, bytes | Written | str | RemoteReadError, int, float]:
     """Ray's entry point: :func:`run_task`, writing the file only on the driver's node."""
     here = target is not None and ray.get_runtime_context().get_node_id() == target.node_id
     write_to = target.temp if target is not None and here else None
@@ -321,6 +321,8 @@ class Engine:
         try:
             status, payload, events, seconds = ray.get(ref)
             if status == "error":
+                if isinstance(payload, VdataError):  # a RemoteReadError, as the worker raised it
+                    raise payload
                 raise TransformError(f"range {key.range_index} of {key.recipe_id}", f"format {key.format}", str(payload))
             entry = self._store(key, payload, events)
             self._count("ranges", format=key.format)
