@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import fsspec.implementations.cached
 import uproot.source.fsspec
 
 from vdata.errors import RemoteReadError
@@ -98,12 +99,14 @@ class _RangesRaise:
         return list(out)
 
 
-class _HTTPSource(uproot.source.fsspec.FSSpecSource):  # type: ignore[misc]
+class _HTTPSource(uproot.source.fsspec.FSSpecSource):
     """uproot's fsspec source, with failed ranged reads raised (:class:`_RangesRaise`)."""
 
     def _open(self) -> None:
         super()._open()
-        self._fs = _RangesRaise(self._fs)
+        # uproot reads a caching filesystem (its WebDAV work-around) through another path
+        if not isinstance(self._fs, fsspec.implementations.cached.CachingFileSystem):
+            self._fs = _RangesRaise(self._fs)
 
 
 async def _check_response(response: aiohttp.ClientResponse) -> None:

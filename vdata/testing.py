@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
 import awkward as ak
 import pyarrow as pa
@@ -185,17 +185,17 @@ HOSTILE_MODES = ("ok", "stall", "error", "truncate", "redirect", "no_range")
 class _Truncating:
     """Passes the header block through, then writes half of each body and drops the rest."""
 
-    def __init__(self, raw: object) -> None:
+    def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self._writes = 0
 
     def write(self, data: bytes) -> int:
         self._writes += 1
         out = data if self._writes == 1 else data[: len(data) // 2]
-        return self._raw.write(out)  # type: ignore[attr-defined, no-any-return]
+        return self._raw.write(out)
 
     def flush(self) -> None:
-        self._raw.flush()  # type: ignore[attr-defined]
+        self._raw.flush()
 
 
 class _HostileHandler(_Handler):

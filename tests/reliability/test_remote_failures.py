@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from remote_sources import HZZ, READ_TIMEOUT, SLACK, Gateway, gateway, remote_error
 
+from service.app import core_config
+from service.settings import Settings
+from vdata.catalog import Catalog
 from vdata.errors import RemoteReadError
 from vdata.remote import RemoteOptions
 from vdata.sources import open_dataset
@@ -118,3 +122,12 @@ def test_reading_an_open_dataset_raises_remote_read_error(
         if mode == "stall":
             assert time.monotonic() - start < READ_TIMEOUT + SLACK
         ds.close()
+
+
+def test_the_timeouts_are_settings_that_reach_the_catalog(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, remote_connect_timeout_seconds=1.5, remote_read_timeout_seconds=4)
+    config = core_config(settings)
+    assert config.remote == RemoteOptions(connect_timeout=1.5, read_timeout=4.0)
+    assert Catalog(config.remote).remote is config.remote  # pickled into the Ray workers with it
+    with pytest.raises(ValidationError, match="remote_read_timeout_seconds"):
+        Settings(data_dir=tmp_path, remote_read_timeout_seconds=0)
