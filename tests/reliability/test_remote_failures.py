@@ -6,6 +6,7 @@ read timeout (``remote_read_timeout_seconds``), not after aiohttp's 300 s defaul
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,25 @@ def test_the_timeouts_are_settings_that_reach_the_catalog(tmp_path: Path) -> Non
     assert Catalog(config.remote).remote is config.remote  # pickled into the Ray workers with it
     with pytest.raises(ValidationError, match="remote_read_timeout_seconds"):
         Settings(data_dir=tmp_path, remote_read_timeout_seconds=0)
+
+
+def test_a_server_that_never_accepts_answers_within_the_connect_timeout() -> None:
+    """A listening socket whose accept queue is full: the connection never completes. The read
+    timeout is long here, so only the connect timeout can end the wait."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/{HZZ}"
+        queued = [socket.socket() for _ in range(3)]  # fill the accept queue (never accepted)
+        try:
+            for client in queued:
+                client.setblocking(False)
+                client.connect_ex(listener.getsockname())
+            start = time.monotonic()
+            with pytest.raises(RemoteReadError, match=re.escape(url)) as caught:
+                open_dataset(url, "events", RemoteOptions(connect_timeout=READ_TIMEOUT, read_timeout=600))
+            assert time.monotonic() - start < READ_TIMEOUT + SLACK
+            assert "timed out" in str(caught.value)
+        finally:
+            for client in queued:
+                client.close()
