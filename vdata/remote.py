@@ -112,6 +112,9 @@ class _HTTPSource(uproot.source.fsspec.FSSpecSource):
 async def _check_response(response: aiohttp.ClientResponse) -> None:
     """Refuse redirects and ignored ranges (aiohttp calls this for every response of the
     session); fsspec itself raises for 4xx/5xx (404: FileNotFoundError)."""
+    refused = 300 <= response.status < 400 or (response.status == 200 and "Range" in response.request_info.headers)
+    if refused:
+        response.release()  # the body is not read: give the connection back
     if 300 <= response.status < 400:
         location = response.headers.get("Location", "(no Location)")
         raise aiohttp.ClientResponseError(
