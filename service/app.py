@@ -24,6 +24,7 @@ from service.settings import Settings
 from vdata import __version__
 from vdata.core import Core, CoreConfig
 from vdata.engine import EngineConfig
+from vdata.remote import RemoteOptions
 
 __all__ = ["build_core", "core_config", "create_app"]
 
@@ -67,8 +68,10 @@ def core_config(settings: Settings) -> CoreConfig:
         task_memory_bytes=settings.task_memory_bytes_limit,
         data_dir=str(settings.data_dir),
     )
+    remote = RemoteOptions(connect_timeout=settings.remote_connect_timeout_seconds,
+                           read_timeout=settings.remote_read_timeout_seconds)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
-                      database_url=settings.database_url)
+                      database_url=settings.database_url, remote=remote)
 
 
 def build_core(settings: Settings) -> Core:

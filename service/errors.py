@@ -15,7 +15,9 @@ The gateway's own errors (below) are VdataErrors too::
                                      fit in the cache budget (Retry-After: a retry may succeed)
 
 Errors of the array layer (``transforms.errors.TransformsError``, raised when a submitted
-transform is refused) are mapped here as well, to 400.
+transform is refused) are mapped here as well, to 400. A remote source that fails
+(``RemoteReadError``: refused connection, timeout, HTTP error, truncated body, a redirect,
+no range support) is a bad gateway, 502, naming the URL.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from vdata.errors import (
     FormatError,
     RangeOutOfBounds,
     RecipeError,
+    RemoteReadError,
     SourceError,
     StorageFull,
     TaskLimitExceeded,
@@ -118,6 +121,7 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (StorageFull, 507, "insufficient_storage"),
     (TransformRejected, 400, "transform_refused"),
     (EngineError, 503, "engine_unavailable"),
+    (RemoteReadError, 502, "remote_read_error"),  # the source failed us, not the client
     (SourceError, 400, None),  # SourceFileNotFound, TreeNotFound, ...: the class name says which
     (UnknownName, 404, "unknown_name"),
     (TransformsError, 400, "transform_refused"),

@@ -26,6 +26,7 @@ from vdata.errors import (
     TreeNotFound,
     UninterpretableColumn,
 )
+from vdata.remote import NETWORK_ERRORS, RemoteOptions, network_error
 
 REMOTE_SCHEMES = ("http://", "https://", "root://")
 TREE_CLASSES = ("TTree", "ROOT::RNTuple")
@@ -59,21 +60,38 @@ def file_checksum(path: str) -> tuple[int, int]:
     return file_adler32(path)
 
 
-def open_file(path: str) -> Any:
-    """``uproot.open`` with errors that name the path."""
+def open_file(path: str, remote: RemoteOptions | None = None) -> Any:
+    """``uproot.open`` with errors that name the path; http(s) URLs with ``remote``'s options
+    (no redirects, timeouts: :mod:`vdata.remote`)."""
     if not is_remote(path) and not os.path.isfile(path):
         reason = "is a directory, not a file" if os.path.isdir(path) else "no such file"
         raise SourceFileNotFound(path, reason)
+    options = (remote or RemoteOptions()).uproot_options(path)
     try:
-        return uproot.open(path, array_cache=None)
-    except FileNotFoundError as exc:
-        raise SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file") from exc
-    except ValueError as exc:  # uproot's word for bytes it cannot parse as ROOT
-        raise NotARootFile(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-    except OSError as exc:
-        if is_remote(path):
-            raise RemoteReadError(f"{path}: {exc}") from exc
-        raise SourceError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+        return uproot.open(path, array_cache=None, **options)
+    except Exception as exc:
+        error = _open_error(path, exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _open_error(path: str, exc: Exception) -> Exception:
+    """The vdata error for what ``uproot.open`` raised (``exc`` itself if none fits)."""
+    if is_remote(path) and (network := network_error(path, exc)) is not None:
+        return network
+    if isinstance(exc, FileNotFoundError):
+        return SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file")
+    # uproot's words for bytes it cannot parse as ROOT
+    if isinstance(exc, (ValueError, uproot.deserialization.DeserializationError)):
+        return NotARootFile(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if isinstance(exc, OSError):
+        return SourceError(f"{path}: cannot be read: {exc.strerror or exc}")
+    return exc
+
+
+def _remote_error(path: str, exc: BaseException, doing: str = "") -> RemoteReadError:
+    return network_error(path, exc, doing) or RemoteReadError(f"{path}: {doing + ': ' if doing else ''}{exc}")
 
 
 def tree_names(file: Any) -> list[str]:
@@ -156,8 +174,8 @@ def survey(tree: Any, path: str) -> ColumnSurvey:
     unreadable: dict[str, str] = {}
     try:
         empty = _read(tree, candidates, 0, 0)
-    except OSError as exc:
-        raise RemoteReadError(f"{path}: {exc}") from exc
+    except NETWORK_ERRORS as exc:
+        raise _remote_error(path, exc) from exc
     except INTERPRETATION_ERRORS:
         # isolate the columns uproot cannot interpret, one by one
         good = []
@@ -165,8 +183,8 @@ def survey(tree: Any, path: str) -> ColumnSurvey:
             try:
                 _read(tree, [name], 0, 0)
                 good.append(name)
-            except OSError as exc:
-                raise RemoteReadError(f"{path}: {exc}") from exc
+            except NETWORK_ERRORS as exc:
+                raise _remote_error(path, exc) from exc
             except INTERPRETATION_ERRORS:
                 unreadable[name] = root_type(tree, name)
         candidates = good
@@ -180,15 +198,15 @@ def read_window(tree: Any, path: str, names: list[str], start: int, stop: int) -
     """Entries ``[start, stop)`` of the named columns of one tree, as Arrow, in ``names`` order."""
     try:
         arrays = _read(tree, names, start, stop)
-    except OSError as exc:
-        raise RemoteReadError(f"{path}: reading entries [{start}, {stop}): {exc}") from exc
+    except NETWORK_ERRORS as exc:
+        raise _remote_error(path, exc, f"reading entries [{start}, {stop})") from exc
     except INTERPRETATION_ERRORS as exc:
         # find the culprit column and name it
         for name in names:
             try:
                 _read(tree, [name], start, min(stop, start + 1))
-            except OSError:
-                raise RemoteReadError(f"{path}: reading column {name!r}: {exc}") from exc
+            except NETWORK_ERRORS as inner:
+                raise _remote_error(path, inner, f"reading column {name!r}") from exc
             except INTERPRETATION_ERRORS as inner:
                 raise UninterpretableColumn(name, root_type(tree, name), path, _one_line(inner)) from inner
         raise

@@ -17,6 +17,7 @@ from transforms.errors import TransformsError, UnknownName
 from transforms.registry import Transform, get_transform
 from transforms.usercode import compile_user_transform
 from vdata.errors import DatasetNotFound, TransformRejected, VdataError
+from vdata.remote import RemoteOptions
 from vdata.sources import SourceDataset, open_dataset
 
 __all__ = ["DATASET_NAME", "BadDatasetName", "Catalog", "check_dataset_name", "dataset_fingerprint"]
@@ -61,9 +62,13 @@ def dataset_fingerprint(ds: SourceDataset) -> str:
 
 
 class Catalog:
-    """Datasets by name and user transforms by name; built-in transforms are always known."""
+    """Datasets by name and user transforms by name; built-in transforms are always known.
 
-    def __init__(self) -> None:
+    ``remote``: how its datasets read http(s) files (timeouts; :mod:`vdata.remote`).
+    """
+
+    def __init__(self, remote: RemoteOptions | None = None) -> None:
+        self.remote = remote or RemoteOptions()
         self._datasets: dict[str, SourceDataset] = {}
         self._fingerprints: dict[str, str] = {}
         self._transforms: dict[str, Transform] = {}
@@ -89,7 +94,7 @@ class Catalog:
         """Open and register a dataset (replacing one of the same name); the name must match
         :data:`DATASET_NAME` (:class:`BadDatasetName` otherwise, before any file is opened)."""
         check_dataset_name(name)
-        ds = open_dataset(paths, tree)
+        ds = open_dataset(paths, tree, self.remote)
         self.put_dataset(name, ds)
         return ds
 

@@ -28,6 +28,7 @@ from vdata.formats import FORMATS
 from vdata.jobs import JobStatus, JobStore, Lease
 from vdata.materialize import Plan
 from vdata.recipes import Recipe
+from vdata.remote import RemoteOptions
 from vdata.sources import SourceDataset
 from vdata.store import CatalogStore
 
@@ -47,6 +48,7 @@ class CoreConfig:
     cache_budget_bytes: int = 2 * 1024**3
     database_url: str | None = None  # default: sqlite:///<data_dir>/vdata.db
     lookahead_format: str = "arrow"
+    remote: RemoteOptions = field(default_factory=RemoteOptions)  # timeouts of http(s) sources
 
     @property
     def db_url(self) -> str:
@@ -60,7 +62,7 @@ class Core:
         self.config = config
         os.makedirs(config.data_dir, exist_ok=True)
         self.db = Database(config.db_url)
-        self.catalog = Catalog()
+        self.catalog = Catalog(config.remote)
         self.store = CatalogStore(self.db)
         self.warnings = self.store.load(self.catalog)
         self.cache = RangeCache(Path(config.data_dir) / "cache", self.db, config.cache_budget_bytes)

@@ -1,7 +1,7 @@
 """Source datasets: existing events in ROOT files, read exactly, one range at a time.
 
 A :class:`SourceDataset` is one tree (TTree or RNTuple) across one or more files, local or
-remote (http/https with range requests). It knows entry counts, cluster boundaries, the Arrow
+remote (http/https with range requests; no redirects, timeouts: :mod:`vdata.remote`). It knows entry counts, cluster boundaries, the Arrow
 schema and checksums, cuts itself into :class:`~vdata.ranges.EventRange` s, and reads a range
 as a ``pyarrow.Table`` equal to ``awkward.to_arrow_table(tree.arrays(...),
 extensionarray=False)`` for the same entries.
@@ -19,8 +19,9 @@ from typing import Any
 import pyarrow as pa
 
 from vdata import _uproot
-from vdata.errors import RangeOutOfBounds, SchemaMismatch
+from vdata.errors import RangeOutOfBounds, RemoteReadError, SchemaMismatch, SourceFileNotFound
 from vdata.ranges import EventRange, plan_ranges
+from vdata.remote import RemoteOptions
 
 __all__ = ["SourceDataset", "SourceFile", "open_dataset"]
 
@@ -50,8 +51,10 @@ class SourceDataset:
         schema: pa.Schema,
         unreadable: dict[str, str],
         groups: list[str],
+        remote: RemoteOptions | None = None,
     ) -> None:
         self.tree = tree
+        self.remote = remote or RemoteOptions()  # travels with the dataset (Ray workers reopen files)
         self.files = files
         self.schema = schema
         self.unreadable = unreadable
@@ -127,7 +130,13 @@ class SourceDataset:
         with self._lock:
             if position not in self._handles:
                 path = self.files[position].path
-                file = _uproot.open_file(path)
+                try:
+                    file = _uproot.open_file(path, self.remote)
+                except SourceFileNotFound as exc:
+                    if not self.files[position].remote:
+                        raise
+                    # registered, then gone from its server: the source failed, not the request
+                    raise RemoteReadError(f"{path}: no longer found on the server") from exc
                 self._handles[position] = (file, _uproot.open_tree(file, path, self.tree))
             return self._handles[position][1]
 
@@ -156,9 +165,13 @@ class SourceDataset:
         self._lock = threading.Lock()
 
 
-def open_dataset(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], tree: str) -> SourceDataset:
+def open_dataset(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], tree: str, remote: RemoteOptions | None = None
+) -> SourceDataset:
     """Open ``tree`` (a TTree or RNTuple; ``"dir/sub/tree"`` for one in a sub-directory)
     in one or more ROOT files, local paths or http(s) URLs, as one dataset in the order given.
+    ``remote``: timeouts of http(s) reads (default :class:`~vdata.remote.RemoteOptions`);
+    redirects are never followed.
 
     Every file must offer the same columns with the same types as the first.
     """
@@ -171,7 +184,7 @@ def open_dataset(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     handles: dict[int, tuple[Any, Any]] = {}
     surveys: list[_uproot.ColumnSurvey] = []
     for position, path in enumerate(paths):
-        file = _uproot.open_file(path)
+        file = _uproot.open_file(path, remote)
         t = _uproot.open_tree(file, path, tree)
         surveys.append(_uproot.survey(t, path))
         if not surveys[-1].schema.equals(surveys[0].schema):
@@ -180,7 +193,7 @@ def open_dataset(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
         files.append(SourceFile(path, int(t.num_entries), tuple(_uproot.cluster_boundaries(t)), size, adler))
         handles[position] = (file, t)
     first = surveys[0]
-    dataset = SourceDataset(tree, files, first.schema, first.unreadable, first.groups)
+    dataset = SourceDataset(tree, files, first.schema, first.unreadable, first.groups, remote)
     dataset._handles = handles
     return dataset
 

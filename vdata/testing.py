@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range``, nginx
+"""Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range`` (and one
+that misbehaves on demand: stalls, 500s, truncated bodies, redirects, no ``Range``), nginx
 on loopback (for the gateway's X-Accel-Redirect mode and the warm-delivery comparison), and
 NaN-aware comparison of Arrow tables.
 
@@ -15,18 +16,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
 import awkward as ak
 import pyarrow as pa
 
-__all__ = ["KillOnce", "Nginx", "RangeFileServer", "assert_tables_equal", "free_port"]
+__all__ = ["HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "assert_tables_equal", "free_port"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
@@ -127,11 +129,11 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: Path, host: str) -> None:
+    def __init__(self, root: Path, host: str, handler: type[_Handler] = _Handler) -> None:
         self.root = root.resolve()
         self.requests = 0
         self.bytes_sent = 0
-        super().__init__((host, 0), _Handler)
+        super().__init__((host, 0), handler)
 
 
 class RangeFileServer:
@@ -173,6 +175,124 @@ class RangeFileServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# -- a file server that misbehaves on demand --------------------------------------------------
+
+HOSTILE_MODES = ("ok", "stall", "error", "truncate", "redirect", "no_range")
+
+
+class _Truncating:
+    """Passes the header block through, then writes half of each body and drops the rest."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._writes = 0
+
+    def write(self, data: bytes) -> int:
+        self._writes += 1
+        out = data if self._writes == 1 else data[: len(data) // 2]
+        return self._raw.write(out)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+class _HostileHandler(_Handler):
+    server: _HostileServer
+
+    def _serve(self, body: bool) -> None:
+        mode = self.server.mode
+        if mode == "ok" or (mode == "truncate" and not body):
+            super()._serve(body)
+            return
+        self.server.requests += 1
+        if mode == "stall":  # the request was read; answer nothing until the server stops
+            self.server.release.wait()
+            self.close_connection = True
+        elif mode == "error":
+            self.send_response(self.server.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "redirect":
+            self.send_response(HTTPStatus.FOUND)
+            self.send_header("Location", f"{self.server.redirect_to}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "no_range":
+            path = self._file()
+            if path is None:
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+            size = path.stat().st_size
+            self._send(HTTPStatus.OK, [(0, size)], size, path, body)
+        elif mode == "truncate":
+            raw, self.wfile = self.wfile, _Truncating(self.wfile)  # type: ignore[assignment]
+            self.server.requests -= 1  # counted again by the plain serving
+            try:
+                super()._serve(body)
+            finally:
+                self.wfile = raw
+            self.close_connection = True  # the client sees the body end early
+
+
+class _HostileServer(_Server):
+    def __init__(self, root: Path, host: str) -> None:
+        self.mode = "ok"
+        self.status = 500
+        self.redirect_to = ""
+        self.release = threading.Event()
+        super().__init__(root, host, _HostileHandler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that gave up on a stalled or cut answer is expected here: no traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class HostileFileServer(RangeFileServer):
+    """A :class:`RangeFileServer` whose behaviour a test switches at any time with :attr:`mode`:
+
+    ``"ok"`` serves normally; ``"stall"`` reads each request and never answers (until the
+    server stops); ``"error"`` answers :attr:`status` (500) with an empty body; ``"truncate"``
+    announces the full ``Content-Length`` and closes the connection after half the body;
+    ``"redirect"`` answers 302 to :attr:`redirect_to` + the request's path; ``"no_range"``
+    ignores ``Range`` and answers 200 with the whole file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], host: str = "127.0.0.1") -> None:
+        self._server = self._hostile = _HostileServer(Path(root), host)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-file-server", daemon=True)
+
+    @property
+    def mode(self) -> str:
+        return self._hostile.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in HOSTILE_MODES:
+            raise ValueError(f"HostileFileServer.mode must be one of {HOSTILE_MODES}, got {mode!r}")
+        self._hostile.mode = mode
+
+    @property
+    def status(self) -> int:
+        return self._hostile.status
+
+    @status.setter
+    def status(self, status: int) -> None:
+        self._hostile.status = status
+
+    @property
+    def redirect_to(self) -> str:
+        return self._hostile.redirect_to
+
+    @redirect_to.setter
+    def redirect_to(self, url: str) -> None:
+        self._hostile.redirect_to = url.rstrip("/")
+
+    def stop(self) -> None:
+        self._hostile.release.set()  # stalled handlers end, so the server can close
+        super().stop()
 
 
 def assert_tables_equal(actual: pa.Table, expected: pa.Table, what: str = "table") -> None:

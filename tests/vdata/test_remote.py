@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
 
 import vdata
-from vdata.testing import RangeFileServer, assert_tables_equal
+from vdata.remote import RemoteOptions
+from vdata.testing import HostileFileServer, RangeFileServer, assert_tables_equal
 
 REMOTE_CASES = [
     ("uproot-HZZ.root", "events"),
@@ -59,3 +61,26 @@ def test_server_that_is_gone() -> None:
         url = f"{server.url}/x.root"
     with pytest.raises(vdata.RemoteReadError, match="127.0.0.1"):
         vdata.open_dataset(url, "events")
+
+
+def test_redirects_are_not_followed(shared_data: Path, file_server: RangeFileServer) -> None:
+    with HostileFileServer(shared_data) as source:
+        source.redirect_to, source.mode = file_server.url, "redirect"
+        before = file_server.requests
+        with pytest.raises(vdata.RemoteReadError, match="redirects are not followed"):
+            vdata.open_dataset(f"{source.url}/uproot-HZZ.root", "events")
+        assert file_server.requests == before
+
+
+def test_remote_options_travel_with_the_dataset(file_server: RangeFileServer) -> None:
+    options = RemoteOptions(connect_timeout=1.5, read_timeout=2.5)
+    ds = vdata.open_dataset(f"{file_server.url}/uproot-HZZ.root", "events", options)
+    copy = pickle.loads(pickle.dumps(ds))  # as a Ray worker gets it
+    assert copy.remote == options
+    assert copy.read(copy.ranges(1000)[1]).num_rows == ds.ranges(1000)[1].num_events
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "3"])
+def test_remote_options_must_be_positive(bad: object) -> None:
+    with pytest.raises(ValueError, match="read_timeout"):
+        RemoteOptions(read_timeout=bad)  # type: ignore[arg-type]

@@ -1,0 +1,91 @@
+"""A real gateway (uvicorn on a loopback port, its own core and embedded Ray, built from its
+settings like ``vdata serve``) in front of misbehaving loopback HTTP sources: the shared
+helper of tests/security/test_hostile_sources.py and tests/reliability/test_remote_failures.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.server import BackgroundServer
+from service.settings import Settings
+from vdata.testing import HostileFileServer, RangeFileServer, free_port
+
+HZZ = "uproot-HZZ.root"
+READ_TIMEOUT = 3.0  # remote_read_timeout_seconds of the gateway under test
+CONNECT_TIMEOUT = 3.0
+# What "answered within the timeout" allows on 2 shared, busy cores: a stall costs one read
+# timeout per request that stalls (measured here: 3 s to register, 5 s to materialize), plus
+# Ray and the gateway. Below the 30 s default read timeout, so the setting is what answers;
+# without any timeout a stall took 300 s (aiohttp's default total).
+SLACK = 20.0
+
+
+@dataclass
+class Gateway:
+    """The gateway, an admin's client, and the loopback servers around it."""
+
+    server: BackgroundServer
+    http: httpx.Client
+    hostile: HostileFileServer  # under the allowed prefixes; switch ``hostile.mode``
+    internal: RangeFileServer  # NOT under the allowed prefixes: counts what reaches it
+    gone_url: str  # under the allowed prefixes, nothing listens there
+    closable: RangeFileServer  # under the allowed prefixes; a test may stop it
+
+    def register(self, name: str, url: str) -> httpx.Response:
+        return self.http.post("/v1/datasets", json={"name": name, "paths": [url], "tree": "events"})
+
+    def recipe(self, dataset: str, columns: list[str]) -> str:
+        r = self.http.post("/v1/recipes", json={"source": {"dataset": dataset}, "columns": columns,
+                                                "range_events": 1000})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def timed(self, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:
+        start = time.monotonic()
+        r = self.http.request(method, url, **kwargs)
+        return r, time.monotonic() - start
+
+
+@contextmanager
+def gateway(tmp: Path, shared_data: Path) -> Iterator[Gateway]:
+    """Servers first (the allowed prefixes name their ports), then the gateway; all stopped on
+    exit, also after a failure."""
+    with ExitStack() as stack:
+        hostile = stack.enter_context(HostileFileServer(shared_data))
+        internal = stack.enter_context(RangeFileServer(shared_data))
+        closable = stack.enter_context(RangeFileServer(shared_data))
+        gone_url = f"http://127.0.0.1:{free_port()}"
+        # Ray's own short folder (socket paths have a length limit): never another Ray's
+        ray_dir = Path(tempfile.mkdtemp(prefix="vray", dir="/tmp"))
+        stack.callback(shutil.rmtree, ray_dir, ignore_errors=True)
+        settings = Settings(
+            data_dir=tmp / "data", allowed_roots=[tmp / "data"], port=0,
+            allowed_url_prefixes=[f"{hostile.url}/", f"{gone_url}/", f"{closable.url}/"],
+            remote_connect_timeout_seconds=CONNECT_TIMEOUT, remote_read_timeout_seconds=READ_TIMEOUT,
+            num_cpus=1, object_store_bytes=80 * 1024**2, max_in_flight=2, lookahead=0, readahead=0,
+            log_level="warning", ray_temp_dir=ray_dir,
+        )
+        server = stack.enter_context(BackgroundServer(settings))
+        assert server.admin_token is not None
+        http = stack.enter_context(httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=400))
+        yield Gateway(server, http, hostile, internal, gone_url, closable)
+
+
+def remote_error(r: httpx.Response, url: str) -> str:
+    """The detail of a 502 ``remote_read_error`` that names ``url``."""
+    assert r.status_code == 502, f"{r.status_code}: {r.text}"
+    body = r.json()
+    assert body["error"] == "remote_read_error", body
+    assert url in body["detail"], body
+    return str(body["detail"])
