@@ -27,7 +27,7 @@ from vdata._limits import Limits, TaskLimits, marker_path, timed_out
 from vdata.materialize import Plan, dry_run, materialize, plan
 from vdata.recipes import Recipe
 
-__all__ = ["Hooks", "Target", "Written", "run_dry", "run_task", "write_temp"]
+__all__ = ["Hooks", "Target", "Written", "no_space", "run_dry", "run_task", "write_temp"]
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
@@ -131,14 +131,20 @@ def run_task(
     except MemoryError:
         return ("error", _over_memory(where, limits), 0, time.perf_counter() - start)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ("error", ("StorageFull", f"no space left to write {where} ({os.strerror(exc.errno)}): "
-                              "free space in the cache folder's file system or lower cache_budget_bytes"),
+        if no_space(exc):
+            return ("error", ("StorageFull", f"no space left to write {where} (the disk or quota of the cache "
+                              "folder is full): free space there or lower cache_budget_bytes"),
                     0, time.perf_counter() - start)
         raise
     if hooks is not None and hooks.written is not None:
         hooks.written(recipe_json, index)
     return ("ok", result, table.num_rows, time.perf_counter() - start)
+
+
+def no_space(exc: OSError) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full; Arrow's writers give no errno, only text."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "[errno 28]" in str(exc).lower() \
+        or os.strerror(errno.ENOSPC) in str(exc)
 
 
 def run_dry(

@@ -29,7 +29,6 @@ thread runs the ``ray.wait`` loop and resolves the waiting futures.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import pickle
@@ -45,7 +44,7 @@ from typing import Any
 
 import ray
 
-from vdata._engine_task import Hooks, Target, Written, run_dry, run_task
+from vdata._engine_task import Hooks, Target, Written, no_space, run_dry, run_task
 from vdata._limits import Limits, marker_path, timed_out
 from vdata._ray_local import PrivateRay
 from vdata.cache import CacheEntry, CacheKey, RangeCache
@@ -464,9 +463,9 @@ class Engine:
     def _translate(self, key: CacheKey, attempt: str, exc: Exception) -> VdataError:
         if isinstance(exc, VdataError):
             return exc
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return StorageFull(f"no space left to store {key} in {self.cache.root} ({exc.strerror}): free space "
-                               "there or lower cache_budget_bytes")
+        if isinstance(exc, OSError) and no_space(exc):
+            return StorageFull(f"no space left to store {key} in the cache folder (its disk or quota is full): "
+                               "free space there or lower cache_budget_bytes")
         if isinstance(exc, ray.exceptions.RayError):
             what = timed_out(attempt)  # no retry was left to report it: the marker says
             if what is not None:
