@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean nginx
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +16,16 @@ run: $(STAMP)
 	VDATA_KERNEL_CACHE=data/kernels NUMBA_CACHE_DIR=data/numba MPLCONFIGDIR=data/matplotlib \
 		$(VENV)/bin/vdata demo --data-dir data/demo
 
-test: $(STAMP)
+# Some tests start a real nginx (Debian's package; root installs it here and in CI).
+test: $(STAMP) nginx
 	$(PY) -m pytest
 
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+		(apt-get update -qq && apt-get install -y -qq nginx >/dev/null)
+
 # The warm-delivery comparison needs nginx (Debian's package; root installs it here).
-bench: $(STAMP)
-	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
-		(apt-get update -qq && apt-get install -y -qq nginx)
+bench: $(STAMP) nginx
 	$(PY) bench/read.py
 	$(PY) bench/virtual.py
 	$(PY) bench/throughput.py
