@@ -208,6 +208,7 @@ class Engine:
         self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vdata-cache-writer")
         self._started_ray = False
         self._private_ray: PrivateRay | None = None
+        self._dry_task: Any = None  # the dry run's Ray task, once started
         self._node_id = ""
         self.metrics: _Metrics | None = None
         self.submitted = 0  # tasks submitted, for tests and /metrics
@@ -290,8 +291,10 @@ class Engine:
     def check(self, the_plan: Plan) -> None:
         """The recipe check's dry run (:func:`vdata.materialize.dry_run`), in a Ray worker under
         the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...)."""
-        if not the_plan.ops and the_plan.recipe.is_generated:
-            return  # no user code and nothing read: nothing a dry run could find
+        if not the_plan.ops:
+            return  # no steps: nothing a dry run could find that reading a range would not
+        if self._dry_task is None:
+            raise EngineError(f"cannot check {the_plan.id}: the engine is not running (its dry run needs Ray)")
         version, state = self._catalog_state()
         attempt = uuid.uuid4().hex
         ref = self._dry_task.remote(version, state, the_plan.recipe.to_json(), self.config.dry_run_limits, attempt)

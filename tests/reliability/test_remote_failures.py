@@ -95,14 +95,14 @@ def test_materializing_from_a_source_that_starts_failing_answers_502(
 
 
 def test_materializing_from_a_source_that_went_away_answers_502(hostile: Gateway) -> None:
-    """Connection refused in a Ray worker: the source's server stops after registration, before
-    the recipe's dry run (which runs in a worker) reads it. (Once a worker has read the small test
-    file, its reader holds every byte of it, so a later range would still be served.)"""
+    """Connection refused in the Ray worker: the source's server stops after registration (and
+    after the recipe's submission: a recipe without steps needs no dry run, so no worker has read
+    the file yet; once one has, its reader holds every byte of this small file)."""
     url = f"{hostile.closable.url}/{HZZ}"
     assert hostile.register("gone:later", url).status_code == 201
+    recipe = hostile.recipe("gone:later", ["MET_px", "Jet_Py"])
     hostile.closable.stop()
-    remote_error(hostile.http.post("/v1/recipes", json={"source": {"dataset": "gone:later"},
-                                                        "columns": ["MET_px", "Jet_Py"], "range_events": 1000}), url)
+    remote_error(hostile.http.get(f"/v1/recipes/{recipe}/ranges/1"), url)
 
 
 @pytest.mark.parametrize(("mode", "status", "says"), FAILURES, ids=IDS)

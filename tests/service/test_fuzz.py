@@ -1,5 +1,5 @@
 """Fuzzed recipe and job bodies never produce a 5xx: every bad input is a 4xx in the JSON
-error shape. No Ray: planning, jobs and leases do not need it."""
+error shape. With Ray: a recipe with steps is checked by a dry run in a Ray worker."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ report_bodies = st.fixed_dictionaries({}, optional={
 
 
 @pytest.fixture(scope="module")
-def fuzz(idle_env: Env, shared_data: Path) -> Iterator[tuple[Client, str, str]]:
-    admin = idle_env.client("admin")
+def fuzz(started_env: Env, shared_data: Path) -> Iterator[tuple[Client, str, str]]:
+    admin = started_env.client("admin")
     assert admin.post("/v1/datasets", json={"name": "opendata:hzz", "paths": [str(shared_data / HZZ)],
                                             "tree": "events"}).status_code == 201
     recipe = admin.post("/v1/recipes", json={"source": {"dataset": "opendata:hzz"}, "columns": ["NMuon"],
