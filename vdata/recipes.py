@@ -42,7 +42,7 @@ from vdata.errors import DatasetNotFound, RecipeError
 if TYPE_CHECKING:
     from vdata.catalog import Catalog
 
-__all__ = ["DEFAULT_RANGE_EVENTS", "Recipe", "Step"]
+__all__ = ["DEFAULT_RANGE_EVENTS", "RECIPE_FORMAT", "Recipe", "Step"]
 
 RECIPE_FORMAT = 1
 DEFAULT_RANGE_EVENTS = 100_000
