@@ -20,6 +20,7 @@ __all__ = [
     "ColumnOut",
     "DatasetSourceIn",
     "DefineStepIn",
+    "ErrorOut",
     "FilterStepIn",
     "GeneratorSourceIn",
     "RecipeIn",
@@ -45,6 +46,14 @@ __all__ = [
     "TransformIn",
     "TransformOut",
 ]
+
+
+class ErrorOut(BaseModel):
+    """Every error response (4xx, and 5xx should one happen): a short code and a message that
+    names the culprit (field, dataset, range, limit)."""
+
+    error: str = Field(examples=["bad_recipe"])
+    detail: str = Field(examples=["invalid recipe (1 problem): columns: no column 'nope' after the steps"])
 
 
 class _In(BaseModel):
