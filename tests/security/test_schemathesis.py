@@ -59,11 +59,16 @@ def _bounded(case: schemathesis.Case) -> schemathesis.Case:
     if "max_ranges" in Settings.model_fields or not isinstance(body, dict):
         return case
     source = body.get("source")
-    if isinstance(source, dict) and isinstance(source.get("events"), int) and source["events"] > 0:
-        size = body.get("range_events", 100_000)
-        if isinstance(size, int) and size > 0 and math.ceil(source["events"] / size) > 1000:
-            source["events"] = 1000 * size
+    if not isinstance(source, dict):
+        return case
+    events, size = source.get("events"), body.get("range_events", 100_000)
+    if _number(events) and _number(size) and size > 0 and events / size > 1000:
+        source["events"] = 1000 * max(1, math.floor(size))
     return case
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def test_no_5xx_and_responses_match_the_schema(ray_gateway: tuple[Gateway, dict[str, Any]]) -> None:
