@@ -71,6 +71,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@pytest.mark.timeout(1800)
 def test_no_5xx_and_responses_match_the_schema(ray_gateway: tuple[Gateway, dict[str, Any]]) -> None:
     gw, known = ray_gateway
     schema = schemathesis.openapi.from_dict(ray_gateway_schema(gw))
