@@ -20,6 +20,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestContext
 from service.routes import ROUTERS
+from service.schemas import ErrorOut
 from service.settings import Settings
 from vdata import __version__
 from vdata.core import Core, CoreConfig
@@ -115,8 +116,8 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     app.state.inflight = InFlight(settings.max_inflight_per_token)
     app.state.metrics = Metrics(lambda: app.state.core, app.state.inflight.total)
     install_error_handlers(app)
-    for router in ROUTERS:
-        app.include_router(router)
+    for router in ROUTERS:  # "default": the error shape, instead of FastAPI's own 422 body
+        app.include_router(router, responses={"default": {"model": ErrorOut, "description": "An error"}})
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outermost: sees the 413s too
     return app

@@ -1,7 +1,9 @@
 """Request and response bodies of the HTTP API (pydantic lives here and in the settings only).
 
-Request bodies refuse unknown fields (422), so a typo is not silently ignored. Recipes are
-free-form JSON objects: :mod:`vdata.recipes` checks them and names every problem (400).
+Request bodies refuse unknown fields (422), so a typo is not silently ignored. A recipe body
+(:class:`RecipeIn`) is checked here for its shape only, and accepts every recipe that
+:mod:`vdata.recipes` accepts; what only the recipe parser and the catalog can judge (an
+expression, a column, a dataset, a transform) it names there (400).
 """
 
 from __future__ import annotations
@@ -10,10 +12,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from transforms.generators import GENERATORS
 from vdata.catalog import DATASET_NAME, check_dataset_name
+from vdata.recipes import DEFAULT_RANGE_EVENTS, RECIPE_FORMAT
 
 __all__ = [
     "ColumnOut",
+    "DatasetSourceIn",
+    "DefineStepIn",
+    "ErrorOut",
+    "FilterStepIn",
+    "GeneratorSourceIn",
+    "RecipeIn",
+    "TransformRefIn",
+    "TransformStepIn",
     "DatasetIn",
     "DatasetOut",
     "FileOut",
@@ -34,6 +46,14 @@ __all__ = [
     "TransformIn",
     "TransformOut",
 ]
+
+
+class ErrorOut(BaseModel):
+    """Every error response (4xx, and 5xx should one happen): a short code and a message that
+    names the culprit (field, dataset, range, limit)."""
+
+    error: str = Field(examples=["bad_recipe"])
+    detail: str = Field(examples=["invalid recipe (1 problem): columns: no column 'nope' after the steps"])
 
 
 class _In(BaseModel):
@@ -89,6 +109,62 @@ class TransformOut(BaseModel):
 class ColumnOut(BaseModel):
     name: str
     type: str
+
+
+class DatasetSourceIn(_In):
+    """Events of a registered dataset."""
+
+    dataset: str = Field(min_length=1, examples=["opendata:hzz"])
+    fingerprint: str | None = Field(default=None, description="Ignored on submission: the service binds the "
+                                                              "dataset's current fingerprint")  # fmt: skip
+
+
+GeneratorName = Literal[tuple(sorted(GENERATORS))]  # type: ignore[valid-type]
+
+
+class GeneratorSourceIn(_In):
+    """Generated events: event i depends only on (seed, i)."""
+
+    generator: GeneratorName = Field(examples=["zmumu"])
+    events: int = Field(ge=1, lt=2**63, examples=[100_000])
+    seed: int = Field(ge=0, lt=2**63, examples=[7])
+    params: dict[str, float | int | bool] | None = Field(
+        default=None, description="The generator's parameters; missing ones get their defaults", examples=[{}])
+    version: str | None = Field(default=None, description="Ignored on submission: the service binds its version")
+
+
+class FilterStepIn(_In):
+    filter: str = Field(description="An expression giving one boolean per event", examples=["NMuon >= 2"])
+
+
+class DefineStepIn(_In):
+    define: dict[str, str] = Field(min_length=1, description="New column name -> expression",
+                                   examples=[{"px2": "MET_px ** 2"}])
+
+
+class TransformRefIn(_In):
+    name: str = Field(examples=["scale"])
+    inputs: dict[str, str] = Field(default_factory=dict, description="Kernel parameter -> column")
+    outputs: dict[str, str] = Field(default_factory=dict, description="Kernel output -> new column")
+    code: str | None = Field(default=None, description="The transform's code hash, if pinned")
+
+
+class TransformStepIn(_In):
+    transform: TransformRefIn
+
+
+class RecipeIn(_In):
+    """A recipe: a source, steps (``filter``, ``define``, ``transform``) and output columns."""
+
+    source: DatasetSourceIn | GeneratorSourceIn
+    steps: list[FilterStepIn | DefineStepIn | TransformStepIn] = Field(default_factory=list)
+    columns: list[str] | None = Field(default=None, description="Output columns; default: every column")
+    range_events: int = Field(default=DEFAULT_RANGE_EVENTS, ge=1, description="Events per range")
+    format: Literal[1] = Field(default=RECIPE_FORMAT, description="The recipe format")
+
+    def as_recipe(self) -> dict[str, Any]:
+        """The body as :meth:`vdata.recipes.Recipe.from_dict` reads it (what was not sent stays out)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class RecipeOut(BaseModel):

@@ -18,6 +18,9 @@ __all__ = ["FUNCTIONS", "check", "parse"]
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 50  # syntax-tree levels; keeps the generated source within Python's nesting limits
+MAX_NODES = 1000  # syntax-tree nodes: bounds Numba's compile time (~6 s here for 1,000)
+MAX_ARGS = 64  # of min/max: each argument is one more inlined helper call for Numba to compile
+_SHOWN = 200  # characters of an expression an error message repeats
 CONSTANTS = {"pi": math.pi, "e": math.e, "inf": math.inf, "nan": math.nan}
 UNARY_MATH = {
     "sqrt": "np.sqrt", "exp": "np.exp", "log": "np.log", "log10": "np.log10", "log2": "np.log2",
@@ -46,33 +49,54 @@ _REFUSED = {
 
 
 def parse(text: str) -> ast.Expression:
-    """The syntax tree of ``text`` (an expression, not a statement)."""
+    """The syntax tree of ``text`` (an expression, not a statement), within the size limits:
+    at most :data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels. Every tree this returns
+    can be walked, printed (``ast.unparse``) and type-checked without overflowing the stack."""
     if not isinstance(text, str):
-        raise ExpressionError(repr(text), f"an expression must be a string, got {type(text).__name__}")
+        raise ExpressionError(repr(text)[:_SHOWN], f"an expression must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ExpressionError(text, "the expression is empty")
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(text[:60] + "...", f"the expression is longer than {MAX_LENGTH} characters")
+        raise ExpressionError(_shown(text), f"the expression is longer than {MAX_LENGTH} characters "
+                                            f"({len(text)}); split it into several defines")  # fmt: skip
     lead = len(text) - len(text.lstrip())
+    too_deep = f"the expression is nested too deeply (more than {MAX_DEPTH} levels); split it into several defines"
     try:
-        return ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         col = _offset(text.strip(), exc.lineno or 1, (exc.offset or 1) - 1, utf8=False) + lead
-        raise ExpressionError(text, f"invalid syntax ({exc.msg})", col) from None
-    except (RecursionError, MemoryError):
-        raise ExpressionError(text, "the expression is nested too deeply") from None
+        raise ExpressionError(_shown(text), f"invalid syntax ({exc.msg})", col) from None
+    except (RecursionError, MemoryError):  # the parser's own stack: thousands of levels
+        raise ExpressionError(_shown(text), too_deep) from None
+    depth, nodes = _size(tree)
+    if depth > MAX_DEPTH:
+        raise ExpressionError(_shown(text), too_deep)
+    if nodes > MAX_NODES:
+        raise ExpressionError(_shown(text), f"the expression has more than {MAX_NODES} syntax-tree nodes; "
+                                            "split it into several defines")  # fmt: skip
+    return tree
+
+
+def _size(tree: ast.Expression) -> tuple[int, int]:
+    """Levels and nodes of the syntax tree below ``Expression``, counted without recursion
+    (stops counting past either limit)."""
+    depth = nodes = 0
+    stack: list[tuple[ast.AST, int]] = [(tree.body, 1)]
+    while stack and depth <= MAX_DEPTH and nodes <= MAX_NODES:
+        node, level = stack.pop()
+        depth, nodes = max(depth, level), nodes + 1
+        stack.extend((child, level + 1) for child in ast.iter_child_nodes(node))
+    return depth, nodes
+
+
+def _shown(text: str) -> str:
+    """``text`` as an error message shows it: long ones are cut (the message must stay readable)."""
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def check(text: str, tree: ast.Expression, types: Mapping[str, ColumnType]) -> tuple[Program, Val]:
-    """Type-check ``tree``; returns the program (prelude, columns) and the result value."""
-    depth = 0
-    stack: list[tuple[ast.AST, int]] = [(tree.body, 1)]  # iteratively: deep trees must not overflow the stack
-    while stack:
-        node, level = stack.pop()
-        depth = max(depth, level)
-        stack.extend((child, level + 1) for child in ast.iter_child_nodes(node))
-    if depth > MAX_DEPTH:
-        raise ExpressionError(text, f"the expression is nested too deeply (more than {MAX_DEPTH} levels)")
+    """Type-check ``tree`` (from :func:`parse`); returns the program (prelude, columns) and the
+    result value."""
     checker = _Checker(text, types)
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in types
@@ -81,7 +105,7 @@ def check(text: str, tree: ast.Expression, types: Mapping[str, ColumnType]) -> t
     try:
         return checker.program, checker.visit(tree.body)
     except RecursionError:
-        raise ExpressionError(text, "the expression is nested too deeply") from None
+        raise ExpressionError(_shown(text), "the expression is nested too deeply") from None
 
 
 def _offset(text: str, lineno: int, col: int, *, utf8: bool = True) -> int:
@@ -292,13 +316,19 @@ class _Checker:
             return self.where(node, *args)
         if name in ("min", "max") and len(args) != 1:
             arity(2, MAX_LENGTH)
+            if len(args) > MAX_ARGS:
+                self.fail(node, f"{name}() takes at most {MAX_ARGS} arguments, got {len(args)}")
             vals = [self.visit(a) for a in args]
             group, mask, at = self.align(node, vals)
             kind = promote(*(v.kind for v in vals))
-            code = cast(vals[0], kind)
-            for v in vals[1:]:  # helpers of the generated module; NaN propagates like numpy.minimum
-                code = f"_{name}2({code}, {cast(v, kind)})"
-            return Val(kind, code, group, mask, at)
+            # Helpers of the generated module (NaN propagates like numpy.minimum), paired up so
+            # that the generated source nests log2(n) calls deep, not n (Python's parser stops
+            # at 200 levels). Ties give the rightmost operand either way, as a chain would.
+            codes = [cast(v, kind) for v in vals]
+            while len(codes) > 1:
+                pairs = [f"_{name}2({a}, {b})" for a, b in zip(codes[::2], codes[1::2], strict=False)]
+                codes = pairs + (codes[-1:] if len(codes) % 2 else [])
+            return Val(kind, codes[0], group, mask, at)
         arity(2, 2) if name in BINARY_MATH else arity(1, 1)
         vals = [self.visit(a) for a in args]
         if name in REDUCTIONS or name in ("min", "max"):

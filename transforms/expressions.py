@@ -63,7 +63,10 @@ Evaluation
     Every part of an expression is evaluated for every event (``and``/``or`` do not protect a
     reduction elsewhere in the expression from a count mismatch).
 Limits
-    At most 10,000 characters and 50 levels of nesting in the syntax tree.
+    At most 10,000 characters, 50 levels of nesting and 1,000 nodes in the syntax tree, and
+    64 arguments to ``min``/``max``; a bigger expression is an ExpressionError naming the limit
+    (split it into several defines). These bound the stack the parser needs and Numba's
+    compile time (a few seconds at the limits).
 
 Filters (:func:`compile_filter`) must give one boolean per event; a jagged boolean result is
 refused ("reduce the jagged comparison with any() or all()").
@@ -107,7 +110,7 @@ from ._expr_loops import lane_width
 from .columns import Column, ColumnType
 from .errors import ExpressionError, KernelError
 
-__all__ = ["Expression", "compile_expression", "compile_filter"]
+__all__ = ["Expression", "compile_expression", "compile_filter", "normalise_expression"]
 
 LANGUAGE_VERSION = 1  # part of every cache key: bump when the meaning of an expression changes
 _MAX_CACHED = 4096
@@ -236,6 +239,15 @@ def compile_expression(text: str, types: Mapping[str, ColumnType]) -> Expression
         if len(_expressions) > _MAX_CACHED:
             _expressions.popitem(last=False)
         return expression
+
+
+def normalise_expression(text: str) -> str:
+    """``text`` as :mod:`ast` prints it (same meaning, same text), without type-checking it.
+
+    Raises :class:`~transforms.errors.ExpressionError` if it is not one Python expression or is
+    over the size limits (see *Limits* above), so that nothing downstream overflows the stack.
+    """
+    return ast.unparse(parse(text))
 
 
 def compile_filter(text: str, types: Mapping[str, ColumnType]) -> Expression:

@@ -50,9 +50,10 @@ from transforms.registry import (
     summarise_numba_error,
 )
 
-__all__ = ["ALLOWED_CALLS", "MATH_ATTRS", "MAX_SOURCE_CHARS", "NP_ATTRS", "check_source", "compile_user_transform"]
+__all__ = ["ALLOWED_CALLS", "MATH_ATTRS", "MAX_NESTING", "MAX_SOURCE_CHARS", "NP_ATTRS", "check_source", "compile_user_transform"]
 
 MAX_SOURCE_CHARS = 20_000
+MAX_NESTING = 100  # syntax-tree levels: the checker, ast.unparse and Numba recurse over the tree
 _MAX_COMPILED = 256
 _compiled: dict[tuple[Any, ...], Transform] = {}
 _BUILTIN_CALLS = frozenset({"abs", "bool", "enumerate", "float", "int", "len", "max", "min", "range", "round", "zip"})
@@ -99,14 +100,31 @@ def check_source(name: str, source: str) -> ast.Module:
     """The parsed source if it passes the allow-list; else TransformCodeError (line, reason)."""
     if len(source) > MAX_SOURCE_CHARS:
         raise TransformCodeError(name, f"source is longer than {MAX_SOURCE_CHARS} characters")
+    too_deep = f"the code is nested too deeply (more than {MAX_NESTING} levels); split the expression"
     try:
         tree = ast.parse(textwrap.dedent(source))
     except SyntaxError as exc:
         raise TransformCodeError(name, f"syntax error: {exc.msg}", exc.lineno) from None
-    except (ValueError, RecursionError, MemoryError) as exc:
-        raise TransformCodeError(name, f"cannot be parsed: {type(exc).__name__}: {exc}") from None
+    except (RecursionError, MemoryError):  # the parser's own stack: thousands of levels
+        raise TransformCodeError(name, too_deep) from None
+    except ValueError as exc:  # e.g. a null byte
+        raise TransformCodeError(name, f"cannot be parsed: {exc}") from None
+    deepest = _deepest(tree)
+    if deepest is not None:  # the checker below, ast.unparse and Numba all recurse
+        raise TransformCodeError(name, too_deep, getattr(deepest, "lineno", None))
     _Checker(name, tree).run()
     return tree
+
+
+def _deepest(tree: ast.Module) -> ast.AST | None:
+    """A node more than :data:`MAX_NESTING` levels deep, found without recursion; else None."""
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    while stack:
+        node, level = stack.pop()
+        if level > MAX_NESTING:
+            return node
+        stack.extend((child, level + 1) for child in ast.iter_child_nodes(node))
+    return None
 
 
 def compile_user_transform(

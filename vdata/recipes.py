@@ -23,7 +23,6 @@ once; :func:`vdata.materialize.plan` checks the recipe against the catalog.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -34,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from transforms.errors import GeneratorParamError, UnknownName
+from transforms.errors import ExpressionError, GeneratorParamError, UnknownName
+from transforms.expressions import normalise_expression as _normalise
 from transforms.generators import get_generator
 
 from vdata.errors import DatasetNotFound, RecipeError
@@ -42,7 +42,7 @@ from vdata.errors import DatasetNotFound, RecipeError
 if TYPE_CHECKING:
     from vdata.catalog import Catalog
 
-__all__ = ["DEFAULT_RANGE_EVENTS", "Recipe", "Step"]
+__all__ = ["DEFAULT_RANGE_EVENTS", "RECIPE_FORMAT", "Recipe", "Step"]
 
 RECIPE_FORMAT = 1
 DEFAULT_RANGE_EVENTS = 100_000
@@ -140,8 +140,10 @@ class Recipe:
 
 
 def normalise_expression(text: str) -> str:
-    """The expression as ``ast`` prints it: same meaning, same text. SyntaxError if not Python."""
-    return ast.unparse(ast.parse(text.strip(), mode="eval"))
+    """The expression as ``ast`` prints it: same meaning, same text. ExpressionError if it is
+    not one Python expression or is over the expression language's size limits (10,000
+    characters, 50 levels): a huge expression must not overflow the parser's stack."""
+    return _normalise(text)
 
 
 def _integer(value: Any) -> int | None:
@@ -249,8 +251,8 @@ class _Parser:
             return None
         try:
             return normalise_expression(text)
-        except SyntaxError as exc:
-            self.problems.append(f"{where}: {text!r} is not a Python expression ({exc.msg}, column {exc.offset})")
+        except ExpressionError as exc:
+            self.problems.append(f"{where}: {exc}")
             return None
 
     def filter(self, i: int, body: Any) -> Step | None:

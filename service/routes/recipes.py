@@ -3,7 +3,7 @@ range's bytes (reader)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
@@ -11,7 +11,7 @@ from service.auth import Reader
 from service.deps import CoreDep, InFlightDep, MetricsDep, SettingsDep
 from service.limits import check_plan, check_recipe_body
 from service.errors import LimitExceeded
-from service.schemas import ColumnOut, RangeOut, RecipeOut, StageIn, StageOut
+from service.schemas import ColumnOut, RangeOut, RecipeIn, RecipeOut, StageIn, StageOut
 from service.serving import serve_range
 from vdata.formats import FORMATS, MEDIA_TYPES
 from vdata.materialize import Plan
@@ -36,9 +36,10 @@ def recipe_out(plan: Plan) -> RecipeOut:
 
 @router.post("", status_code=201, response_model=RecipeOut)
 def submit_recipe(
-    body: Annotated[dict[str, Any], Body(examples=[RECIPE_EXAMPLE])], core: CoreDep, settings: SettingsDep, _: Reader,
+    recipe: Annotated[RecipeIn, Body(examples=[RECIPE_EXAMPLE])], core: CoreDep, settings: SettingsDep, _: Reader,
 ) -> RecipeOut:
     """Check a recipe against the catalog and store it; its id names the virtual dataset."""
+    body = recipe.as_recipe()
     check_recipe_body(body, settings)
     plan = core.submit(body, limits=lambda plan: check_plan(plan, settings))
     return recipe_out(plan)
