@@ -5,11 +5,12 @@ recursion limit in ``ast.parse``/``ast.unparse``: a plain-text 500)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from security_helpers import Gateway
+from security_helpers import Gateway, gateway
 
 from transforms.columns import ColumnType
 from transforms.errors import ExpressionError
@@ -56,8 +57,16 @@ def test_huge_expressions_are_400_naming_step_and_limit(scientist: httpx.Client,
     assert len(body["detail"]) < 2000, "the error repeats the whole expression"
 
 
-def test_allowed_sizes_still_work(scientist: httpx.Client) -> None:
+@pytest.fixture(scope="module")
+def ray_scientist(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[httpx.Client]:
+    """A scientist's client of a gateway with Ray: an accepted recipe's dry run runs in a worker."""
+    with gateway(tmp_path_factory.mktemp("allowed"), shared_data, start=True) as gw, gw.client("scientist") as c:
+        yield c
+
+
+def test_allowed_sizes_still_work(ray_scientist: httpx.Client) -> None:
     """Near the limits (levels, nodes, arguments) a recipe is accepted (and compiles in seconds)."""
+    scientist = ray_scientist
     defines = {
         "deep": "-" * 48 + "MET_px",  # 49 levels
         "chain": "+".join(["MET_px"] * 49),
