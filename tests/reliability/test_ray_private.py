@@ -48,15 +48,6 @@ RAY_BIN = Path(sys.executable).parent / "ray"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A fresh data folder with a short path, so Ray's folder can lie inside it."""
-    path = short_dir("vd-")
-    try:
-        yield path / "data"
-    finally:
-        stop_all(processes_mentioning(str(path)))
-        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 # -- Ray private: loopback only, its own token ---------------------------------------------------

@@ -4,30 +4,18 @@ the same data folder."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_process import Serve, processes_mentioning, short_dir, stop_all, wait_until
+from serve_process import Serve, processes_mentioning, wait_until
 
 pytestmark = pytest.mark.slow
 
 RECIPE = {"source": {"generator": "zmumu", "events": 8000, "seed": 11}, "columns": ["Muon_pt", "nMuon"],
           "range_events": 1000}
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = short_dir("vk-")
-    try:
-        yield path / "data"
-    finally:
-        stop_all(processes_mentioning(str(path)))
-        os.system(f"rm -rf {path}")  # noqa: S605 - a folder this fixture made
 
 
 def test_sigkill_mid_job_then_restart_loses_nothing(data_dir: Path) -> None:
