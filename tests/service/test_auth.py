@@ -22,7 +22,7 @@ ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
     ("POST", "/v1/transforms", {"name": "t", "source": "import os", "inputs": {}, "outputs": {"y": "float64"}},
      "scientist", 400),
     ("GET", "/v1/transforms", None, "reader", 200),
-    ("POST", "/v1/recipes", {"source": {}}, "reader", 400),
+    ("POST", "/v1/recipes", {"source": {}}, "reader", 422),  # the body does not fit the recipe schema
     ("GET", "/v1/recipes/vds-0", None, "reader", 404),
     ("GET", "/v1/recipes/vds-0/ranges", None, "reader", 404),
     ("GET", "/v1/recipes/vds-0/ranges/0?format=arrow", None, "reader", 404),

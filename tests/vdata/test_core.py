@@ -25,7 +25,8 @@ RECIPE = {
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         yield
     finally:
