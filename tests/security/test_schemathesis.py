@@ -92,6 +92,8 @@ def test_no_5xx_and_responses_match_the_schema(ray_gateway: tuple[Gateway, dict[
         while len(sent) < REQUESTS and passes < 5:
             passes += 1
             for operation, (mode, existing) in itertools.product(operations, kinds):
+                if passes > 1 and len(sent) >= REQUESTS:
+                    break  # a later pass only tops up what the first fell short of
                 names = {p.name for p in operation.path_parameters}
                 if existing and not names:
                     continue
