@@ -17,7 +17,7 @@ run: $(STAMP)
 		$(VENV)/bin/vdata demo --data-dir data/demo
 
 # Some tests start a real nginx (Debian's package; root installs it here and in CI).
-# Two workers, one test file each at a time (module fixtures stay per file); about 13 minutes.
+# Two workers, one test file each at a time (module fixtures stay per file); about 11 minutes.
 test: $(STAMP) nginx
 	$(PY) -m pytest -n 2 --dist loadfile
 
