@@ -39,7 +39,6 @@ from vdata.tokens import TokenStore
 
 __all__ = ["MARKER", "DemoFolderRefused", "DemoResult", "demo_recipe", "run_demo"]
 
-RAY_DIR_MAX = 44  # + "/session_<date>_<time>_<pid>/sockets/plasma_store" stays within 107 bytes
 MARKER = ".vdata-demo"  # in a folder the demo made: its own outputs there may be replaced
 MARKER_TEXT = ("This folder belongs to `vdata demo` (make run). Each run of the demo replaces its\n"
                "vdata.db, cache, ray and dimuon_mass.png; nothing else here is touched.\n")
@@ -114,13 +113,10 @@ def run_demo(
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    # Ray's session folder holds Unix sockets, whose paths may not exceed 107 bytes: under the
-    # data folder when its path is short enough (and the folder is the demo's), else in a
-    # temporary folder removed at the end.
-    ray_dir = data_dir / "ray"
-    own_tmp = not own or len(str(ray_dir)) > RAY_DIR_MAX
-    if own_tmp:
-        ray_dir = Path(tempfile.mkdtemp(prefix="vdata-ray-"))
+    # In its own folder, Ray's folder is the engine's default (vdata._ray_local: <data>/ray, or a
+    # short private folder if that path is too long for Ray's sockets). In someone else's folder
+    # (--force), Ray's session goes to a temporary folder, so that folder's own Ray logs stay.
+    ray_dir = None if own else Path(tempfile.mkdtemp(prefix="vdata-ray-", dir="/tmp"))
     settings = Settings(
         data_dir=data_dir,
         port=0,
@@ -133,7 +129,7 @@ def run_demo(
     try:
         return _run(settings, events, range_events, dashboard, say, histogram)
     finally:
-        if own_tmp:
+        if ray_dir is not None:
             shutil.rmtree(ray_dir, ignore_errors=True)
 
 

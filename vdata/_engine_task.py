@@ -27,7 +27,7 @@ from vdata._limits import Limits, TaskLimits, marker_path, timed_out
 from vdata.materialize import Plan, dry_run, materialize, plan
 from vdata.recipes import Recipe
 
-__all__ = ["Hooks", "Target", "Written", "no_space", "run_dry", "run_task", "write_temp"]
+__all__ = ["Hooks", "Target", "Written", "no_space", "over_time", "run_dry", "run_task", "write_temp"]
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
@@ -114,25 +114,25 @@ def run_task(
     Returns (status, the bytes or the written file or (error class, message), events, seconds).
     Errors meant for the user travel as values (no blind retries by Ray, no traceback)."""
     start = time.perf_counter()
-    where = f"range {index} of {Recipe.from_json(recipe_json).id}"
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
-        return ("error", _over_time(what, where, limits), 0, time.perf_counter() - start)
+        return ("error", over_time(what, _range(index, recipe_json), _seconds(limits), "task_seconds_limit"),
+                0, time.perf_counter() - start)
     if hooks is not None and hooks.start is not None:
         hooks.start(recipe_json, index)
     try:
         with TaskLimits(limits or Limits(), attempt) as guard:
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
             table = materialize(the_plan, index, catalog, note=guard.note)
-            guard.note(f"writing {where} as {fmt}")
+            guard.note(f"writing range {index} of {the_plan.id} as {fmt}")
             result = encode_table(table, fmt) if write_to is None else write_temp(write_to, table, fmt)
     except VdataError as exc:
         return ("error", _error(exc, limits), 0, time.perf_counter() - start)
     except MemoryError:
-        return ("error", _over_memory(where, limits), 0, time.perf_counter() - start)
+        return ("error", _over_memory(_range(index, recipe_json), limits), 0, time.perf_counter() - start)
     except OSError as exc:
         if no_space(exc):
-            return ("error", ("StorageFull", f"no space left to write {where} (the disk or quota of the cache "
+            return ("error", ("StorageFull", f"no space left to write {_range(index, recipe_json)} (the disk or quota of the cache "
                               "folder is full): free space there or lower cache_budget_bytes"),
                     0, time.perf_counter() - start)
         raise
@@ -156,7 +156,7 @@ def run_dry(
     where = f"the dry run of {Recipe.from_json(recipe_json).id}"
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
-        return _over_time(what, where, limits, "dry_run_seconds_limit")
+        return over_time(what, where, _seconds(limits), "dry_run_seconds_limit")
     try:
         with TaskLimits(limits or Limits(), attempt) as guard:
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json, check=True)
@@ -177,10 +177,20 @@ def _error(exc: VdataError, limits: Limits | None) -> tuple[str, str]:
     return (type(exc).__name__, message)
 
 
-def _over_time(what: str, where: str, limits: Limits | None, setting: str = "task_seconds_limit") -> tuple[str, str]:
-    seconds = limits.seconds if limits is not None and limits.seconds is not None else 0
+def over_time(what: str, where: str, seconds: float, setting: str) -> tuple[str, str]:
+    """(class name, message) of a task that ``what`` kept running past its time limit; for
+    :func:`vdata.errors.rebuild`, here and in the engine (when no retry was left to answer)."""
     return ("TaskLimitExceeded", f"{what} failed on {where}: stopped after the time limit of {seconds:g} s "
             f"(setting {setting})")
+
+
+def _seconds(limits: Limits | None) -> float:
+    return limits.seconds if limits is not None and limits.seconds is not None else 0.0
+
+
+def _range(index: int, recipe_json: str) -> str:
+    """How an error names the range (parsing the recipe again: only on the way out of a failure)."""
+    return f"range {index} of {Recipe.from_json(recipe_json).id}"
 
 
 def _over_memory(where: str, limits: Limits | None) -> tuple[str, str]:

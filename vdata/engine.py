@@ -44,12 +44,12 @@ from typing import Any
 
 import ray
 
-from vdata._engine_task import Hooks, Target, Written, no_space, run_dry, run_task
+from vdata._engine_task import Hooks, Target, Written, no_space, over_time, run_dry, run_task
 from vdata._limits import Limits, marker_path, timed_out
 from vdata._ray_local import PrivateRay
 from vdata.cache import CacheEntry, CacheKey, RangeCache
 from vdata.catalog import Catalog
-from vdata.errors import EngineError, StorageFull, TaskLimitExceeded, VdataError, rebuild
+from vdata.errors import EngineError, StorageFull, VdataError, rebuild
 from vdata.materialize import Plan, plan
 from vdata.recipes import Recipe
 
@@ -309,9 +309,8 @@ class Engine:
         except ray.exceptions.RayError as exc:
             what = timed_out(attempt)
             if what is not None:
-                raise TaskLimitExceeded(what, f"the dry run of {the_plan.id}",
-                                        f"stopped after the time limit of {seconds:g} s "
-                                        "(setting dry_run_seconds_limit)") from None
+                raise rebuild(*over_time(what, f"the dry run of {the_plan.id}", seconds or 0.0,
+                                         "dry_run_seconds_limit")) from None
             raise EngineError(f"the dry run of {the_plan.id} failed: {_short(exc)}") from None
         finally:
             marker_path(attempt).unlink(missing_ok=True)
@@ -472,9 +471,8 @@ class Engine:
         if isinstance(exc, ray.exceptions.RayError):
             what = timed_out(attempt)  # no retry was left to report it: the marker says
             if what is not None:
-                return TaskLimitExceeded(what, f"range {key.range_index} of {key.recipe_id}",
-                                         f"stopped after the time limit of {self.config.task_seconds:g} s "
-                                         "(setting task_seconds_limit)")
+                return rebuild(*over_time(what, f"range {key.range_index} of {key.recipe_id}",
+                                          self.config.task_seconds or 0.0, "task_seconds_limit"))
             return EngineError(f"materializing {key} failed: {_short(exc)}")
         log.error("materializing %s failed with an unexpected error", key, exc_info=exc)
         return EngineError(f"materializing {key} failed: {type(exc).__name__} (a bug of the service: see its log)")
