@@ -44,7 +44,7 @@ def serve_main(argv: list[str]) -> None:
     if a.nice:
         os.nice(a.nice)
 
-    from service.server import BackgroundServer
+    from service.http.server import BackgroundServer
     from service.settings import Settings
     from vdata.testing import RangeFileServer
 

@@ -134,7 +134,7 @@ def _cpu_s(pid: int) -> float:
 
 def _engine_pass(core: Any, rid: str, n_ranges: int) -> float:
     """Seconds from submitting every range to every range cached; the entries are removed after."""
-    from vdata.cache import CacheKey
+    from service.core.cache import CacheKey
 
     t0 = time.perf_counter()
     futures = [core.request(rid, i, "arrow") for i in range(n_ranges)]
@@ -151,8 +151,8 @@ def engine(work: Path, num_cpus: int, parts: list[str], root_file: Path, cold_ra
            gen_events: int, gen_range_events: int, repeats: int, log: Log, profile: bool = False) -> dict[str, Any]:
     """One Core with ``num_cpus`` Ray workers: cold ROOT->Arrow and/or zmumu generation passes,
     each after one untimed warm-up pass (worker start-up, imports, Numba)."""
-    from vdata.core import Core, CoreConfig
-    from vdata.engine import EngineConfig
+    from service.core.core import Core, CoreConfig
+    from service.core.engine import EngineConfig
 
     out: dict[str, Any] = {}
     config = CoreConfig(data_dir=work / f"engine{num_cpus}-data", cache_budget_bytes=8 * 1024**3,
@@ -225,9 +225,9 @@ def generator_baseline(gen_events: int, gen_range_events: int, repeats: int, log
     from transforms.generators import get_generator
     from vdata import Catalog
     from vdata.formats import encode_table
-    from vdata.materialize import materialize
-    from vdata.materialize import plan as make_plan
-    from vdata.recipes import Recipe
+    from vdata.data.plans import materialize
+    from vdata.data.plans import plan as make_plan
+    from vdata.data.recipes import Recipe
 
     gen = get_generator("zmumu")
     bounds = [(a, min(a + gen_range_events, gen_events)) for a in range(0, gen_events, gen_range_events)]
@@ -339,7 +339,7 @@ def summarize_collapsed(raw: Path, top: int = 18, must: str | None = None) -> li
     rows = sorted(incl.items(), key=lambda kv: -kv[1])
     wanted = ("service/", "vdata/", "ray/_private/worker.py", "posix.fsync", "zlib", "sqlite", "starlette/", "fastapi/", "uvicorn/protocols", "h11", "httptools",
               "pydantic", "anyio/to_thread", "anyio/_backends")
-    skip = ("service/server.py", "<module>", "_bootstrap", "WorkerThread.run")
+    skip = ("service/http/server.py", "<module>", "_bootstrap", "WorkerThread.run")
     keep = [(f, c) for f, c in rows if any(w in f for w in wanted) and not any(s in f for s in skip)]
     return [f"{100 * c / max(total, 1):5.1f}%  {f}" for f, c in keep[:top]] + [f"({total} busy samples)"]
 

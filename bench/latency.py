@@ -5,7 +5,7 @@ Set-up (everything on 127.0.0.1)
 * **Remote site**: ``vdata.testing.RangeFileServer`` serving a generated NanoAOD-like ROOT file
   (TTree ``Events``, >= 500k events, zlib, one cluster per 50k events), behind a shaped TCP proxy
   (``bench/_shaping.py``): ``RTT/2`` delay each way, rate capped (default 200 Mbit/s per direction).
-* **vdata service**: ``service.server.BackgroundServer`` (uvicorn gateway + core + embedded Ray),
+* **vdata service**: ``service.http.server.BackgroundServer`` (uvicorn gateway + core + embedded Ray),
   registering the dataset *by URL through the site proxy*, behind its own shaped proxy with the
   same RTT and rate: the payload's link to the service is as far away as the site.
 * Site, proxies and service run in a separate process (``bench/_lat_remote.py``), started once
@@ -261,7 +261,7 @@ def ensure_input(events: int, chunk: int) -> tuple[Path, int]:
     import numpy as np
     import uproot
 
-    from vdata.synthetic import write_nanoaod_like
+    from vdata.data.synthetic import write_nanoaod_like
 
     INPUT_DIR.mkdir(parents=True, exist_ok=True)
     path = INPUT_DIR / f"latency_{events}ev_chunk{chunk}_zlib.root"

@@ -50,7 +50,7 @@ import pyarrow as pa
 import uproot
 
 import vdata
-from vdata.synthetic import write_nanoaod_like
+from vdata.data.synthetic import write_nanoaod_like
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "bench" / "results" / "input"

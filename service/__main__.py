@@ -1,5 +1,5 @@
 """``python -m service``: run the gateway with settings from ``VDATA_*`` / ``VDATA_CONFIG``."""
 
-from service.server import main
+from service.http.server import main
 
 main()

@@ -26,7 +26,7 @@ from rich.table import Table
 from vdata.client import Client
 from vdata.errors import VdataError
 from vdata.formats import FORMATS
-from vdata.sources import open_dataset
+from vdata.data.sources import open_dataset
 
 app = typer.Typer(help="vdata: event ranges of ROOT datasets and virtual data, on demand.", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens (work on the data folder).", no_args_is_help=True)
@@ -96,7 +96,7 @@ def serve(
     """Start the gateway and the engine. The first start prints an admin token once.
 
     Flags win over ``VDATA_*`` environment variables, which win over the settings file."""
-    from service.server import run
+    from service.http.server import run
     from service.settings import Settings
 
     given = {"data_dir": data_dir, "host": host, "port": port, "ray_address": ray_address, "config": config}
@@ -120,8 +120,8 @@ def _check_serve_ports(settings: Any) -> None:
 def _existing_database(settings: Any) -> str:
     """The database URL of the service's data folder; a DatabaseError naming the folder when
     its SQLite file does not exist (a token there would be one no server knows)."""
-    from service.server import core_config
-    from vdata.db import DatabaseError
+    from service.http.server import core_config
+    from service.core.db import DatabaseError
 
     url: str = core_config(settings).db_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
@@ -141,8 +141,8 @@ def token_create(
     """Make a token (printed once; only its hash is stored). The data folder must hold the
     service's database: ``vdata serve`` creates it on its first start."""
     from service.settings import Settings
-    from vdata.db import Database
-    from vdata.tokens import TokenStore
+    from service.core.db import Database
+    from service.core.tokens import TokenStore
 
     with _errors():
         with Database(_existing_database(Settings(data_dir=data_dir))) as db:

@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from service.app import core_config
+from service.errors import DemoFolderRefused
+from service.http.app import core_config
 from service.ports import check_free
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
 from vdata.client import Client
-from vdata.db import Database
-from vdata.errors import VdataError
-from vdata.tokens import TokenStore
+from service.core.db import Database
+from service.core.tokens import TokenStore
 
 __all__ = ["MARKER", "DemoFolderRefused", "DemoResult", "demo_recipe", "run_demo"]
 
@@ -44,10 +44,6 @@ MARKER_TEXT = ("This folder belongs to `vdata demo` (make run). Each run of the 
                "vdata.db, cache, ray and dimuon_mass.png; nothing else here is touched.\n")
 OUTPUTS = ("vdata.db", "vdata.db-wal", "vdata.db-shm", "cache", "ray", "dimuon_mass.png")  # what a run writes
 HISTOGRAM = "dimuon_mass.png"
-
-
-class DemoFolderRefused(VdataError, FileExistsError):
-    """The demo's folder holds things the demo did not make (and ``force`` was not given)."""
 
 
 def demo_recipe(events: int, range_events: int, seed: int = 2026) -> dict[str, object]:
@@ -113,7 +109,7 @@ def run_demo(
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    # In its own folder, Ray's folder is the engine's default (vdata._ray_local: <data>/ray, or a
+    # In its own folder, Ray's folder is the engine's default (service.core.ray_local: <data>/ray, or a
     # short private folder if that path is too long for Ray's sockets). In someone else's folder
     # (--force), Ray's session goes to a temporary folder, so that folder's own Ray logs stay.
     ray_dir = None if own else Path(tempfile.mkdtemp(prefix="vdata-ray-", dir="/tmp"))

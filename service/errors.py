@@ -1,70 +1,120 @@
-"""Errors of the gateway, and the one mapping from errors to HTTP responses.
+"""Every error the service raises on purpose, in one tree under :class:`vdata.errors.VdataError`.
 
-Every error body is JSON ``{"error": <short code>, "detail": <message naming the culprit>}``.
-:func:`status_of` maps each :class:`~vdata.errors.VdataError` subclass to a status, most
-specific class first; anything not listed falls back to 400, so no VdataError becomes a 500.
-The gateway's own errors (below) are VdataErrors too::
+The data library's errors (sources, recipes, transforms, formats, the client) are in
+:mod:`vdata.errors`; these are the service's own. The gateway maps each to an HTTP status in
+:mod:`service.http.error_map` (shown on the right)::
 
-    VdataError
-     ├── Unauthenticated        401  no token, or an unknown one (WWW-Authenticate: Bearer)
-     ├── Forbidden              403  (PermissionError) the token's role is too low
-     ├── BodyTooLarge           413  the request body is over max_body_bytes
-     ├── LimitExceeded          400  (ValueError) a recipe over max_columns or max_range_events
-     ├── TooManyInFlight        429  a token waits on max_inflight_per_token materializations
-     └── RangeUnavailable       503  (TimeoutError) not materialized in time, or it does not
-                                     fit in the cache budget (Retry-After: a retry may succeed)
+    VdataError                                (vdata.errors)
+     ├── the core
+     │    ├── EngineError           503       (RuntimeError) the engine stopped, or Ray failed
+     │    │                                   after its retries: try again later
+     │    ├── StorageFull           507       (OSError) no space left for a range
+     │    ├── CacheError            400       (ValueError) a bad cache key, budget or argument
+     │    ├── CacheBusy             409       (RuntimeError) the entry is pinned, or the folder
+     │    │                                   belongs to another cache
+     │    ├── JobError              400       (ValueError) a bad argument to a job call
+     │    ├── JobNotFound           404       (KeyError) no job of that id
+     │    │    └── RangeNotFound    404       the job has no range of that index
+     │    ├── LeaseError            409       (PermissionError) a worker acted on a range it
+     │    │                                   does not hold
+     │    ├── RecipeNotFound        404       (KeyError) no recipe of that id
+     │    ├── DatabaseError         400       an unsupported URL, or a file that cannot be opened
+     │    ├── TokenError            400       (ValueError) an unknown role or a bad note
+     │    ├── BadPath               400       (ValueError) not a path at all
+     │    └── PathNotAllowed        403       (PermissionError) outside the allowed roots/prefixes
+     ├── the gateway
+     │    ├── Unauthenticated       401       no token, or an unknown one
+     │    ├── Forbidden             403       (PermissionError) the token's role is too low
+     │    ├── BodyTooLarge          413       the request body is over max_body_bytes
+     │    ├── LimitExceeded         400       (ValueError) a recipe over a configured limit
+     │    ├── TooManyInFlight       429       a token waits on too many materializations
+     │    └── RangeUnavailable      503       (TimeoutError) not ready in time (Retry-After)
+     └── the command line
+          ├── DemoFolderRefused               (FileExistsError) the demo folder holds other things
+          └── PortInUse                       (OSError) a port the command needs is taken
 
-Errors of the array layer (``transforms.errors.TransformsError``, raised when a submitted
-transform is refused) are mapped here as well, to 400. A remote source that fails
-(``RemoteReadError``: refused connection, timeout, HTTP error, truncated body, a redirect,
-no range support) is a bad gateway, 502, naming the URL.
+Errors raised in a Ray worker cross back as (class name, message) and are rebuilt here
+(:func:`rebuild`), never unpickled.
 """
 
 from __future__ import annotations
 
-import logging
-from http import HTTPStatus
-from typing import Any, cast
+from typing import Protocol
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from transforms.errors import TransformsError, UnknownName
-from vdata.cache import CacheBusy, CacheError
-from vdata.errors import (
-    DatasetNotFound,
-    EngineError,
-    FormatError,
-    RangeOutOfBounds,
-    RecipeError,
-    RemoteReadError,
-    SourceError,
-    StorageFull,
-    TaskLimitExceeded,
-    TransformError,
-    TransformRejected,
-    VdataError,
-)
-from vdata.jobs import JobError, JobNotFound, LeaseError
-from vdata.paths import BadPath, PathNotAllowed
-from vdata.store import RecipeNotFound
-from vdata.tokens import TokenError
+import vdata.errors
+from vdata.errors import VdataError
 
 __all__ = [
-    "BodyTooLarge",
-    "Forbidden",
-    "LimitExceeded",
-    "RangeUnavailable",
-    "TooManyInFlight",
-    "Unauthenticated",
-    "error_response",
-    "install_error_handlers",
-    "status_of",
-]
+    "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DemoFolderRefused",
+    "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
+    "PathNotAllowed", "PortInUse", "RangeNotFound", "RangeUnavailable", "RecipeNotFound",
+    "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
+]  # fmt: skip
 
-log = logging.getLogger("service")
+
+class _RangeRow(Protocol):
+    job_id: str
+    index: int
+    state: str
+
+
+class CacheError(VdataError, ValueError):
+    """A cache key, budget or argument is invalid; the message names the field."""
+
+
+class CacheBusy(VdataError, RuntimeError):
+    """The entry is being read (pinned), or another cache holds the folder."""
+
+
+class JobError(VdataError, ValueError):
+    """A bad argument to a job call (names the field and the value)."""
+
+
+class JobNotFound(VdataError, KeyError):
+    """No job of that id."""
+
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"no job {job_id!r}")
+        self.job_id = job_id
+
+
+class RangeNotFound(JobNotFound):
+    """The job exists but has no range of that index."""
+
+    def __init__(self, job_id: str, index: int, count: int) -> None:
+        super().__init__(job_id, f"job {job_id!r} has no range {index} (it has ranges 0 to {count - 1})")
+        self.index = index
+
+
+class LeaseError(VdataError, PermissionError):
+    """A worker acted on a range it does not hold, or that is not in a state for it."""
+
+    def __init__(self, row: _RangeRow, worker: str, action: str, reason: str) -> None:
+        super().__init__(f"worker {worker!r} cannot {action} range {row.index} of job {row.job_id!r}: {reason}")
+        self.job_id = row.job_id
+        self.index = row.index
+        self.worker = worker
+        self.state = row.state
+
+
+class RecipeNotFound(VdataError, KeyError):
+    """No recipe of that id has been submitted."""
+
+
+class DatabaseError(VdataError):
+    """The database URL is not supported, or the file cannot be opened."""
+
+
+class TokenError(VdataError, ValueError):
+    """An unknown role, or a note that is not a short string."""
+
+
+class BadPath(VdataError, ValueError):
+    """A path that is not a path at all: empty, not a string, or with a NUL byte."""
+
+
+class PathNotAllowed(VdataError, PermissionError):
+    """A path outside the allowed roots, or a URL outside the allowed prefixes or schemes."""
 
 
 class Unauthenticated(VdataError):
@@ -95,102 +145,29 @@ class RangeUnavailable(VdataError, TimeoutError):
         self.retry_after = retry_after
 
 
-# (class, status, code); the first class that matches wins, so subclasses come first.
-STATUS: list[tuple[type[BaseException], int, str | None]] = [
-    (Unauthenticated, 401, "unauthenticated"),
-    (Forbidden, 403, "forbidden"),
-    (PathNotAllowed, 403, "path_not_allowed"),
-    (BadPath, 400, "bad_path"),
-    (BodyTooLarge, 413, "body_too_large"),
-    (LimitExceeded, 400, "limit_exceeded"),
-    (TooManyInFlight, 429, "too_many_in_flight"),
-    (RangeUnavailable, 503, "range_unavailable"),
-    (RangeOutOfBounds, 416, "range_out_of_bounds"),
-    (JobNotFound, 404, None),  # and RangeNotFound, its subclass
-    (RecipeNotFound, 404, "recipe_not_found"),
-    (DatasetNotFound, 404, "dataset_not_found"),
-    (LeaseError, 409, "lease_conflict"),
-    (CacheBusy, 409, "cache_busy"),
-    (JobError, 400, "bad_job_request"),
-    (RecipeError, 400, "bad_recipe"),
-    (FormatError, 400, "bad_format"),
-    (CacheError, 400, "bad_range_key"),
-    (TokenError, 400, "bad_token_request"),
-    (TaskLimitExceeded, 422, "task_limit_exceeded"),
-    (TransformError, 422, "transform_failed"),
-    (StorageFull, 507, "insufficient_storage"),
-    (TransformRejected, 400, "transform_refused"),
-    (EngineError, 503, "engine_unavailable"),
-    (RemoteReadError, 502, "remote_read_error"),  # the source failed us, not the client
-    (SourceError, 400, None),  # SourceFileNotFound, TreeNotFound, ...: the class name says which
-    (UnknownName, 404, "unknown_name"),
-    (TransformsError, 400, "transform_refused"),
-    (VdataError, 400, None),
-]
+class DemoFolderRefused(VdataError, FileExistsError):
+    """The demo's folder holds things the demo did not make (and ``force`` was not given)."""
 
 
-def status_of(exc: BaseException) -> tuple[int, str]:
-    """The HTTP status and the ``error`` code for a VdataError (or TransformsError)."""
-    for cls, status, code in STATUS:
-        if isinstance(exc, cls):
-            return status, code or _snake(type(exc).__name__)
-    raise TypeError(f"no HTTP status for {type(exc).__name__}")  # only VdataError/TransformsError get here
+class PortInUse(VdataError, OSError):
+    """A port the command needs is taken (or cannot be bound): names it and the flag to change it."""
 
 
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
+class EngineError(VdataError, RuntimeError):
+    """The engine could not produce a range for reasons of its own (stopped, Ray failed)."""
 
 
-def error_response(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+class StorageFull(VdataError, OSError):
+    """The disk (or quota) holding the cache has no room for a range."""
 
 
-def _request_id(request: Request) -> str:
-    return str(getattr(request.state, "request_id", "-"))
-
-
-async def vdata_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """The one mapping from library errors to 4xx responses."""
-    status, code = status_of(exc)
-    headers: dict[str, str] = {}
-    if isinstance(exc, Unauthenticated):
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RangeUnavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, TooManyInFlight):
-        headers["Retry-After"] = "1"
-    log.info("[%s] %s %s -> %d %s: %s", _request_id(request), request.method, request.url.path, status, code, exc)
-    return error_response(status, code, str(exc), headers or None)
-
-
-async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Pydantic validation errors: 422 in the same shape, every problem with where it is."""
-    problems = []
-    for error in cast(RequestValidationError, exc).errors():
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    detail = "; ".join(problems) or "invalid request"
-    log.info("[%s] %s %s -> 422: %s", _request_id(request), request.method, request.url.path, detail)
-    return error_response(422, "validation_error", detail)
-
-
-async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (404 no such route, 405 method not allowed) in the same shape."""
-    http = cast(StarletteHTTPException, exc)
-    code = _snake("".join(w.capitalize() for w in _phrase(http.status_code).split()))
-    return error_response(http.status_code, code, http.detail, dict(http.headers) if http.headers else None)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "error"
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """The handlers above on ``app``: library errors, validation errors, Starlette's own."""
-    app.add_exception_handler(VdataError, vdata_error_handler)
-    app.add_exception_handler(TransformsError, vdata_error_handler)
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+def rebuild(name: str, message: str) -> VdataError:
+    """The error ``name`` (a class of this module or of :mod:`vdata.errors`) with ``message``, as
+    raised in another process (a Ray worker sends the class name and the message: no pickled
+    exception, no traceback). Unknown names give a plain :class:`VdataError`."""
+    cls = globals().get(name) or getattr(vdata.errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, VdataError)):
+        cls = VdataError
+    error = cls.__new__(cls)
+    VdataError.__init__(error, message)
+    return error

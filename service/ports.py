@@ -14,13 +14,9 @@ import errno
 import socket
 from collections.abc import Iterable
 
-from vdata.errors import VdataError
+from service.errors import PortInUse
 
 __all__ = ["PortInUse", "check_free", "check_ports"]
-
-
-class PortInUse(VdataError, OSError):
-    """A port the command needs is taken (or cannot be bound): names it and the flag to change it."""
 
 
 def check_free(host: str, port: int, what: str, change: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
 from vdata.testing import HostileFileServer, RangeFileServer, free_port
 

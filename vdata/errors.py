@@ -15,6 +15,7 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
      ├── FormatError                      (ValueError) unknown format, or a table the
      │                                    format cannot hold (names the column)
      ├── DatasetNotFound                  (KeyError) no dataset of that name in the catalog
+     ├── BadDatasetName                   (ValueError) a name outside DATASET_NAME
      ├── RecipeError                      (ValueError) a recipe is malformed or does not fit
      │                                    the catalog: every problem at once, in .problems
      ├── TransformError                   (RuntimeError) a scientist's transform or
@@ -22,27 +23,31 @@ One hierarchy, so callers (and the HTTP gateway) can catch what they mean::
      │    └── TaskLimitExceeded           it ran past the time or memory limit of a task
      ├── TransformRejected                (ValueError) a submitted transform was refused
      │                                    (line and reason) or does not compile
-     ├── EngineError                      (RuntimeError) the engine stopped, or Ray failed
-     │                                    after its retries: try again later
-     └── StorageFull                      (OSError) no space left for a range: retrying
-                                          will not help until space is freed
+     ├── ServiceError                     the service answered 4xx/5xx: .status, .error, .detail
+     ├── ChecksumMismatch                 (OSError) a range's bytes did not match their
+     │                                    adler32, on every attempt
+     └── ServiceUnreachable               (ConnectionError) no answer after every attempt
 
-Errors of one component are defined beside it, in the same hierarchy: ``vdata.jobs``
-(``JobError``, ``JobNotFound``, ``RangeNotFound``, ``LeaseError``), ``vdata.cache``
-(``CacheError``, ``CacheBusy``), ``vdata.store`` (``RecipeNotFound``), ``vdata.tokens``
-(``TokenError``), ``vdata.paths`` (``BadPath``, ``PathNotAllowed``), ``vdata.catalog``
-(``BadDatasetName``), ``vdata.client`` (``ServiceError``, ``ChecksumMismatch``,
-``ServiceUnreachable``) and ``vdata.db``
-(``DatabaseError``); the array layer's errors (``transforms.errors``) are translated where
-``vdata`` calls into it.
+The service's own errors (engine, cache, jobs, gateway) are in the same tree, drawn in
+``service/errors.py``. The array layer's errors (``transforms.errors``) are translated into
+these where vdata calls into it: :func:`array_error`, the one place.
 
 Messages name the file, tree, column or range at fault. Errors from uproot and the
-operating system are translated in :mod:`vdata._uproot` with ``raise ... from exc``.
+operating system are translated in :mod:`vdata.data._uproot` with ``raise ... from exc``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from transforms.errors import ExpressionError, KernelError, TransformsError
+
 __all__ = [
+    "array_error",
+    "BadDatasetName",
+    "ChecksumMismatch",
+    "ServiceError",
+    "ServiceUnreachable",
     "ColumnNotFound",
     "DatasetNotFound",
     "FormatError",
@@ -53,15 +58,12 @@ __all__ = [
     "SchemaMismatch",
     "SourceError",
     "SourceFileNotFound",
-    "StorageFull",
-    "EngineError",
     "TaskLimitExceeded",
     "TransformError",
     "TransformRejected",
     "TreeNotFound",
     "UninterpretableColumn",
     "VdataError",
-    "rebuild",
 ]
 
 
@@ -185,21 +187,52 @@ class TransformRejected(VdataError, ValueError):
     """A scientist's transform was refused by the checks or did not compile."""
 
 
-class EngineError(VdataError, RuntimeError):
-    """The engine could not produce a range for reasons of its own (stopped, Ray failed)."""
+class ServiceError(VdataError):
+    """The service answered with an error status. ``status`` is the HTTP status, ``error``
+    and ``detail`` the fields of the gateway's JSON error body."""
+
+    def __init__(self, status: int, error: str, detail: Any, method: str, url: str) -> None:
+        text = detail if isinstance(detail, str) else repr(detail)
+        super().__init__(f"{method} {url} -> {status} {error}: {text}")
+        self.status = status
+        self.error = error
+        self.detail = detail
 
 
-class StorageFull(VdataError, OSError):
-    """The disk (or quota) holding the cache has no room for a range."""
+class ChecksumMismatch(VdataError, OSError):
+    """A range's bytes did not match their ``X-Vdata-Adler32`` header, on every attempt."""
+
+    def __init__(self, what: str, expected: str, got: str, attempts: int) -> None:
+        super().__init__(f"{what}: adler32 of the body is {got}, the header says {expected} "
+                         f"({attempts} attempt{'s' if attempts != 1 else ''})")
+        self.what = what
+        self.expected = expected
+        self.got = got
 
 
-def rebuild(name: str, message: str) -> VdataError:
-    """The error ``name`` (a class of this module) with ``message``, as raised in another process
-    (a Ray worker sends the class name and the message: no pickled exception, no traceback).
-    Unknown names give a plain :class:`VdataError`."""
-    cls = globals().get(name)
-    if not (isinstance(cls, type) and issubclass(cls, VdataError)):
-        cls = VdataError
-    error = cls.__new__(cls)
-    VdataError.__init__(error, message)
-    return error
+class ServiceUnreachable(VdataError, ConnectionError):
+    """The request failed on the connection (refused, reset, timed out) on every attempt."""
+
+
+class BadDatasetName(VdataError, ValueError):
+    """A dataset name outside :data:`vdata.data.catalog.DATASET_NAME` (names the field and the name)."""
+
+
+def array_error(exc: BaseException, what: str | None = None, where: str | None = None) -> VdataError:
+    """The vdata error for an error of the array layer (``transforms``): the one translation.
+
+    With ``what`` and ``where`` (a step and the range it ran on), a failure while running:
+    running out of memory is :class:`TaskLimitExceeded`, a kernel's or an expression's runtime
+    error :class:`TransformError`. Without them, a refusal at submission or compile time:
+    :class:`TransformRejected` with the array layer's message (line and reason).
+    """
+    if what is not None and where is not None:
+        if isinstance(exc, MemoryError):
+            return TaskLimitExceeded(what, where, "out of memory")
+        if isinstance(exc.__cause__, MemoryError):  # a kernel's allocation failed
+            return TaskLimitExceeded(what, where, f"out of memory ({exc.__cause__})")
+        if isinstance(exc, (ExpressionError, KernelError)):
+            return TransformError(what, where, str(exc))
+    if isinstance(exc, TransformsError):
+        return TransformRejected(str(exc))
+    raise TypeError(f"not an error of the array layer: {type(exc).__name__}: {exc}") from exc

@@ -317,7 +317,7 @@ def assert_tables_equal(actual: pa.Table, expected: pa.Table, what: str = "table
 
 
 class KillOnce:
-    """A fault hook for :class:`vdata.engine.Engine`: the first task that runs it kills its own
+    """A fault hook for :class:`service.core.engine.Engine`: the first task that runs it kills its own
     worker process (SIGKILL), as a crashed node would; later attempts run normally.
 
     The marker file makes "first" hold across processes: whoever removes it dies.

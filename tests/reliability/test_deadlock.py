@@ -19,11 +19,11 @@ import httpx
 import pytest
 import ray
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
-from vdata.core import Core, CoreConfig
-from vdata.engine import EngineConfig
-from vdata.tokens import TokenStore
+from service.core.core import Core, CoreConfig
+from service.core.engine import EngineConfig
+from service.core.tokens import TokenStore
 
 RANGES = 120
 RECIPE = {

@@ -16,11 +16,11 @@ import httpx
 import pytest
 import ray
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
-from vdata.core import Core, CoreConfig
-from vdata.engine import EngineConfig
-from vdata.tokens import TokenStore
+from service.core.core import Core, CoreConfig
+from service.core.engine import EngineConfig
+from service.core.tokens import TokenStore
 
 BIG = {"source": {"generator": "zmumu", "events": 50_000, "seed": 4}, "columns": ["Muon_pt", "Muon_eta", "Muon_phi"],
        "range_events": 50_000}

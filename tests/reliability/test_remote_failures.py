@@ -15,12 +15,12 @@ import pytest
 from pydantic import ValidationError
 from remote_sources import HZZ, READ_TIMEOUT, SLACK, Gateway, gateway, remote_error
 
-from service.app import core_config
+from service.http.app import core_config
 from service.settings import Settings
-from vdata.catalog import Catalog
+from vdata.data.catalog import Catalog
 from vdata.errors import RemoteReadError
-from vdata.remote import RemoteOptions
-from vdata.sources import open_dataset
+from vdata.data.remote import RemoteOptions
+from vdata.data.sources import open_dataset
 from vdata.testing import HostileFileServer
 
 # (mode, HTTP status for "error", what the message says)

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import ray
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
-from vdata.core import Core, CoreConfig
-from vdata.engine import EngineConfig
-from vdata.tokens import ROLES, TokenStore
+from service.core.core import Core, CoreConfig
+from service.core.engine import EngineConfig
+from service.core.tokens import ROLES, TokenStore
 
 __all__ = ["HZZ", "Gateway", "gateway"]
 

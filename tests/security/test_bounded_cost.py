@@ -17,10 +17,10 @@ import httpx
 import psutil
 import pytest
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
-from vdata.core import Core, CoreConfig
-from vdata.tokens import TokenStore
+from service.core.core import Core, CoreConfig
+from service.core.tokens import TokenStore
 
 MiB = 1024**2
 

@@ -1,6 +1,6 @@
 """Hostile dataset names and paths, through a real gateway on a loopback port.
 
-Names follow one pattern (``vdata.catalog.DATASET_NAME``); a dataset path is absolute (a
+Names follow one pattern (``vdata.data.catalog.DATASET_NAME``); a dataset path is absolute (a
 relative one would resolve against the server's working directory); one dataset's path list
 holds no duplicate and at most ``max_dataset_paths`` entries. Everything else is refused with
 a 4xx naming the field, before any file is opened. Registering a dataset needs no Ray: the
@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
-from vdata.core import Core, CoreConfig
-from vdata.tokens import TokenStore
+from service.core.core import Core, CoreConfig
+from service.core.tokens import TokenStore
 
 HZZ = "uproot-HZZ.root"
 

@@ -3,7 +3,7 @@ port with Ray started: at least 10,000 requests over every operation, as an admi
 scientist, schema-valid (positive) and schema-breaking (negative) ones. No response may be a
 5xx, and every response must match what the schema says of its body and content type.
 
-Recipe bodies have a real schema (``service.schemas.RecipeIn``), so generated recipes get past
+Recipe bodies have a real schema (``service.http.schemas.RecipeIn``), so generated recipes get past
 the request validation and reach the recipe parser, the expression parser and the planner.
 Failures are collected (not shrunk) and reported together at the end.
 """

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from gateway_helpers import Env, environment
 
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import vdata
 from service.cli import app
-from service.server import BackgroundServer
+from service.http.server import BackgroundServer
 from service.settings import Settings
 from vdata.testing import assert_tables_equal
 

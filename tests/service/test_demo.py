@@ -42,8 +42,8 @@ def test_demo_runs_again_on_its_own_folder_and_keeps_what_it_did_not_write(tmp_p
 def test_demo_with_force_uses_a_service_folder_as_it_is(tmp_path: Path) -> None:
     """--force on a real service's folder: its database (and admin token) and cache stay; the
     demo's own token is revoked at the end; the histogram replaces no file."""
-    from vdata.db import Database
-    from vdata.tokens import TokenStore
+    from service.core.db import Database
+    from service.core.tokens import TokenStore
 
     data = tmp_path / "served"
     (data / "cache").mkdir(parents=True)

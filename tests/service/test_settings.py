@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.app import core_config
+from service.http.app import core_config
 from service.settings import Settings
 
 

@@ -1,0 +1,3 @@
+"""The service core: the :class:`~service.core.core.Core` facade over the catalog store, the
+range cache, the jobs, the database, the tokens, the path policy and the Ray engine (the only
+module that imports Ray). Nothing here knows HTTP."""

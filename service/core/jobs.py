@@ -1,0 +1,281 @@
+"""Jobs in event-service mode: ranges leased to workers, with the ATLAS event-range states.
+
+A job hands the ranges of one recipe to a fleet of workers. Each range moves through::
+
+    ready --lease--> running --finish--> finished
+      ^                 |
+      +--expire/fail----+   (spends an attempt; when all are spent: failed)
+                        +--fail(fatal)--> fatal
+
+Two layers (STYLE 8). The *decisions* are pure functions over :class:`RangeRow` values
+(in :mod:`service.core._job_rows`: :func:`expire`, :func:`lease_row`, :func:`heartbeat_row`,
+:func:`finish_row`, :func:`fail_row`, :func:`choose_ready`): they return a new row or raise
+:class:`LeaseError`. The *effects* are :class:`JobStore`: each call is one database
+transaction that reads rows, applies one decision and writes the result, so a restart loses
+nothing. The gateway runs these calls on the job thread (:mod:`service.core.job_thread`), which
+commits the calls queued together at once; each is still answered only after its commit.
+
+Decisions on the edge cases:
+
+- An attempt is spent when a lease expires or a failure is reported; a range whose attempts
+  reach ``max_attempts`` is ``failed``. ``fatal`` ends a range at once (spending one attempt).
+  The last failure message (or ``"lease expired (worker W)"``) is kept, also after a retry
+  finishes the range.
+- A lease past its deadline expires *when it is reclaimed*: by :meth:`JobStore.lease`,
+  :meth:`JobStore.status` and :meth:`JobStore.jobs`. Until then its holder may still
+  heartbeat (which revives it), finish or fail it, since nobody else holds the range; once
+  reclaimed, the old holder gets :class:`LeaseError`.
+- Finishing a range twice by the worker that finished it is a no-op (a retried request must
+  not fail), never counted twice; anyone else, or a ``fail`` after ``finish``, gets
+  :class:`LeaseError`.
+- :meth:`JobStore.ranges` and :meth:`JobStore.next_ready` change nothing: they show the rows
+  as stored (an overdue lease still shows as running until it is reclaimed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from service.core._job_rows import (
+    FAILED,
+    FATAL,
+    FINISHED,
+    MAX_LEASE_COUNT,
+    READY,
+    RUNNING,
+    STATES,
+    JobError,
+    JobNotFound,
+    JobStatus,
+    Lease,
+    LeaseError,
+    RangeNotFound,
+    RangeRow,
+    check_ranges,
+    check_int,
+    check_name,
+    choose_ready,
+    expire,
+    fail_row,
+    finish_row,
+    heartbeat_row,
+    lease_row,
+)
+from service.core.db import Database
+from vdata.ranges import EventRange
+
+if TYPE_CHECKING:
+    from sqlite3 import Connection
+
+__all__ = [
+    "FAILED",
+    "FATAL",
+    "FINISHED",
+    "READY",
+    "RUNNING",
+    "STATES",
+    "JobError",
+    "JobNotFound",
+    "JobStatus",
+    "JobStore",
+    "Lease",
+    "LeaseError",
+    "RangeNotFound",
+    "RangeRow",
+    "choose_ready",
+    "expire",
+    "fail_row",
+    "finish_row",
+    "heartbeat_row",
+    "lease_row",
+]
+
+# ---------------------------------------------------------------- effects (the store)
+
+_COLUMNS = "job_id, range_index, first, stop, state, attempts, worker, deadline, message, updated"
+
+
+def _row(r: Sequence[object]) -> RangeRow:
+    return RangeRow(*r)  # type: ignore[arg-type]  # columns in RangeRow's field order
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    id: str
+    recipe_id: str
+    max_attempts: int
+    lease_seconds: float
+
+
+class JobStore:
+    """Jobs and their ranges in the database; every call is one transaction (a savepoint when
+    the caller already holds one: the job thread runs a batch of calls in one commit).
+
+    ``clock`` gives the time in seconds since the epoch (deadlines are stored, so they must
+    survive a restart); tests pass a fake one to move time without sleeping.
+    """
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+        # A job's row (recipe, attempts, lease length) never changes once created, so it is
+        # read once per process instead of once per lease/finish call.
+        self._jobs: dict[str, _Job] = {}
+
+    def create_job(
+        self, recipe_id: str, ranges: Sequence[EventRange], max_attempts: int = 3, lease_seconds: float = 60.0
+    ) -> str:
+        """A new job over ``ranges`` of the recipe, every range ready. Returns its id."""
+        check_name(recipe_id, "recipe_id")
+        check_ranges(ranges)
+        check_int(max_attempts, "max_attempts", 1)
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) \
+                or not math.isfinite(lease_seconds) or lease_seconds <= 0:
+            raise JobError(f"lease_seconds must be a finite number > 0, got {lease_seconds!r}")
+        job_id = "job-" + uuid.uuid4().hex[:16]
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?)",
+                         (job_id, recipe_id, max_attempts, float(lease_seconds), now))
+            conn.executemany(
+                f"INSERT INTO job_ranges ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?)",
+                [(job_id, r.index, r.first, r.stop, READY, now) for r in ranges],
+            )
+        return job_id
+
+    def lease(self, job_id: str, worker: str, n: int) -> list[Lease]:
+        """Up to ``n`` ready ranges (lowest index first) leased to ``worker``; reclaims overdue leases first."""
+        check_name(worker, "worker")
+        check_int(n, "n", 1, MAX_LEASE_COUNT)
+        with self.db.transaction() as conn:
+            job = self._job(conn, job_id)
+            now = self.clock()
+            self._reclaim(conn, job, now)
+            ready = [_row(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?",
+                (job.id, READY, n))]
+            leased = [lease_row(r, worker, now, job.lease_seconds) for r in choose_ready(ready, n)]
+            self._write(conn, leased)
+        return [Lease(r.index, r.first, r.stop, cast(float, r.deadline)) for r in leased]
+
+    def heartbeat(self, job_id: str, index: int, worker: str) -> float:
+        """Extend the worker's lease on the range; returns the new deadline."""
+        row = self._apply(job_id, index, worker,
+                          lambda row, job, now: heartbeat_row(row, worker, now, job.lease_seconds))
+        return cast(float, row.deadline)  # heartbeat_row returns a running row
+
+    def finish(self, job_id: str, index: int, worker: str) -> None:
+        """The worker finished its range (again by the same worker: no-op)."""
+        self._apply(job_id, index, worker, lambda row, job, now: finish_row(row, worker, now))
+
+    def fail(self, job_id: str, index: int, worker: str, message: str, fatal: bool = False) -> None:
+        """The worker failed on its range: retry it later, or never again if ``fatal``."""
+        if not isinstance(message, str):
+            raise JobError(f"message must be a string, got {type(message).__name__}")
+        if not isinstance(fatal, bool):
+            raise JobError(f"fatal must be true or false, got {fatal!r}")
+        self._apply(job_id, index, worker,
+                    lambda row, job, now: fail_row(row, worker, now, message, fatal, job.max_attempts))
+
+    def status(self, job_id: str) -> JobStatus:
+        """Counts per state, events finished and whether the job is done (reclaims overdue leases first)."""
+        with self.db.transaction() as conn:
+            job = self._job(conn, job_id)
+            self._reclaim(conn, job, self.clock())
+            counts = dict.fromkeys(STATES, 0)
+            events = dict.fromkeys(STATES, 0)
+            for state, count, num in conn.execute(
+                "SELECT state, COUNT(*), SUM(stop - first) FROM job_ranges WHERE job_id = ? GROUP BY state",
+                (job.id,),
+            ):
+                counts[state], events[state] = count, num
+        return JobStatus(
+            job_id=job.id, recipe_id=job.recipe_id, counts=counts, ranges_total=sum(counts.values()),
+            events_total=sum(events.values()), events_finished=events[FINISHED],
+            done=counts[READY] == 0 and counts[RUNNING] == 0,
+            max_attempts=job.max_attempts, lease_seconds=job.lease_seconds,
+        )
+
+    def recipe_id(self, job_id: str) -> str:
+        """The recipe a job runs (a read; changes nothing)."""
+        return self._job(self.db.read(), job_id).recipe_id
+
+    def ranges(self, job_id: str) -> list[RangeRow]:
+        """Every range of the job as stored, by index (changes nothing)."""
+        with self.db.transaction() as conn:
+            job = self._job(conn, job_id)
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? ORDER BY range_index",
+                                (job.id,))
+            return [_row(r) for r in rows]
+
+    def next_ready(self, job_id: str, n: int) -> list[RangeRow]:
+        """The next ``n`` ranges a lease would hand out now, for look-ahead (changes nothing)."""
+        check_int(n, "n", 1, MAX_LEASE_COUNT)
+        conn = self.db.read()  # a read: no write transaction (look-ahead runs beside the job thread)
+        job = self._job(conn, job_id)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?",
+            (job.id, READY, n)).fetchall()
+        return choose_ready([_row(r) for r in rows], n)
+
+    def jobs(self) -> list[str]:
+        """Ids of the jobs not done (oldest first); reclaims overdue leases of every job first."""
+        with self.db.transaction() as conn:
+            now = self.clock()
+            for r in conn.execute("SELECT DISTINCT job_id FROM job_ranges WHERE state = ? AND deadline < ?",
+                                  (RUNNING, now)).fetchall():
+                self._reclaim(conn, self._job(conn, r[0]), now)
+            found = conn.execute(
+                "SELECT id FROM jobs WHERE EXISTS (SELECT 1 FROM job_ranges WHERE job_id = jobs.id "
+                "AND state IN (?, ?)) ORDER BY created, id", (READY, RUNNING))
+            return [r[0] for r in found]
+
+    # -- helpers: each runs inside the caller's transaction
+
+    def _apply(self, job_id: str, index: int, worker: str,
+               decide: Callable[[RangeRow, _Job, float], RangeRow]) -> RangeRow:
+        check_name(worker, "worker")
+        check_int(index, "index", 0)
+        with self.db.transaction() as conn:
+            job = self._job(conn, job_id)
+            found = conn.execute(f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND range_index = ?",
+                                 (job.id, index)).fetchone()
+            if found is None:
+                count = conn.execute("SELECT COUNT(*) FROM job_ranges WHERE job_id = ?", (job.id,)).fetchone()[0]
+                raise RangeNotFound(job.id, index, count)
+            row = _row(found)
+            new = decide(row, job, self.clock())
+            if new != row:
+                self._write(conn, [new])
+            return new
+
+    def _job(self, conn: Connection, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        check_name(job_id, "job_id")
+        found = conn.execute(
+            "SELECT id, recipe_id, max_attempts, lease_seconds FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if found is None:
+            raise JobNotFound(job_id)
+        job = self._jobs[job_id] = _Job(*found)
+        return job
+
+    def _reclaim(self, conn: Connection, job: _Job, now: float) -> None:
+        overdue = conn.execute(
+            f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? AND deadline < ?",
+            (job.id, RUNNING, now))
+        self._write(conn, [expire(_row(r), now, job.max_attempts) for r in overdue.fetchall()])
+
+    @staticmethod
+    def _write(conn: Connection, rows: Sequence[RangeRow]) -> None:
+        conn.executemany(
+            "UPDATE job_ranges SET state = ?, attempts = ?, worker = ?, deadline = ?, message = ?, updated = ? "
+            "WHERE job_id = ? AND range_index = ?",
+            [(r.state, r.attempts, r.worker, r.deadline, r.message, r.updated, r.job_id, r.index) for r in rows],
+        )

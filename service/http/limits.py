@@ -1,0 +1,74 @@
+"""Limits on what a recipe may ask for: output columns, events per range (at most and at least)
+and the number of ranges, so that no request costs more than a bounded amount of memory and time.
+
+Checked on the raw body before any work (cheap, when the body says it), and on the plan (what
+the recipe really yields: a recipe without ``columns`` outputs every column; one without
+``range_events`` gets the default), also when a stored recipe is used again after the limits
+were lowered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from service.http.error_map import LimitExceeded
+from service.settings import Settings
+from vdata.data.plans import Plan
+
+__all__ = ["check_plan", "check_recipe_body"]
+
+
+def _columns(n: int, settings: Settings, what: str) -> None:
+    if n > settings.max_columns:
+        raise LimitExceeded(f"{what} has {n} output columns; the limit is {settings.max_columns} "
+                            f"(setting max_columns): list fewer in 'columns'")
+
+
+def _range_events(n: int, settings: Settings, what: str) -> None:
+    if n > settings.max_range_events:
+        raise LimitExceeded(f"{what} has range_events {n}; the limit is {settings.max_range_events} "
+                            f"(setting max_range_events): set a smaller 'range_events'")
+
+
+def _min_range_events(n: int, settings: Settings, what: str) -> None:
+    if n < settings.min_range_events:
+        raise LimitExceeded(f"{what} has range_events {n}; the least allowed is {settings.min_range_events} "
+                            f"(setting min_range_events): set a larger 'range_events'")
+
+
+def _ranges(n: int, settings: Settings, what: str) -> None:
+    if n > settings.max_ranges:
+        raise LimitExceeded(f"{what} has {n} ranges; the limit is {settings.max_ranges} (setting max_ranges): "
+                            f"set a larger 'range_events' or ask for fewer events")
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return int(min(max(value, -(2**63)), 2**63))
+    return None
+
+
+def check_recipe_body(body: Mapping[str, Any], settings: Settings) -> None:
+    """What the body says outright; the rest is for :func:`check_plan`."""
+    columns = body.get("columns")
+    if isinstance(columns, list):
+        _columns(len(columns), settings, "the recipe")
+    events = _int(body.get("range_events"))
+    if events is not None:
+        _range_events(events, settings, "the recipe")
+        if events > 0:  # 0 and below: the recipe's own check says what range_events must be
+            _min_range_events(events, settings, "the recipe")
+    source = body.get("source")
+    total = _int(source.get("events")) if isinstance(source, Mapping) else None
+    if total is not None and events is not None and total > 0 and events > 0:
+        _ranges(-(-total // events), settings, "the recipe")
+
+
+def check_plan(plan: Plan, settings: Settings) -> None:
+    """The plan's output columns, range size and number of ranges against the limits."""
+    _columns(len(plan.schema), settings, f"recipe {plan.id}")
+    _range_events(plan.recipe.range_events, settings, f"recipe {plan.id}")
+    _min_range_events(plan.recipe.range_events, settings, f"recipe {plan.id}")
+    _ranges(len(plan.ranges), settings, f"recipe {plan.id}")

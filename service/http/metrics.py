@@ -1,0 +1,84 @@
+"""Prometheus metrics of one app, in a registry of its own (never the global one).
+
+The gateway counts what it sees (requests, ranges and bytes served, cache hits at the door);
+a collector reads the core's own counters at scrape time (materializations, cache lookups
+and corrupt entries, lease events, Ray tasks in flight), so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.core.core import Core
+
+__all__ = ["Metrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _CoreCollector(Collector):
+    """The core's counters, read when /metrics is scraped."""
+
+    def __init__(self, core: Callable[[], Core | None], waiting: Callable[[], int]) -> None:
+        self._core = core
+        self._waiting = waiting
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily("vdata_range_requests_waiting", "Range requests waiting for a materialization")
+        waiting.add_metric([], self._waiting())
+        yield waiting
+        core = self._core()
+        if core is None:
+            return
+        engine = core.engine
+        counts = dict(engine.metrics.counts) if engine.metrics is not None else {}
+        families = {
+            "ranges": CounterMetricFamily("vdata_ranges_materialized", "Ranges materialized on Ray", labels=["format"]),
+            "bytes": CounterMetricFamily("vdata_bytes_materialized", "Encoded bytes materialized on Ray", labels=["format"]),
+            "cache": CounterMetricFamily("vdata_cache_lookups", "Cache lookups by the engine", labels=["result"]),
+            "leases": CounterMetricFamily("vdata_lease_events", "Lease events (lease, heartbeat, finish, fail, fatal)", labels=["event"]),
+        }
+        for key, value in sorted(counts.items()):
+            name, _, tag = key.partition(":")
+            if name in families:
+                families[name].add_metric([tag], value)
+        for result in ("hit", "miss"):
+            if f"cache:{result}" not in counts:
+                families["cache"].add_metric([result], 0)
+        yield from families.values()
+        corrupt = CounterMetricFamily("vdata_cache_corrupt", "Cache entries dropped: file missing or checksum mismatch")
+        corrupt.add_metric([], core.cache.corrupt_count)
+        yield corrupt
+        size = GaugeMetricFamily("vdata_cache_bytes", "Bytes in the range cache")
+        size.add_metric([], core.cache.total_bytes())
+        yield size
+        budget = GaugeMetricFamily("vdata_cache_budget_bytes", "Byte budget of the range cache")
+        budget.add_metric([], core.cache.budget_bytes)
+        yield budget
+        tasks = GaugeMetricFamily("vdata_tasks_in_flight", "Materialization tasks running on Ray")
+        tasks.add_metric([], engine.in_flight())
+        yield tasks
+
+
+class Metrics:
+    """The app's registry and the gateway's own instruments."""
+
+    def __init__(self, core: Callable[[], Core | None], waiting: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vdata_http_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("vdata_http_request_seconds", "HTTP request latency (to the last byte)",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ranges_served = Counter("vdata_ranges_served", "Ranges served", ["format"], registry=self.registry)
+        self.bytes_served = Counter("vdata_bytes_served", "Range bytes served", ["format"], registry=self.registry)
+        self.gateway_cache = Counter("vdata_gateway_cache", "Range requests found in the cache (hit) or not (miss)",
+                                     ["result"], registry=self.registry)
+        self.in_progress = Gauge("vdata_http_requests_in_progress", "HTTP requests being handled",
+                                 registry=self.registry)
+        self.registry.register(_CoreCollector(core, waiting))

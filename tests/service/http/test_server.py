@@ -1,0 +1,71 @@
+"""``service.http.server.run`` as the CLI uses it, in a child process: the admin token is announced
+on the first start, the core starts in the lifespan, and a signal shuts everything down
+gracefully (the core closed, Ray stopped)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.http.server import first_admin_token
+from service.settings import Settings
+from service.core.tokens import TOKEN_PREFIX
+
+PROJECT = Path(__file__).resolve().parents[2]
+SCRIPT = """
+import sys
+from service.http.server import run
+from service.settings import Settings
+token = run(Settings(data_dir=sys.argv[1], port=int(sys.argv[2]), num_cpus=1,
+                     object_store_bytes=80 * 1024**2, log_level="info"),
+            announce=lambda line: print(line, flush=True))
+print("run returned", token is not None, flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_announces_the_admin_token_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "data"), str(port)], cwd=PROJECT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert child.poll() is None, child.communicate()[0]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+        child.send_signal(sig)
+        output, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    lines = [line for line in output.splitlines() if line.startswith("admin token")]
+    assert len(lines) == 1 and TOKEN_PREFIX in lines[0], output
+    assert "core started" in output and "core closed" in output, output
+    if sig == signal.SIGINT:  # uvicorn re-raises the signal it handled: SIGTERM ends the process
+        assert child.returncode == 0 and "run returned True" in output, output
+    else:
+        assert child.returncode == -signal.SIGTERM, output
+    assert first_admin_token(Settings(data_dir=tmp_path / "data")) is None  # shown once only

@@ -1,0 +1,360 @@
+"""Client SDK for a vdata service: submit recipes, stream ranges, fetch range files, run workers.
+
+The ATLAS Event Streaming Service idea on the client side: the next ranges are fetched in
+the background while the payload works on the current one, so it rarely waits on the
+network::
+
+    with vdata.Client("https://vdata.example.org", token) as client:
+        for batch in client.stream("recipe.yaml", format="arrow", prefetch=4):
+            analyse(batch)                              # ranges k+1..k+4 load meanwhile
+        client.fetch(recipe_id, "input/", format="root")  # one small file per range
+        client.run_worker(job_id, process)                # event-service mode
+
+Every range body is checked against its ``X-Vdata-Adler32`` header. Connection errors,
+``429`` and ``5xx`` are retried with exponential backoff; other ``4xx`` raise
+:class:`ServiceError` at once, with the gateway's ``error`` and ``detail``.
+
+Errors (all :class:`~vdata.errors.VdataError`)::
+
+    VdataError
+     ├── ServiceError          the service answered 4xx/5xx: .status, .error, .detail
+     ├── ChecksumMismatch      (OSError) a range's bytes did not match their adler32, every attempt
+     └── ServiceUnreachable    (ConnectionError) no answer after every attempt
+
+Layout: the HTTP layer is :mod:`vdata.client._http`, the prefetch pipeline and decoding
+:mod:`vdata.client._pipeline`, the worker loop :mod:`vdata.client._worker`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import httpx
+import pyarrow as pa
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vdata.client._http import (
+    EVENTS_HEADER,
+    ChecksumMismatch,
+    ServiceError,
+    ServiceUnreachable,
+    Transport,
+    checked_body,
+)
+from vdata.client._pipeline import EXTENSIONS, Manifest, adler32_hex, decode_table, ordered_prefetch, write_atomic
+from vdata.client._worker import LeasedRange, WorkerSummary, run_worker
+from vdata.data.recipes import Recipe
+from vdata.errors import FormatError, RecipeError
+from vdata.formats import FORMATS
+from vdata.ranges import EventRange
+
+RANGES_PAGE = 10_000  # ranges per request of Client.ranges (the service's largest page)
+
+__all__ = [
+    "ChecksumMismatch",
+    "Client",
+    "LeasedRange",
+    "RecipeInfo",
+    "ServiceError",
+    "ServiceUnreachable",
+    "WorkerSummary",
+]
+
+RecipeLike: TypeAlias = Recipe | Mapping[str, Any] | str | os.PathLike[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeInfo:
+    """A submitted recipe: its id, events, ranges and output schema (as the service describes it)."""
+
+    id: str
+    num_events: int
+    num_ranges: int
+    schema: Any
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RecipeInfo:
+        return cls(str(data["id"]), int(data["num_events"]), int(data["num_ranges"]), data.get("schema"))
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise FormatError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _load_recipe(recipe: RecipeLike) -> dict[str, Any]:
+    """The JSON body to post: a Recipe's canonical form, a mapping as it is, or a YAML/JSON file."""
+    if isinstance(recipe, Recipe):
+        return recipe.to_dict()
+    if isinstance(recipe, Mapping):
+        return dict(recipe)
+    if isinstance(recipe, (str, os.PathLike)):
+        path = Path(recipe)
+        try:
+            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except yaml.YAMLError as exc:
+            raise RecipeError([f"{path}: not valid YAML or JSON: {exc}"]) from exc
+        if not isinstance(data, dict):
+            raise RecipeError([f"{path}: a recipe is a mapping, got {type(data).__name__}"])
+        return data
+    raise TypeError(f"a recipe is a Recipe, a mapping or a path to a YAML/JSON file, got {type(recipe).__name__}")
+
+
+class Client:
+    """A connection to a vdata service at ``url`` with a bearer ``token`` (default: ``$VDATA_TOKEN``).
+
+    One keep-alive ``httpx.Client`` serves every call, from any thread. ``timeout`` is per
+    request (seconds, or an ``httpx.Timeout``); a failed request is tried ``retries`` more
+    times, sleeping ``backoff * 2**attempt`` seconds (with jitter) in between. Close it, or
+    use it as a context manager. ``transport`` is for tests (an ``httpx`` transport).
+    """
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float | httpx.Timeout = 60.0,
+                 retries: int = 5, backoff: float = 0.2, transport: httpx.BaseTransport | None = None) -> None:
+        token = token if token is not None else os.environ.get("VDATA_TOKEN")
+        self._http = Transport(url, token, timeout, retries, backoff, transport)
+        self.url = url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    # -- catalog -------------------------------------------------------------------------------
+
+    def add_dataset(self, name: str, paths: list[str], tree: str) -> dict[str, Any]:
+        """Register a dataset (admin): ``{name, num_events, columns, files}``."""
+        return self._http.json("POST", "/v1/datasets", {"name": name, "paths": list(paths), "tree": tree})  # type: ignore[no-any-return]
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._http.json("GET", "/v1/datasets")  # type: ignore[no-any-return]
+
+    def add_transform(self, name: str, source: str, inputs: Mapping[str, str], outputs: Mapping[str, str],
+                      kind: str = "event") -> dict[str, Any]:
+        """Submit a scientist's transform: ``{id, name}`` (id = its content hash)."""
+        body = {"name": name, "source": source, "inputs": dict(inputs), "outputs": dict(outputs), "kind": kind}
+        return self._http.json("POST", "/v1/transforms", body)  # type: ignore[no-any-return]
+
+    def transforms(self) -> list[dict[str, Any]]:
+        return self._http.json("GET", "/v1/transforms")  # type: ignore[no-any-return]
+
+    # -- recipes -------------------------------------------------------------------------------
+
+    def submit(self, recipe: RecipeLike) -> RecipeInfo:
+        """Post a recipe (a :class:`~vdata.Recipe`, a mapping, or a path to a YAML/JSON file)."""
+        return RecipeInfo.from_json(self._http.json("POST", "/v1/recipes", _load_recipe(recipe)))
+
+    def info(self, recipe_id: str) -> RecipeInfo:
+        return RecipeInfo.from_json(self._http.json("GET", f"/v1/recipes/{recipe_id}"))
+
+    def ranges(self, recipe_or_id: RecipeLike) -> list[EventRange]:
+        """The event ranges of a recipe (an id ``"vds-..."``, or a recipe to submit first)."""
+        rid = self._recipe_id(recipe_or_id)
+        ranges: list[EventRange] = []
+        while True:  # the list comes in pages; a short page is the last
+            page = self._http.json("GET", f"/v1/recipes/{rid}/ranges?offset={len(ranges)}&limit={RANGES_PAGE}")
+            ranges += [EventRange(int(r["index"]), int(r["first"]), int(r["stop"])) for r in page]
+            if len(page) < RANGES_PAGE:
+                return ranges
+
+    def stage(self, recipe_or_id: RecipeLike, count: int = 4, *, first: int = 0, format: str = "arrow") -> list[int]:
+        """Ask the service to materialize ranges ``first .. first+count-1`` now, ahead of need
+        (pre-staging: a workload system calls this when it assigns the work, before the payload
+        starts). Returns at once with the indices staged; they are cached when ready."""
+        _check_format(format)
+        rid = self._recipe_id(recipe_or_id)
+        answer = self._http.json("POST", f"/v1/recipes/{rid}/stage", {"first": first, "count": count, "format": format})
+        return [int(i) for i in answer["ranges"]]
+
+    def _recipe_id(self, recipe_or_id: RecipeLike) -> str:
+        if isinstance(recipe_or_id, str) and recipe_or_id.startswith("vds-"):
+            return recipe_or_id
+        return self.submit(recipe_or_id).id
+
+    # -- range data ----------------------------------------------------------------------------
+
+    def _range_body(self, rid: str, index: int, format: str, stop: threading.Event | None) -> pa.Buffer:
+        """A range's body, checked against its adler32 (retried as the class says)."""
+        what = f"{rid} range {index}"
+        url = f"/v1/recipes/{rid}/ranges/{index}"
+        return self._http.request(  # type: ignore[no-any-return]
+            "GET", url, params={"format": format}, stop=stop, check=lambda r: checked_body(r, what))
+
+    def _range_table(self, url: str | httpx.URL, what: str, format: str, stop: threading.Event | None) -> pa.Table:
+        """A range decoded; its adler32 and ``X-Vdata-Events`` checked."""
+        body, events = self._http.request(
+            "GET", url, stop=stop, check=lambda r: (checked_body(r, what), r.headers.get(EVENTS_HEADER)))
+        try:
+            table = decode_table(body, format)
+        except (pa.ArrowException, ValueError, KeyError) as exc:  # pyarrow's and uproot's "not this format"
+            raise ServiceError(200, "bad_response", f"{what} does not read as {format}: {exc}", "GET", str(url)) from exc
+        if events is not None and events.strip().isdigit() and int(events) != table.num_rows:
+            raise ServiceError(200, "bad_response", f"{what} holds {table.num_rows} events but {EVENTS_HEADER} "
+                               f"says {events}", "GET", str(url))
+        return table
+
+    def _lease_table(self, lease: LeasedRange, format: str, stop: threading.Event) -> pa.Table:
+        url = httpx.URL(lease.url).copy_set_param("format", format)
+        return self._range_table(url, f"{lease.url.split('?')[0]} (leased range {lease.index})", format, stop)
+
+    def get(self, recipe_or_id: RecipeLike, index: int, out: str | os.PathLike[str], format: str = "arrow") -> int:
+        """Write one range's bytes (checked against their adler32) to ``out``; returns its events."""
+        _check_format(format)
+        rid = self._recipe_id(recipe_or_id)
+        body = self._range_body(rid, index, format, None)
+        write_atomic(Path(out), body)
+        return decode_table(body, format).num_rows
+
+    def stream(self, recipe_or_id: RecipeLike, format: str = "arrow", prefetch: int = 4) -> Generator[pa.RecordBatch, None, None]:
+        """The record batches of every range, in range order.
+
+        Up to ``prefetch`` ranges are fetched and decoded in background threads while the
+        caller works on the current one (``0``: none, fetch on demand); memory holds at most
+        ``prefetch + 1`` ranges. The recipe is submitted (if not an id) and its ranges listed
+        now; the data flows when iterated. Closing the iterator early (``break`` in a ``for``
+        loop, ``close()``, or dropping it) stops the background threads.
+        """
+        _check_format(format)
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        rid = self._recipe_id(recipe_or_id)
+        return self._stream(rid, self.ranges(rid), format, prefetch)
+
+    def _stream(self, rid: str, ranges: list[EventRange], format: str, prefetch: int) -> Generator[pa.RecordBatch, None, None]:
+        stop = threading.Event()
+
+        def load(r: EventRange) -> pa.Table:
+            url = httpx.URL(f"/v1/recipes/{rid}/ranges/{r.index}", params={"format": format})
+            return self._range_table(url, f"{rid} range {r.index}", format, stop)
+
+        tables = ordered_prefetch(load, ranges, prefetch, stop)
+        try:
+            for table in tables:
+                yield from table.to_batches()
+        finally:
+            tables.close()
+
+    def fetch(self, recipe_or_id: RecipeLike, out_dir: str | os.PathLike[str], format: str = "root", *,
+              prefetch: int = 4, progress: bool | None = None) -> list[Path]:
+        """Write each range to ``<out_dir>/range-00000.<format>`` (the ESS "file mode").
+
+        Files appear atomically (a temporary name, then rename), ``prefetch`` downloads at a
+        time, with a progress bar on stderr (``progress=None``: only on a terminal). Resumable:
+        a file a previous fetch of the same recipe and format wrote, still intact (adler32 in
+        ``.vdata-fetch.jsonl``), is not downloaded again. Returns the paths in range order.
+        """
+        _check_format(format)
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        rid = self._recipe_id(recipe_or_id)
+        ranges = self.ranges(rid)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(out, rid, format)
+
+        def get(r: EventRange) -> tuple[Path, str | None]:
+            path = out / f"range-{r.index:05d}.{EXTENSIONS[format]}"
+            if manifest.complete(path):
+                return path, None
+            body = self._range_body(rid, r.index, format, stop)
+            write_atomic(path, body)
+            return path, adler32_hex(body)
+
+        console = Console(stderr=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[events]:,} events"), TimeElapsedColumn(), TimeRemainingColumn())
+        stop = threading.Event()
+        paths: list[Path] = []
+        events = 0
+        with Progress(*columns, console=console, disable=not (console.is_terminal if progress is None else progress)) as bar:
+            task = bar.add_task(f"{rid} -> {out}", total=len(ranges), events=0)
+            files = ordered_prefetch(get, ranges, prefetch, stop)
+            try:
+                for r, (path, adler) in zip(ranges, files):
+                    if adler is not None:
+                        manifest.add(path, adler, r.num_events)
+                    paths.append(path)
+                    events += r.num_events
+                    bar.update(task, advance=1, events=events)
+            finally:
+                files.close()
+        return paths
+
+    # -- jobs (event-service mode) -------------------------------------------------------------
+
+    def create_job(self, recipe_or_id: RecipeLike, *, max_attempts: int | None = None,
+                   lease_seconds: float | None = None) -> str:
+        """A job over every range of the recipe; returns its id (not retried once sent)."""
+        body: dict[str, Any] = {"recipe_id": self._recipe_id(recipe_or_id)}
+        if max_attempts is not None:
+            body["max_attempts"] = max_attempts
+        if lease_seconds is not None:
+            body["lease_seconds"] = lease_seconds
+        return str(self._http.json("POST", "/v1/jobs", body, idempotent=False)["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job's status as the service reports it: ``counts`` per state, ``events_finished``,
+        ``events_total``, ``done``, ..."""
+        return dict(self._http.json("GET", f"/v1/jobs/{job_id}"))
+
+    def lease(self, job_id: str, n: int = 1, *, worker: str) -> list[LeasedRange]:
+        """Lease up to ``n`` ready ranges (``[]`` when none is ready). A lease lost to a retried
+        request simply expires."""
+        return self._lease(job_id, n, worker, None)
+
+    def _lease(self, job_id: str, n: int, worker: str, stop: threading.Event | None) -> list[LeasedRange]:
+        answer = self._http.json("POST", f"/v1/jobs/{job_id}/lease", {"worker": worker, "n": n}, stop=stop)
+        return [LeasedRange(int(a["index"]), int(a["first"]), int(a["stop"]), float(a["lease_deadline"]), str(a["url"]))
+                for a in answer]
+
+    def heartbeat(self, job_id: str, index: int, *, worker: str) -> None:
+        """Extend this worker's lease on a range."""
+        self._report(job_id, index, "heartbeat", {"worker": worker})
+
+    def finish(self, job_id: str, index: int, *, worker: str) -> None:
+        """Report a range done (repeating it is harmless)."""
+        self._report(job_id, index, "finish", {"worker": worker})
+
+    def fail(self, job_id: str, index: int, message: str, *, worker: str, fatal: bool = False) -> None:
+        """Report a range failed: it is retried later, unless ``fatal`` or out of attempts."""
+        self._report(job_id, index, "fail", {"worker": worker, "message": message, "fatal": fatal})
+
+    def _report(self, job_id: str, index: int, action: str, body: dict[str, Any],
+                stop: threading.Event | None = None, retries: int | None = None) -> None:
+        self._http.request("POST", f"/v1/jobs/{job_id}/ranges/{index}/{action}", body=body, stop=stop, retries=retries)
+
+    def run_worker(self, job_id: str, process: Callable[..., Any], *, worker: str | None = None, n: int = 1,
+                   heartbeat_every: float | None = None, max_ranges: int | None = None,
+                   format: str = "arrow") -> WorkerSummary:
+        """Work on a job until it is done: lease ``n`` ranges, call ``process`` on each range's
+        ``pyarrow.Table``, report ``finish`` (or ``fail`` with the exception's message, not fatal,
+        and go on).
+
+        ``process(table)``, or ``process(table, lease)`` if it takes two arguments (the
+        :class:`LeasedRange`: index, first, stop). While it runs, the next lease is taken and
+        its data fetched in the background, and a thread heartbeats every lease held each
+        ``heartbeat_every`` seconds (default: a third of the job's ``lease_seconds``). When no
+        range is ready but the job is not done (others hold the rest), it waits and asks
+        again. Stops after ``max_ranges`` ranges if given. ``worker`` defaults to
+        ``hostname-pid``. Leases still held when it stops on an error are reported failed.
+        """
+        _check_format(format)
+        name = worker or f"{socket.gethostname()}-{os.getpid()}"
+        return run_worker(self, job_id, process, worker=name, n=n, heartbeat_every=heartbeat_every,
+                          max_ranges=max_ranges, format=format)

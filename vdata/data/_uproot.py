@@ -1,0 +1,253 @@
+"""The one place that talks to uproot and translates its errors into :mod:`vdata.errors`.
+
+Opening a file, finding a tree, listing the columns that read, reading entry windows as
+Arrow. Everything here is about one file; :mod:`vdata.data.sources` puts files together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import awkward as ak
+import pyarrow as pa
+import uproot
+
+from vdata.checksum import file_adler32
+from vdata.errors import (
+    ColumnNotFound,
+    NotARootFile,
+    RemoteReadError,
+    SourceError,
+    SourceFileNotFound,
+    TreeNotFound,
+    UninterpretableColumn,
+)
+from vdata.data.remote import NETWORK_ERRORS, RemoteOptions, network_error
+
+REMOTE_SCHEMES = ("http://", "https://", "root://")
+TREE_CLASSES = ("TTree", "ROOT::RNTuple")
+_GLOB_CHARS = set("*?[")
+
+# What uproot raises when it cannot turn a column's bytes into arrays (unknown streamers,
+# memberwise serialization, missing members, ...). Not OSError: that is an I/O failure.
+INTERPRETATION_ERRORS: tuple[type[BaseException], ...] = (
+    uproot.interpretation.identify.UnknownInterpretation,
+    uproot.deserialization.DeserializationError,
+    NotImplementedError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+    AttributeError,
+)
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_SCHEMES)
+
+
+def to_arrow(arrays: ak.Array) -> pa.Table:
+    """The Arrow form of uproot's arrays: plain Arrow types, no awkward extension types."""
+    return ak.to_arrow_table(arrays, extensionarray=False)
+
+
+def file_checksum(path: str) -> tuple[int, int]:
+    """(size in bytes, adler32) of a local file."""
+    return file_adler32(path)
+
+
+def open_file(path: str, remote: RemoteOptions | None = None) -> Any:
+    """``uproot.open`` with errors that name the path; http(s) URLs with ``remote``'s options
+    (no redirects, timeouts: :mod:`vdata.data.remote`)."""
+    if not is_remote(path) and not os.path.isfile(path):
+        reason = "is a directory, not a file" if os.path.isdir(path) else "no such file"
+        raise SourceFileNotFound(path, reason)
+    options = (remote or RemoteOptions()).uproot_options(path)
+    try:
+        return uproot.open(path, array_cache=None, **options)
+    except Exception as exc:
+        error = _open_error(path, exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _open_error(path: str, exc: Exception) -> Exception:
+    """The vdata error for what ``uproot.open`` raised (``exc`` itself if none fits)."""
+    if is_remote(path) and (network := network_error(path, exc)) is not None:
+        return network
+    if isinstance(exc, FileNotFoundError):
+        return SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file")
+    # uproot's words for bytes it cannot parse as ROOT
+    if isinstance(exc, (ValueError, uproot.deserialization.DeserializationError)):
+        return NotARootFile(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if isinstance(exc, OSError):
+        return SourceError(f"{path}: cannot be read: {exc.strerror or exc}")
+    return exc
+
+
+def _remote_error(path: str, exc: BaseException, doing: str = "") -> RemoteReadError:
+    return network_error(path, exc, doing) or RemoteReadError(f"{path}: {doing + ': ' if doing else ''}{exc}")
+
+
+def tree_names(file: Any) -> list[str]:
+    """Names (paths, without cycle numbers) of the TTrees and RNTuples in an open file."""
+    names = []
+    for key, cls in file.classnames().items():
+        if cls in TREE_CLASSES:
+            name = key.rsplit(";", 1)[0]
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def open_tree(file: Any, path: str, tree: str) -> Any:
+    """The TTree or RNTuple ``tree`` (a path such as ``"one/two/tree"``) of an open file."""
+    available = tree_names(file)
+    if tree.rsplit(";", 1)[0] not in available:
+        raise TreeNotFound(path, tree, available)
+    return file[tree]
+
+
+def is_rntuple(tree: Any) -> bool:
+    return getattr(tree, "classname", "") == "ROOT::RNTuple"
+
+
+def cluster_boundaries(tree: Any) -> list[int]:
+    """Entry numbers where clusters start, plus the number of entries at the end."""
+    if is_rntuple(tree):
+        bounds = [0]
+        for summary in tree.cluster_summaries:
+            bounds.append(summary.num_first_entry + summary.num_entries)
+        return bounds
+    return [int(b) for b in tree.common_entry_offsets()]
+
+
+def root_type(tree: Any, column: str) -> str:
+    """The ROOT type name of a column, for error messages."""
+    try:
+        return str(tree[column].typename)
+    except INTERPRETATION_ERRORS:
+        return "unknown"
+
+
+@dataclass(slots=True)
+class ColumnSurvey:
+    """What one tree offers: the columns that read, and those that do not."""
+
+    columns: list[str]
+    schema: pa.Schema
+    unreadable: dict[str, str]  # column -> ROOT type
+    groups: list[str]  # TTree branches that hold sub-branches; readable only by name
+
+
+def _candidates(tree: Any) -> tuple[list[str], list[str]]:
+    """Column names as uproot's ``arrays()`` names its fields, and the parent branches."""
+    if is_rntuple(tree):
+        return list(tree.keys(recursive=False)), []
+    leaves, groups = [], []
+    for branch in tree.itervalues(recursive=True):
+        try:
+            interp = branch.interpretation
+        except INTERPRETATION_ERRORS:
+            leaves.append(branch.name)  # the survey records it as unreadable
+            continue
+        if isinstance(interp, uproot.interpretation.grouped.AsGrouped):
+            groups.append(branch.name)
+        else:
+            leaves.append(branch.name)
+    return leaves, groups
+
+
+def _read(tree: Any, names: list[str], start: int | None, stop: int | None) -> ak.Array:
+    wanted = set(names)
+    return tree.arrays(filter_name=wanted.__contains__, entry_start=start, entry_stop=stop, library="ak")
+
+
+def survey(tree: Any, path: str) -> ColumnSurvey:
+    """Find which columns of a tree read, with an empty read (no baskets are fetched)."""
+    candidates, groups = _candidates(tree)
+    unreadable: dict[str, str] = {}
+    try:
+        empty = _read(tree, candidates, 0, 0)
+    except NETWORK_ERRORS as exc:
+        raise _remote_error(path, exc) from exc
+    except INTERPRETATION_ERRORS:
+        # isolate the columns uproot cannot interpret, one by one
+        good = []
+        for name in candidates:
+            try:
+                _read(tree, [name], 0, 0)
+                good.append(name)
+            except NETWORK_ERRORS as exc:
+                raise _remote_error(path, exc) from exc
+            except INTERPRETATION_ERRORS:
+                unreadable[name] = root_type(tree, name)
+        candidates = good
+        empty = _read(tree, candidates, 0, 0)
+    table = to_arrow(empty)
+    columns = [c for c in candidates if c in table.column_names]
+    return ColumnSurvey(columns, table.select(columns).schema, unreadable, groups)
+
+
+def read_window(tree: Any, path: str, names: list[str], start: int, stop: int) -> pa.Table:
+    """Entries ``[start, stop)`` of the named columns of one tree, as Arrow, in ``names`` order."""
+    try:
+        arrays = _read(tree, names, start, stop)
+    except NETWORK_ERRORS as exc:
+        raise _remote_error(path, exc, f"reading entries [{start}, {stop})") from exc
+    except INTERPRETATION_ERRORS as exc:
+        # find the culprit column and name it
+        for name in names:
+            try:
+                _read(tree, [name], start, min(stop, start + 1))
+            except NETWORK_ERRORS as inner:
+                raise _remote_error(path, inner, f"reading column {name!r}") from exc
+            except INTERPRETATION_ERRORS as inner:
+                raise UninterpretableColumn(name, root_type(tree, name), path, _one_line(inner)) from inner
+        raise
+    return to_arrow(arrays).select(names)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def resolve_columns(
+    requested: str | list[str] | None,
+    columns: list[str],
+    also_known: set[str],
+    where: str,
+) -> list[str]:
+    """Turn requested names and glob patterns into column names, in a stable order.
+
+    ``None`` means every readable column. An exact name wins over a pattern reading of it
+    (``ArrayI16[10]`` is a column name, not a character class). Names in ``also_known``
+    (unreadable columns, parent branches) are passed through so that reading them can say
+    why they fail. A name or pattern that matches nothing raises :class:`ColumnNotFound`.
+    """
+    if requested is None:
+        return list(columns)
+    if isinstance(requested, str):
+        requested = [requested]
+    known = set(columns)
+    out: list[str] = []
+    for item in requested:
+        if not isinstance(item, str):
+            raise ColumnNotFound(repr(item), where, [])
+        if item in known or item in also_known:
+            matches = [item]
+        elif _GLOB_CHARS & set(item):
+            matches = [c for c in columns if fnmatch.fnmatchcase(c, item)]
+        else:
+            matches = []
+        if not matches:
+            close = difflib.get_close_matches(item, columns + sorted(also_known), n=5, cutoff=0.6)
+            raise ColumnNotFound(item, where, close)
+        out.extend(m for m in matches if m not in out)
+    return out
