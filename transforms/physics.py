@@ -1,4 +1,4 @@
-"""Built-in physics transforms, registered when this module is imported.
+"""Built-in physics transforms (:data:`BUILTINS`); :mod:`transforms.registry` registers them.
 
 Conventions (float64 inside, float64 outputs):
 
@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import njit
 
-from transforms.registry import Transform, transform
+from transforms.transform import Transform, transform
 
 __all__ = [
     "all_pairs_mass",

@@ -2,7 +2,7 @@
 
 A submission is the text of exactly one function, named like the transform, whose parameters
 are the declared inputs (for ``event_list`` kernels followed by one buffer per output); see
-``transforms.registry`` for the kinds. The check (:func:`check_source`) walks the syntax tree
+``transforms.transform`` for the kinds. The check (:func:`check_source`) walks the syntax tree
 and refuses, naming the line and the reason, anything outside a small numeric language:
 
 - statements: assignment (also ``+=`` and annotated), ``if``, ``for`` over ``range``/
@@ -32,6 +32,7 @@ import math
 import re
 import textwrap
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +41,25 @@ from numba import njit
 
 from transforms.columns import Column
 from transforms.errors import KernelError, TransformCodeError, TransformSignatureError
-from transforms.registry import (
+from transforms._drivers import exec_source
+from transforms.transform import (
     KERNEL_OPTIONS,
     Transform,
     check_signature,
     code_hash,
-    exec_source,
     kernel_parameters,
     summarise_numba_error,
 )
 
-__all__ = ["ALLOWED_CALLS", "MATH_ATTRS", "MAX_NESTING", "MAX_SOURCE_CHARS", "NP_ATTRS", "check_source", "compile_user_transform"]
+__all__ = [
+    "ALLOWED_CALLS", "MATH_ATTRS", "MAX_NESTING", "MAX_SOURCE_CHARS", "NP_ATTRS", "UserTransform",
+    "check_source", "compile_user_transform",
+]  # fmt: skip
 
 MAX_SOURCE_CHARS = 20_000
 MAX_NESTING = 100  # syntax-tree levels: the checker, ast.unparse and Numba recurse over the tree
 _MAX_COMPILED = 256
-_compiled: dict[tuple[Any, ...], Transform] = {}
+_compiled: dict[tuple[Any, ...], UserTransform] = {}
 _BUILTIN_CALLS = frozenset({"abs", "bool", "enumerate", "float", "int", "len", "max", "min", "range", "round", "zip"})
 _RAISABLE = frozenset({"ValueError", "RuntimeError"})
 _LOOPS = frozenset({"enumerate", "range", "zip"})
@@ -134,7 +138,7 @@ def compile_user_transform(
     outputs: Mapping[str, str],
     kind: str = "event",
     max_size: str | int | None = None,
-) -> Transform:
+) -> UserTransform:
     """Check, compile (for float64 inputs, to find typing errors now) and return a Transform.
     Not registered: callers keep user transforms by name or ``code_hash``. The same submission
     again (e.g. unpickled in a worker) returns the Transform compiled before in this process."""
@@ -156,11 +160,31 @@ def compile_user_transform(
     path = exec_source(text, namespace, f"user_{name}")
     kernel = njit(cache=path is not None, boundscheck=True, **KERNEL_OPTIONS)(namespace[name])
     digest = code_hash(text, kind, ins, outs, max_size)
-    t = Transform(name, kind, ins, outs, digest, text, kernel, max_size, user=True, cacheable=path is not None)
+    t = UserTransform(name, kind, ins, outs, digest, text, kernel, max_size, user=True, cacheable=path is not None)
     _trial_compile(t, path)
     if len(_compiled) >= _MAX_COMPILED:
         _compiled.pop(next(iter(_compiled)))
     _compiled[key] = t
+    return t
+
+
+@dataclass(frozen=True, slots=True)
+class UserTransform(Transform):
+    """A transform compiled from a scientist's source text. It has no module to be imported
+    from, so it pickles as its submission and is compiled again where it is unpickled."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        signature = (self.inputs, self.outputs, self.kind, self.max_size)
+        return (_rebuild, (self.name, self.source, *signature, self.code_hash))
+
+
+def _rebuild(
+    name: str, source: str, inputs: dict[str, str], outputs: dict[str, str], kind: str,
+    max_size: str | int | None, code: str,
+) -> Transform:  # fmt: skip
+    t = compile_user_transform(name, source, inputs, outputs, kind=kind, max_size=max_size)
+    if t.code_hash != code:
+        raise TransformSignatureError(f"transform {name!r} rebuilt with code {t.code_hash[:12]}, not {code[:12]}")
     return t
 
 

@@ -91,6 +91,7 @@ def test_flat_element_kernel_on_real_met() -> None:
         arrays = f["events"].arrays(["MET_px", "MET_py"])
     table = ak.to_arrow_table(arrays, extensionarray=False)
     cols = {"px": Column.from_arrow(table.column("MET_px")), "py": Column.from_arrow(table.column("MET_py"))}
+    register(regtest_polar_kernel)  # found by its name, not the function's
     out = get_transform("regtest_polar").apply(cols, len(arrays))
     px, py = np.asarray(arrays.MET_px, dtype=np.float64), np.asarray(arrays.MET_py, dtype=np.float64)
     assert out["pt"].offsets is None
@@ -162,8 +163,11 @@ def test_wrong_declarations() -> None:
 
 
 def test_registry() -> None:
-    assert get_transform("regtest_count") is regtest_count
-    assert regtest_count in list_transforms() and get_transform("met").name == "met"
+    assert get_transform("met").name == "met"  # the built-ins are there from the start
+    with pytest.raises(UnknownName):  # the decorator makes a transform; it does not register it
+        get_transform("regtest_count")
+    assert register(regtest_count) is regtest_count
+    assert get_transform("regtest_count") is regtest_count and regtest_count in list_transforms()
     assert register(regtest_count) is regtest_count  # the same code again is fine
     other = Transform("regtest_count", "event", {"x": "jagged"}, {"n": "int64"}, "0" * 64, "", regtest_count.kernel)
     with pytest.raises(TransformSignatureError, match="registered already with other code"):
