@@ -112,8 +112,8 @@ def _check_serve_ports(settings: Any) -> None:
     from service.ports import check_free
 
     check_free(settings.host, settings.port, "the gateway", "pass --port PORT (0: any free port)")
-    if settings.include_dashboard and not settings.ray_address:
-        check_free("127.0.0.1", settings.dashboard_port, "Ray's dashboard",
+    if settings.engine.include_dashboard and not settings.engine.address:
+        check_free("127.0.0.1", settings.engine.dashboard_port, "Ray's dashboard",
                    "set VDATA_DASHBOARD_PORT (dashboard_port in the settings file), or VDATA_INCLUDE_DASHBOARD=false")
 
 
@@ -121,7 +121,7 @@ def _existing_database(settings: Any) -> str:
     """The database URL of the service's data folder; a DatabaseError naming the folder when
     its SQLite file does not exist (a token there would be one no server knows)."""
     from service.http.server import core_config
-    from service.core.db import DatabaseError
+    from service.errors import DatabaseError
 
     url: str = core_config(settings).db_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():

@@ -164,7 +164,7 @@ def _run(settings: Settings, events: int, range_events: int, dashboard: bool, sa
     say(f"starting the gateway and an embedded Ray (data folder {data_dir}) ...")
     with BackgroundServer(settings) as server, _token(server) as token:
         say(f"gateway on {server.url} (docs at {server.url}/docs, metrics at {server.url}/metrics)")
-        dash = f"http://127.0.0.1:{settings.dashboard_port}" if dashboard else None
+        dash = f"http://127.0.0.1:{settings.engine.dashboard_port}" if dashboard else None
         if dash:
             say(f"Ray dashboard on {dash}")
         with Client(server.url, token) as client:

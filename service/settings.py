@@ -25,15 +25,32 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["Settings"]
+from service.core.engine_config import EngineConfig
+
+__all__ = ["FLAT_ENGINE", "Settings"]
 
 MiB = 1024**2
+
+# Flat setting names of the engine's fields (what ``vdata serve --num-cpus`` and VDATA_NUM_CPUS say).
+FLAT_ENGINE = {
+    "ray_address": "address",
+    "num_cpus": "num_cpus",
+    "object_store_bytes": "object_store_bytes",
+    "max_in_flight": "max_in_flight",
+    "lookahead": "lookahead",
+    "include_dashboard": "include_dashboard",
+    "dashboard_port": "dashboard_port",
+    "ray_temp_dir": "temp_dir",
+    "task_seconds_limit": "task_seconds",
+    "dry_run_seconds_limit": "dry_run_seconds",
+    "task_memory_bytes_limit": "task_memory_bytes",
+}
 
 
 class Settings(BaseSettings):
     """Everything the gateway and its core are configured by."""
 
-    model_config = SettingsConfigDict(env_prefix="VDATA_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix="VDATA_", env_nested_delimiter="__", extra="forbid", validate_default=True)
 
     config: Path | None = Field(default=None, description="The config file these settings were read from (VDATA_CONFIG).")
 
@@ -44,17 +61,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="Default: sqlite:///<data_dir>/vdata.db.")
     log_level: str = Field(default="info", description="Python and uvicorn log level.")
 
-    # Ray
-    ray_address: str | None = Field(default=None, description="Join this Ray cluster; None starts an embedded one.")
-    num_cpus: int = Field(default=2, ge=1, description="CPUs of the embedded Ray.")
-    object_store_bytes: int = Field(default=200 * MiB, ge=75 * MiB, description="Object store of the embedded Ray.")
-    max_in_flight: int = Field(default=8, ge=1, description="Materialization tasks in flight on Ray.")
-    lookahead: int = Field(default=4, ge=0, description="Ranges of a job materialized ahead of the leases.")
-    include_dashboard: bool = Field(default=False, description="Start Ray's dashboard (on loopback).")
-    dashboard_port: int = Field(default=8265, ge=1, le=65535)
-    ray_temp_dir: Path | None = Field(
-        default=None, description="Embedded Ray's folder (logs, sockets); default <data_dir>/ray, or a private "
-                                  "temporary folder (removed at shutdown) when that path is too long for Unix sockets.")
+    # the Ray engine: its fields, defaults and bounds are EngineConfig's (service/core/engine_config.py)
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="How to run Ray (see EngineConfig).")
 
     # cache
     cache_budget_bytes: int = Field(default=2 * 1024**3, ge=0, description="Bytes of materialized ranges kept on disk.")
@@ -77,9 +85,6 @@ class Settings(BaseSettings):
     max_range_events: int = Field(default=1_000_000, ge=1, description="Most events per range of a recipe (400 above).")
     min_range_events: int = Field(default=100, ge=1, description="Fewest events per range of a recipe (400 below; a dataset's last range may be shorter).")
     max_ranges: int = Field(default=100_000, ge=1, description="Most ranges of one recipe (400 above): bounds a plan's and a job's size.")
-    task_seconds_limit: float | None = Field(default=300.0, gt=0, description="Wall seconds one materialization task may run on a Ray worker before it is stopped (422; None: no limit).")
-    dry_run_seconds_limit: float | None = Field(default=60.0, gt=0, description="Wall seconds a recipe check's dry run (on a Ray worker, compiling included) may run (422 above; None: no limit).")
-    task_memory_bytes_limit: int | None = Field(default=2 * 1024**3, gt=0, description="Memory one task may add to its Ray worker (422 above; None: no limit).")
     max_inflight_per_token: int = Field(default=8, ge=1, description="Materializations one token may wait on at once (429 above).")
     readahead: int = Field(default=4, ge=0, description="Ranges after a requested one that the gateway materializes ahead when the access looks sequential (0: off).")
     max_stage_ranges: int = Field(default=64, ge=1, description="Most ranges one stage request may start (400 above).")
@@ -106,10 +111,56 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         kwargs: dict[str, Any] = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
         config = kwargs.get("config") or os.environ.get("VDATA_CONFIG")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _FlatEngineEnv(settings_cls)]
         if config:
             sources.append(_file_source(settings_cls, Path(config)))
-        return tuple(sources)
+        return tuple(_Nested(source) for source in sources)
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    """The engine's fields given by their flat names (``num_cpus=2``, a file's ``num_cpus:``)
+    moved into ``engine``; a nested value of the same source wins."""
+    names = {flat: flat for flat in FLAT_ENGINE} | {f"vdata_{flat}": flat for flat in FLAT_ENGINE}  # .env: prefixed
+    if not names.keys() & values.keys():
+        return values
+    values = dict(values)
+    engine = values.get("engine") or {}
+    engine = engine.model_dump(exclude_unset=True) if isinstance(engine, EngineConfig) else dict(engine)
+    for name, flat in names.items():
+        if name in values:
+            engine.setdefault(FLAT_ENGINE[flat], values.pop(name))
+    values["engine"] = engine
+    return values
+
+
+class _Nested(PydanticBaseSettingsSource):
+    """A source whose flat engine names are nested before the sources are merged, so each
+    source's priority holds for them too."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _nest(self.source())
+
+
+class _FlatEngineEnv(PydanticBaseSettingsSource):
+    """``VDATA_<FLAT NAME>`` variables of the engine's fields (below ``VDATA_ENGINE__*``)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {flat: os.environ[f"VDATA_{flat.upper()}"] for flat in FLAT_ENGINE if f"VDATA_{flat.upper()}" in os.environ}
+        return {"engine": {FLAT_ENGINE[k]: _none(v) for k, v in found.items()}} if found else {}
+
+
+def _none(value: str) -> str | None:
+    return None if value.strip().lower() in ("", "none", "null") else value
 
 
 def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:

@@ -17,3 +17,9 @@ def test_all_is_sorted_and_complete() -> None:
 def test_issue_contract_names() -> None:
     for name in ("open_dataset", "SourceDataset", "EventRange", "write_table", "VdataError"):
         assert name in vdata.__all__
+
+
+def test_the_server_is_not_part_of_the_library_api() -> None:
+    """A worker's ``import vdata`` offers what a user calls, not the service's parts (issue 11)."""
+    for name in ("Core", "CoreConfig", "Database", "Engine", "EngineConfig", "JobStore", "RangeCache", "CacheKey"):
+        assert not hasattr(vdata, name), name

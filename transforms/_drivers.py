@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from numba import njit
 from numba.core.dispatcher import Dispatcher
+from transforms.atomic import write_atomic
 
 __all__ = ["Kernelled", "driver_text", "exec_source", "kernel_dir", "make_driver"]
 
@@ -73,9 +74,7 @@ def _write_source(text: str, filename: str) -> Path | None:
     path = folder / f"{filename}.py"
     try:
         if not path.is_file() or path.read_text() != text:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_atomic(path, text)
     except OSError:
         return None
     return path

@@ -14,11 +14,11 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from transforms.atomic import write_atomic
 
 __all__ = ["kernel_cache_dir", "load_kernel"]
 
@@ -44,7 +44,7 @@ def load_kernel(source: str) -> tuple[Path, Callable[..., Any]]:
             return known
         path = folder / f"expr_{sha}.py"
         if not path.is_file() or path.read_text() != source:
-            _write_atomically(path, source)
+            write_atomic(path, source)
         spec = importlib.util.spec_from_file_location(f"_vdata_expr_{sha}", path)
         if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has a loader
             raise ImportError(f"cannot import generated kernel {path}")
@@ -57,12 +57,3 @@ def load_kernel(source: str) -> tuple[Path, Callable[..., Any]]:
         return _loaded[sha]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -42,13 +42,13 @@ from vdata.ranges import EventRange, plan_ranges
 __version__ = "0.1.0"
 
 __all__ = [
-    "FORMATS",
     "Catalog",
     "ChecksumMismatch",
     "Client",
     "ColumnNotFound",
     "DatasetNotFound",
     "EventRange",
+    "FORMATS",
     "FormatError",
     "LeasedRange",
     "NotARootFile",

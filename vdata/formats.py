@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from vdata.errors import FormatError
 
-__all__ = ["FORMATS", "MEDIA_TYPES", "encode_table", "read_table", "write_table"]
+__all__ = ["FORMATS", "MEDIA_TYPES", "check_format", "encode_table", "read_table", "write_table"]
 
 FORMATS = ("arrow", "parquet", "root")
 MEDIA_TYPES = {
@@ -34,7 +34,8 @@ ROOT_TREE = "Events"
 SCHEMA_KEY = "vdata_arrow_schema"
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
+    """``fmt`` if it is one of :data:`FORMATS`, else :class:`FormatError` listing them (the one check)."""
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return fmt
@@ -42,7 +43,7 @@ def _check_format(fmt: str) -> str:
 
 def write_table(table: pa.Table, path: str | os.PathLike[str], format: str) -> Path:
     """Write ``table`` to ``path`` as ``"arrow"`` (IPC stream), ``"parquet"`` or ``"root"``."""
-    _check_format(format)
+    check_format(format)
     path = Path(path)
     if format == "arrow":
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
@@ -56,7 +57,7 @@ def write_table(table: pa.Table, path: str | os.PathLike[str], format: str) -> P
 
 def encode_table(table: pa.Table, format: str) -> bytes:
     """The bytes :func:`write_table` would write."""
-    _check_format(format)
+    check_format(format)
     if format == "arrow":
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -74,7 +75,7 @@ def encode_table(table: pa.Table, format: str) -> bytes:
 
 def read_table(path: str | os.PathLike[str], format: str) -> pa.Table:
     """Read back a file written by :func:`write_table`."""
-    _check_format(format)
+    check_format(format)
     path = Path(path)
     if format == "arrow":
         with pa.OSFile(str(path), "rb") as source:

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import CacheBusy, CacheError
+from service.errors import CacheError
 from vdata.formats import FORMATS
 
 _RECIPE_ID = re.compile(r"vds-[0-9a-f]{24}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from service.errors import JobError, JobNotFound, LeaseError, RangeNotFound
+from service.errors import JobError, LeaseError
 from vdata.ranges import EventRange
 
 READY, RUNNING, FINISHED, FAILED, FATAL = "ready", "running", "finished", "failed", "fatal"

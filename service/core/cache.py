@@ -57,9 +57,7 @@ import filelock
 from service.core._cache_keys import (
     _KEY_WHERE,
     _TEMP_NAME,
-    CacheBusy,
     CacheEntry,
-    CacheError,
     CacheKey,
     _check_events,
     _choose_victims,
@@ -68,10 +66,11 @@ from service.core._cache_keys import (
     _remove_debris,
     _select,
 )
+from service.errors import CacheBusy, CacheError
 from vdata.checksum import adler32, adler32_hex
 from service.core.db import Database
 
-__all__ = ["CacheBusy", "CacheEntry", "CacheError", "CacheKey", "RangeCache", "adler32", "adler32_hex"]
+__all__ = ["CacheEntry", "CacheKey", "RangeCache", "adler32", "adler32_hex"]
 
 log = logging.getLogger(__name__)
 

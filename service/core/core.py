@@ -23,8 +23,7 @@ from service.core.cache import CacheEntry, RangeCache
 from vdata.data.catalog import Catalog
 from service.core.db import Database
 from service.core.engine import Engine, EngineConfig
-from vdata.errors import FormatError
-from vdata.formats import FORMATS
+from vdata.formats import check_format
 from service.core.jobs import JobStatus, JobStore, Lease
 from vdata.data.plans import Plan
 from vdata.data.recipes import Recipe
@@ -141,8 +140,7 @@ class Core:
         Returns the indices staged (those already cached or in flight count: they will be there).
         ``RangeOutOfBounds`` if ``first`` is not a range of the recipe.
         """
-        if fmt not in FORMATS:
-            raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        check_format(fmt)
         plan = self.plan(recipe_id)
         plan.range(first)
         indices = list(range(first, min(first + count, len(plan.ranges))))

@@ -38,7 +38,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ import ray
 
 from service.core.task import Hooks, Target, Written, no_space, over_time, run_dry, run_task
 from service.core.task_limits import Limits, marker_path, timed_out
+from service.core.engine_config import EngineConfig
 from service.core.ray_local import PrivateRay
 from service.core.cache import CacheEntry, CacheKey, RangeCache
 from vdata.data.catalog import Catalog
@@ -57,46 +57,6 @@ from vdata.data.recipes import Recipe
 __all__ = ["Engine", "EngineConfig"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """How to run Ray. ``address=None`` starts an embedded local Ray bound to loopback."""
-
-    address: str | None = None
-    num_cpus: int = 2
-    object_store_bytes: int = 200 * 1024**2
-    max_in_flight: int = 8
-    lookahead: int = 4
-    max_retries: int = 3
-    include_dashboard: bool = False
-    dashboard_port: int = 8265
-    temp_dir: str | None = None  # Ray's folder (logs, sockets); default <data_dir>/ray, see service.core.ray_local
-    data_dir: str | None = None  # embedded Ray's folder and token go here; None: a private temporary folder
-    worker_writes: bool = True  # tasks on the driver's node write the cache file; False: bytes always
-    task_seconds: float | None = 300.0  # wall time of one materialization task (None: no limit)
-    dry_run_seconds: float | None = 60.0  # wall time of a recipe check's dry run (compiling included)
-    task_memory_bytes: int | None = 2 * 1024**3  # memory one task may add to its worker (None: no limit)
-    max_plans: int = 256  # plans kept in memory (least recently used dropped)
-
-    def __post_init__(self) -> None:
-        for name in ("num_cpus", "max_in_flight", "max_retries"):
-            if getattr(self, name) < (0 if name == "max_retries" else 1):
-                raise ValueError(f"EngineConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.lookahead < 0:
-            raise ValueError(f"EngineConfig.lookahead must be >= 0, got {self.lookahead}")
-        if self.max_plans < 1:
-            raise ValueError(f"EngineConfig.max_plans must be >= 1, got {self.max_plans}")
-        Limits(self.task_seconds, self.task_memory_bytes)  # raises ValueError naming the field
-        Limits(self.dry_run_seconds, self.task_memory_bytes)
-
-    @property
-    def task_limits(self) -> Limits:
-        return Limits(self.task_seconds, self.task_memory_bytes)
-
-    @property
-    def dry_run_limits(self) -> Limits:
-        return Limits(self.dry_run_seconds, self.task_memory_bytes)
 
 
 # -- the task, run in Ray workers --------------------------------------------------------------

@@ -49,12 +49,8 @@ from service.core._job_rows import (
     READY,
     RUNNING,
     STATES,
-    JobError,
-    JobNotFound,
     JobStatus,
     Lease,
-    LeaseError,
-    RangeNotFound,
     RangeRow,
     check_ranges,
     check_int,
@@ -66,6 +62,7 @@ from service.core._job_rows import (
     heartbeat_row,
     lease_row,
 )
+from service.errors import JobError, JobNotFound, RangeNotFound
 from service.core.db import Database
 from vdata.ranges import EventRange
 
@@ -79,13 +76,9 @@ __all__ = [
     "READY",
     "RUNNING",
     "STATES",
-    "JobError",
-    "JobNotFound",
     "JobStatus",
     "JobStore",
     "Lease",
-    "LeaseError",
-    "RangeNotFound",
     "RangeRow",
     "choose_ready",
     "expire",

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from transforms.atomic import write_atomic
 
 __all__ = ["OWNER_ENV", "RAY_DIR_MAX", "PrivateRay", "reap"]
 
@@ -123,12 +124,7 @@ def _short_temp_dir() -> Path:
 
 def _write_token(path: Path) -> None:
     """A fresh random token, created 0600 (never readable by others, not even for a moment)."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.replace(temp, path)
+    write_atomic(path, secrets.token_hex(32))  # mkstemp: 0600 from the first byte
 
 
 def _prune_sessions(ray_dir: Path) -> None:

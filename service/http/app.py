@@ -24,7 +24,6 @@ from service.http.schemas import ErrorOut
 from service.settings import Settings
 from vdata import __version__
 from service.core.core import Core, CoreConfig
-from service.core.engine import EngineConfig
 from vdata.data.remote import RemoteOptions
 
 __all__ = ["build_core", "core_config", "create_app"]
@@ -55,20 +54,7 @@ def _keep_signal_handlers() -> Iterator[None]:
 
 def core_config(settings: Settings) -> CoreConfig:
     """The core's configuration from the gateway's settings."""
-    engine = EngineConfig(
-        address=settings.ray_address,
-        num_cpus=settings.num_cpus,
-        object_store_bytes=settings.object_store_bytes,
-        max_in_flight=settings.max_in_flight,
-        lookahead=settings.lookahead,
-        include_dashboard=settings.include_dashboard,
-        dashboard_port=settings.dashboard_port,
-        temp_dir=None if settings.ray_temp_dir is None else str(settings.ray_temp_dir),
-        task_seconds=settings.task_seconds_limit,
-        dry_run_seconds=settings.dry_run_seconds_limit,
-        task_memory_bytes=settings.task_memory_bytes_limit,
-        data_dir=str(settings.data_dir),
-    )
+    engine = settings.engine.model_copy(update={"data_dir": str(settings.data_dir)})
     remote = RemoteOptions(connect_timeout=settings.remote_connect_timeout_seconds,
                            read_timeout=settings.remote_read_timeout_seconds)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,

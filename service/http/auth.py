@@ -24,7 +24,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.http.deps import get_core
-from service.http.error_map import Forbidden, Unauthenticated
+from service.errors import Forbidden, Unauthenticated
 from service.core.tokens import ROLES, TokenStore, hash_token, role_allows
 
 __all__ = ["TOKEN_CACHE_SECONDS", "Admin", "Principal", "Reader", "Scientist", "TokenCache", "Worker",

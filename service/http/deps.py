@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.http.error_map import TooManyInFlight
+from service.errors import TooManyInFlight
 from service.http.metrics import Metrics
 from service.settings import Settings
 from service.core.core import Core

@@ -21,7 +21,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import BodyTooLarge, Forbidden, LimitExceeded, RangeUnavailable, TooManyInFlight, Unauthenticated
 from service.errors import (
     BadPath,
     BodyTooLarge,

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from service.http.error_map import LimitExceeded
+from service.errors import LimitExceeded
 from service.settings import Settings
 from vdata.data.plans import Plan
 

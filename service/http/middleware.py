@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.error_map import BodyTooLarge, status_of
+from service.http.error_map import status_of
+from service.errors import BodyTooLarge
 
 if TYPE_CHECKING:
     from service.http.metrics import Metrics

@@ -32,14 +32,14 @@ from starlette.types import Receive, Scope, Send
 
 from service.http.auth import Principal
 from service.http.deps import InFlight
-from service.http.error_map import RangeUnavailable
+from service.errors import RangeUnavailable
 from service.http.limits import check_plan
 from service.http.metrics import Metrics
 from service.settings import Settings
 from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
 from service.core.core import Core
-from vdata.errors import FormatError, VdataError
-from vdata.formats import FORMATS, MEDIA_TYPES
+from vdata.errors import VdataError
+from vdata.formats import MEDIA_TYPES, check_format
 from vdata.data.plans import Plan
 
 __all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse", "serve_range"]
@@ -256,8 +256,7 @@ async def serve_range(
     settings: Settings, principal: Principal, inflight: InFlight, metrics: Metrics,
 ) -> RangeFileResponse | AccelRedirectResponse:
     """The response for range ``index`` of a recipe in ``fmt``: cached, or materialized now."""
-    if fmt not in FORMATS:
-        raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     plan = await anyio.to_thread.run_sync(core.plan, recipe_id)
     plan.range(index)  # RangeOutOfBounds (416) before any work
     check_plan(plan, settings)

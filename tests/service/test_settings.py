@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.http.app import core_config
+from service.core.engine_config import EngineConfig
 from service.settings import Settings
 
 
@@ -24,8 +25,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = Settings()
     assert s.data_dir == Path("data") and s.host == "127.0.0.1" and s.port == 8000
-    assert s.ray_address is None and s.num_cpus == 2 and s.allowed_roots == [Path("data")]
-    assert s.allowed_url_prefixes == [] and s.lookahead == 4 and not s.include_dashboard
+    assert s.engine.address is None and s.engine.num_cpus == 2 and s.allowed_roots == [Path("data")]
+    assert s.allowed_url_prefixes == [] and s.engine.lookahead == 4 and not s.engine.include_dashboard
     assert s.max_body_bytes > 0 and s.max_columns > 0 and s.max_range_events > 0 and s.max_inflight_per_token > 0
 
 
@@ -40,7 +41,7 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VDATA_ALLOWED_URL_PREFIXES", '["https://opendata.cern.ch/"]')
     monkeypatch.setenv("VDATA_MAX_COLUMNS", "12")
     s = Settings()
-    assert s.port == 9100 and s.ray_address == "ray://head:10001" and s.max_columns == 12
+    assert s.port == 9100 and s.engine.address == "ray://head:10001" and s.max_columns == 12
     assert s.allowed_url_prefixes == ["https://opendata.cern.ch/"]
     assert Settings(port=1).port == 1  # keyword arguments win
 
@@ -56,11 +57,11 @@ def test_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: st
     else:
         path.write_text(json.dumps(values))  # JSON is YAML too
     s = Settings(config=path)
-    assert (s.port, s.num_cpus, s.allowed_roots) == (9200, 3, [Path("/srv/data")])
+    assert (s.port, s.engine.num_cpus, s.allowed_roots) == (9200, 3, [Path("/srv/data")])
     monkeypatch.setenv("VDATA_CONFIG", str(path))
     monkeypatch.setenv("VDATA_NUM_CPUS", "4")  # the environment wins over the file
     s = Settings()
-    assert (s.port, s.num_cpus, s.config) == (9200, 4, path)
+    assert (s.port, s.engine.num_cpus, s.config) == (9200, 4, path)
 
 
 def test_bad_settings(tmp_path: Path) -> None:
@@ -82,3 +83,23 @@ def test_core_config(tmp_path: Path) -> None:
     assert config.engine.temp_dir == str(tmp_path / "ray")
     assert config.data_dir == tmp_path and config.cache_budget_bytes == 1000
     assert (config.engine.num_cpus, config.engine.lookahead, config.engine.address) == (3, 0, "auto")
+
+
+def test_engine_settings_are_engine_config_nested_and_flat(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The engine's defaults live in EngineConfig only; nested and flat names both set them, each
+    source keeping its priority (keyword > VDATA_ENGINE__X > VDATA_X > file)."""
+    assert Settings().engine == EngineConfig()
+    path = tmp_path / "s.yaml"
+    path.write_text("num_cpus: 3\nengine:\n  lookahead: 1\n")
+    monkeypatch.setenv("VDATA_CONFIG", str(path))
+    s = Settings()
+    assert (s.engine.num_cpus, s.engine.lookahead) == (3, 1)
+    monkeypatch.setenv("VDATA_NUM_CPUS", "4")
+    assert Settings().engine.num_cpus == 4
+    monkeypatch.setenv("VDATA_ENGINE__NUM_CPUS", "5")
+    assert Settings().engine.num_cpus == 5
+    assert Settings(num_cpus=6).engine.num_cpus == 6
+    monkeypatch.setenv("VDATA_TASK_SECONDS_LIMIT", "none")
+    assert Settings().engine.task_seconds is None
+    with pytest.raises(ValidationError, match="engine.max_in_flight"):
+        Settings(max_in_flight=0)

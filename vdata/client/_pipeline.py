@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import tempfile
 import threading
 from collections import deque
@@ -25,7 +24,7 @@ from vdata.checksum import adler32, file_adler32
 from vdata.checksum import adler32_hex as _hex
 from vdata.formats import read_table
 
-__all__ = ["EXTENSIONS", "Manifest", "decode_table", "ordered_prefetch", "write_atomic"]
+__all__ = ["EXTENSIONS", "Manifest", "decode_table", "ordered_prefetch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,18 +92,6 @@ def adler32_hex(data: bytes | pa.Buffer) -> str:
 def file_adler32_hex(path: Path) -> str:
     """The adler32 of a file as 8 hex digits."""
     return _hex(file_adler32(path)[1])
-
-
-def write_atomic(path: Path, data: bytes | pa.Buffer) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Manifest:

@@ -50,11 +50,12 @@ from vdata.client._http import (
     Transport,
     checked_body,
 )
-from vdata.client._pipeline import EXTENSIONS, Manifest, adler32_hex, decode_table, ordered_prefetch, write_atomic
+from vdata.client._pipeline import EXTENSIONS, Manifest, adler32_hex, decode_table, ordered_prefetch
 from vdata.client._worker import LeasedRange, WorkerSummary, run_worker
+from transforms.atomic import write_atomic
 from vdata.data.recipes import Recipe
-from vdata.errors import FormatError, RecipeError
-from vdata.formats import FORMATS
+from vdata.errors import RecipeError
+from vdata.formats import check_format
 from vdata.ranges import EventRange
 
 RANGES_PAGE = 10_000  # ranges per request of Client.ranges (the service's largest page)
@@ -84,11 +85,6 @@ class RecipeInfo:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RecipeInfo:
         return cls(str(data["id"]), int(data["num_events"]), int(data["num_ranges"]), data.get("schema"))
-
-
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise FormatError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _load_recipe(recipe: RecipeLike) -> dict[str, Any]:
@@ -177,7 +173,7 @@ class Client:
         """Ask the service to materialize ranges ``first .. first+count-1`` now, ahead of need
         (pre-staging: a workload system calls this when it assigns the work, before the payload
         starts). Returns at once with the indices staged; they are cached when ready."""
-        _check_format(format)
+        check_format(format)
         rid = self._recipe_id(recipe_or_id)
         answer = self._http.json("POST", f"/v1/recipes/{rid}/stage", {"first": first, "count": count, "format": format})
         return [int(i) for i in answer["ranges"]]
@@ -215,7 +211,7 @@ class Client:
 
     def get(self, recipe_or_id: RecipeLike, index: int, out: str | os.PathLike[str], format: str = "arrow") -> int:
         """Write one range's bytes (checked against their adler32) to ``out``; returns its events."""
-        _check_format(format)
+        check_format(format)
         rid = self._recipe_id(recipe_or_id)
         body = self._range_body(rid, index, format, None)
         write_atomic(Path(out), body)
@@ -230,7 +226,7 @@ class Client:
         now; the data flows when iterated. Closing the iterator early (``break`` in a ``for``
         loop, ``close()``, or dropping it) stops the background threads.
         """
-        _check_format(format)
+        check_format(format)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         rid = self._recipe_id(recipe_or_id)
@@ -259,7 +255,7 @@ class Client:
         a file a previous fetch of the same recipe and format wrote, still intact (adler32 in
         ``.vdata-fetch.jsonl``), is not downloaded again. Returns the paths in range order.
         """
-        _check_format(format)
+        check_format(format)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         rid = self._recipe_id(recipe_or_id)
@@ -354,7 +350,7 @@ class Client:
         again. Stops after ``max_ranges`` ranges if given. ``worker`` defaults to
         ``hostname-pid``. Leases still held when it stops on an error are reported failed.
         """
-        _check_format(format)
+        check_format(format)
         name = worker or f"{socket.gethostname()}-{os.getpid()}"
         return run_worker(self, job_id, process, worker=name, n=n, heartbeat_every=heartbeat_every,
                           max_ranges=max_ranges, format=format)

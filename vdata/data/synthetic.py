@@ -15,6 +15,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 import uproot
+from transforms.atomic import atomic_path
 
 __all__ = ["write_nanoaod_like"]
 
@@ -73,9 +74,8 @@ def write_nanoaod_like(
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     rng = np.random.default_rng(seed)
-    try:
+    with atomic_path(path) as tmp:
         with uproot.recreate(tmp, compression=COMPRESSIONS[compression](level)) as f:
             tree = None
             for start in range(0, events, chunk_events):
@@ -84,7 +84,4 @@ def write_nanoaod_like(
                     types = {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}
                     tree = f.mktree(TREE, types)
                 tree.extend(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

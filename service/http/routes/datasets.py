@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.http.auth import Admin, Reader
 from service.http.deps import CoreDep, SettingsDep
-from service.http.error_map import LimitExceeded
+from service.errors import LimitExceeded
 from service.http.schemas import DatasetIn, DatasetOut, FileOut
 from service.core.cache import adler32_hex
 from service.core.path_policy import check_paths

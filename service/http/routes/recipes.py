@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Query, Response
 from service.http.auth import Reader
 from service.http.deps import CoreDep, InFlightDep, MetricsDep, SettingsDep
 from service.http.limits import check_plan, check_recipe_body
-from service.http.error_map import LimitExceeded
+from service.errors import LimitExceeded
 from service.http.schemas import ColumnOut, RangeOut, RecipeIn, RecipeOut, StageIn, StageOut
 from service.http.range_responses import serve_range
 from vdata.formats import FORMATS, MEDIA_TYPES

@@ -15,15 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.cache import (
-    CacheBusy,
-    CacheEntry,
-    CacheError,
-    CacheKey,
-    RangeCache,
-    adler32,
-    adler32_hex,
-)
+from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
+from service.errors import CacheBusy, CacheError
 from service.core.db import Database
 from vdata.errors import VdataError
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.core.cache import CacheEntry, CacheError, CacheKey, RangeCache
+from service.core.cache import CacheEntry, CacheKey, RangeCache
+from service.errors import CacheError
 from service.core.db import Database
 
 

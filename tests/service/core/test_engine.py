@@ -6,7 +6,6 @@ One embedded Ray for the module (2 CPUs, small object store), shut down in teard
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import zlib
@@ -188,7 +187,7 @@ def bytes_engine(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> It
     root = tmp_path_factory.mktemp("bytes-engine")
     db = Database(f"sqlite:///{root}/v.db")
     cache = RangeCache(root / "cache", db, 64 * 1024**2)
-    eng = Engine(engine.catalog, cache, dataclasses.replace(CONFIG, worker_writes=False)).start()
+    eng = Engine(engine.catalog, cache, CONFIG.model_copy(update={"worker_writes": False})).start()
     try:
         yield eng
     finally:

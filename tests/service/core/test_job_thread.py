@@ -14,7 +14,8 @@ import pytest
 
 from service.core.job_thread import JobThread
 from service.core.db import Database
-from service.core.jobs import FINISHED, READY, RUNNING, JobNotFound, JobStore, LeaseError
+from service.core.jobs import FINISHED, READY, RUNNING, JobStore
+from service.errors import JobNotFound, LeaseError
 from vdata.ranges import EventRange
 
 

@@ -28,11 +28,7 @@ from service.core.jobs import (
     READY,
     RUNNING,
     STATES,
-    JobError,
-    JobNotFound,
     JobStore,
-    LeaseError,
-    RangeNotFound,
     RangeRow,
     choose_ready,
     expire,
@@ -41,6 +37,7 @@ from service.core.jobs import (
     heartbeat_row,
     lease_row,
 )
+from service.errors import JobError, JobNotFound, LeaseError, RangeNotFound
 from vdata.ranges import EventRange
 
 LEASE = 60.0

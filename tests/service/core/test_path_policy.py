@@ -15,7 +15,8 @@ from gateway_helpers import HZZ, Client, error_of
 from service.http.app import create_app
 from service.http.auth import Principal, authenticate
 from service.settings import Settings
-from service.core.path_policy import BadPath, PathNotAllowed, check_paths
+from service.core.path_policy import check_paths
+from service.errors import BadPath, PathNotAllowed
 from vdata.data.sources import SourceDataset, open_dataset
 
 PREFIXES = ["http://files.example.org/data/", "root://eos.example.org//eos/opendata"]

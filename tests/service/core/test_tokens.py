@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.core.db import Database
-from service.core.tokens import (
-    ROLES,
-    TOKEN_PREFIX,
-    TokenError,
-    TokenStore,
-    hash_token,
-    role_allows,
-    role_rank,
-)
+from service.core.tokens import ROLES, TOKEN_PREFIX, TokenStore, hash_token, role_allows, role_rank
+from service.errors import TokenError
 
 
 @pytest.fixture()
