@@ -23,8 +23,10 @@ recipe check's dry run included: a scientist's code never runs in the gateway pr
 under a wall-time and a memory limit (:mod:`service.core.task_limits`); one past either surfaces as
 :class:`~vdata.errors.TaskLimitExceeded`. Whatever goes wrong, each waiting future is resolved.
 
-The decisions (what to submit next) are plain functions of the state; a single collector
-thread runs the ``ray.wait`` loop and resolves the waiting futures.
+The decisions (single flight, what to submit next, which plans to keep) are methods of
+:class:`~service.core._engine_state.EngineState`, which knows nothing of Ray; this module
+keeps the effects: a single collector thread runs the ``ray.wait`` loop, writer threads
+commit the results and resolve the waiting futures.
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ import pickle
 import re
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from service.core._engine_state import EngineState, Running, settle
 from service.core.task import Hooks, Target, Written, no_space, over_time, run_dry, run_task
 from service.core.task_limits import Limits, marker_path, timed_out
 from service.core.engine_config import EngineConfig
@@ -113,19 +115,6 @@ def _reload_ray_environment(loopback: bool) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def _settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:
-    """Resolve a shared future unless a waiter cancelled it (the others still see the cache)."""
-    if future.cancelled():
-        return
-    try:
-        if exception is not None:
-            future.set_exception(exception)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-    except InvalidStateError:
-        pass
-
-
 class _Metrics:
     """Custom Ray metrics (shown on the dashboard's metrics page), plus plain counters."""
 
@@ -156,11 +145,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.fault_hook: Callable[[str, int], None] | None = None  # for tests: runs as a task starts
         self.written_hook: Callable[[str, int], None] | None = None  # ... and once its result exists
-        self._lock = threading.Lock()
-        self._inflight: dict[CacheKey, Future[CacheEntry]] = {}
-        self._refs: dict[Any, tuple[CacheKey, Path | None, str]] = {}  # task -> key, temporary file, attempt id
-        self._queue: list[tuple[CacheKey, str]] = []
-        self._plans: OrderedDict[str, Plan] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # guards _state; held around no other lock, Ray call or I/O
+        self._state = EngineState(self.config.max_in_flight, self.config.max_plans)
         self._catalog_ref: tuple[int, str, Any] | None = None
         self._catalog_lock = threading.Lock()  # a leaf: guards _catalog_ref
         self._wake = threading.Event()
@@ -172,7 +158,12 @@ class Engine:
         self._dry_task: Any = None  # the dry run's Ray task, once started
         self._node_id = ""
         self.metrics: _Metrics | None = None
-        self.submitted = 0  # tasks submitted, for tests and /metrics
+
+    @property
+    def submitted(self) -> int:
+        """Tasks submitted so far, for tests and /metrics."""
+        with self._lock:
+            return self._state.submitted
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -209,13 +200,9 @@ class Engine:
             self._collector.join(timeout=10)
         self._writers.shutdown(wait=True)
         with self._lock:
-            for future in self._inflight.values():
-                if not future.done():
-                    _settle(future, exception=EngineError("the engine stopped before the range was ready"))
-            self._inflight.clear()
-            unfinished = [temp for _, temp, _ in self._refs.values() if temp is not None]
-            unfinished += [marker_path(attempt) for _, _, attempt in self._refs.values()]
-            self._refs.clear()
+            running = self._state.stop(EngineError("the engine stopped before the range was ready"))
+        unfinished = [task.temp for task in running if task.temp is not None]
+        unfinished += [marker_path(task.attempt) for task in running]
         if self._started_ray:
             ray.shutdown()  # stops the workers, so no task writes a temporary file any more
             self._started_ray = False
@@ -238,15 +225,11 @@ class Engine:
         """The plan of a recipe (no dry run here: see :meth:`check`), cached by id; at most
         ``max_plans`` are kept."""
         with self._lock:
-            cached = self._plans.get(recipe.id)
-            if cached is not None:
-                self._plans.move_to_end(recipe.id)
+            cached = self._state.plan(recipe.id)
         if cached is None:
             cached = plan(recipe, self.catalog, dry_run=False)
             with self._lock:
-                self._plans[recipe.id] = cached
-                while len(self._plans) > self.config.max_plans:
-                    self._plans.popitem(last=False)
+                self._state.keep_plan(recipe.id, cached)
         return cached
 
     def check(self, the_plan: Plan) -> None:
@@ -288,9 +271,9 @@ class Engine:
         the_plan.range(index)  # RangeOutOfBounds before anything is submitted
         key = CacheKey(recipe.id, index, fmt)
         with self._lock:
-            future = self._inflight.get(key)
-            if future is not None:
-                return future
+            future = self._state.waiter(key)
+        if future is not None:
+            return future
         entry = self.cache.get(key)
         self._count("cache", result="hit" if entry is not None else "miss")
         if entry is not None:
@@ -298,11 +281,7 @@ class Engine:
             done.set_result(entry)
             return done
         with self._lock:
-            future = self._inflight.get(key)
-            if future is None:
-                future = Future()
-                self._inflight[key] = future
-                self._queue.append((key, recipe.to_json()))
+            future = self._state.ask(key, recipe.to_json())
         self._wake.set()
         return future
 
@@ -312,9 +291,8 @@ class Engine:
         for index in indices:
             key = CacheKey(recipe.id, index, fmt)
             with self._lock:
-                if key in self._inflight:
-                    continue
-            if self.cache.contains(key):
+                asked = self._state.waiter(key) is not None
+            if asked or self.cache.contains(key):
                 continue
             self.request(recipe, index, fmt)
             started += 1
@@ -322,7 +300,7 @@ class Engine:
 
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._refs)
+            return self._state.in_flight()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -339,8 +317,7 @@ class Engine:
 
     def _submit_ready(self) -> None:
         with self._lock:
-            room = self.config.max_in_flight - len(self._refs)
-            batch, self._queue = self._queue[:max(room, 0)], self._queue[max(room, 0):]
+            batch = self._state.next_batch()
         if not batch:
             return
         version, state = self._catalog_state()
@@ -357,8 +334,7 @@ class Engine:
             ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, target, hooks,
                                     limits, attempt)
             with self._lock:
-                self._refs[ref] = (key, temp, attempt)
-                self.submitted += 1
+                self._state.started(ref, Running(key, temp, attempt))
 
     def _collect(self) -> None:
         """Submit what is queued, hand each finished task to a writer thread, repeat.
@@ -369,7 +345,7 @@ class Engine:
         while not self._stop.is_set():
             self._submit_ready()
             with self._lock:
-                refs = list(self._refs)
+                refs = self._state.running()
             if not refs:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
@@ -380,9 +356,9 @@ class Engine:
                 ready += more
             for ref in ready:
                 with self._lock:
-                    key, temp, attempt = self._refs.pop(ref)
+                    task = self._state.ended(ref)
                 # the next task is submitted while this range is committed
-                self._writers.submit(self._finish, ref, key, temp, attempt)
+                self._writers.submit(self._finish, ref, task.key, task.temp, task.attempt)
 
     def _store(self, key: CacheKey, payload: bytes | Written, events: int) -> CacheEntry:
         """Commit the file a worker wrote, or write the bytes a task on another node sent."""
@@ -408,9 +384,9 @@ class Engine:
         finally:
             marker_path(attempt).unlink(missing_ok=True)
         with self._lock:
-            future = self._inflight.pop(key, None)
+            future = self._state.answer(key)
         if future is not None:
-            _settle(future, result=entry)
+            settle(future, result=entry)
 
     def _fail(self, key: CacheKey, temp: Path | None, attempt: str, exc: Exception) -> None:
         """Resolve the waiters of ``key`` with what ``exc`` means for a client."""
@@ -419,9 +395,9 @@ class Engine:
         result = self._translate(key, attempt, exc)
         log.warning("%s", result)
         with self._lock:
-            future = self._inflight.pop(key, None)
+            future = self._state.answer(key)
         if future is not None:
-            _settle(future, exception=result)
+            settle(future, exception=result)
 
     def _translate(self, key: CacheKey, attempt: str, exc: Exception) -> VdataError:
         if isinstance(exc, VdataError):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -26,9 +26,7 @@ from vdata.errors import VdataError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from vdata.client import Client
-
-__all__ = ["LeasedRange", "WorkerSummary", "run_worker"]
+__all__ = ["LeasedRange", "WorkerClient", "WorkerSummary", "run_worker"]
 
 log = logging.getLogger("vdata.client")
 
@@ -50,6 +48,24 @@ class LeasedRange:
     @property
     def num_events(self) -> int:
         return self.stop - self.first
+
+
+class WorkerClient(Protocol):
+    """What the loop needs of a client (:class:`vdata.Client` is one): declared here so that
+    this module imports nothing from the client's."""
+
+    def job(self, job_id: str) -> dict[str, Any]: ...
+
+    def finish(self, job_id: str, index: int, *, worker: str) -> None: ...
+
+    def fail(self, job_id: str, index: int, message: str, *, worker: str, fatal: bool = False) -> None: ...
+
+    def _lease(self, job_id: str, n: int, worker: str, stop: threading.Event | None) -> list[LeasedRange]: ...
+
+    def _lease_table(self, lease: LeasedRange, format: str, stop: threading.Event) -> pa.Table: ...
+
+    def _report(self, job_id: str, index: int, action: str, body: dict[str, Any],
+                stop: threading.Event | None = None, retries: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +96,7 @@ def _wants_lease(process: Callable[..., Any]) -> bool:
 class _Heartbeat:
     """Extends every lease in ``held`` each ``every`` seconds, in a daemon thread."""
 
-    def __init__(self, client: Client, job_id: str, worker: str) -> None:
+    def __init__(self, client: WorkerClient, job_id: str, worker: str) -> None:
         self.client, self.job_id, self.worker = client, job_id, worker
         self.held: dict[int, LeasedRange] = {}
         self.lock = threading.Lock()
@@ -129,95 +145,154 @@ if TYPE_CHECKING:
     Loaded = list[tuple[LeasedRange, pa.Table | VdataError]]  # leased ranges with their data, or why not
 
 
-def run_worker(client: Client, job_id: str, process: Callable[..., Any], *, worker: str, n: int,
-               heartbeat_every: float | None, max_ranges: int | None, format: str) -> WorkerSummary:
-    """See :meth:`vdata.Client.run_worker`."""
+def _check_arguments(n: int, max_ranges: int | None) -> None:
+    """Refuse nonsense before anything is asked of the service."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if max_ranges is not None and max_ranges < 0:
         raise ValueError(f"max_ranges must be >= 0 or None, got {max_ranges}")
+
+
+def _heartbeat_every(status: dict[str, Any], asked: float | None) -> float | None:
+    """The heartbeat interval: the caller's, else a third of the job's lease time, else None
+    (then the first lease's deadline decides, see :meth:`_Heartbeat.add`)."""
+    if asked is not None:
+        return max(MIN_HEARTBEAT, asked)
+    if isinstance(status.get("lease_seconds"), (int, float)):
+        return max(MIN_HEARTBEAT, status["lease_seconds"] / 3)
+    return None
+
+
+def run_worker(client: WorkerClient, job_id: str, process: Callable[..., Any], *, worker: str, n: int,
+               heartbeat_every: float | None, max_ranges: int | None, format: str) -> WorkerSummary:
+    """See :meth:`vdata.Client.run_worker`."""
+    _check_arguments(n, max_ranges)
     started = time.monotonic()
     status = client.job(job_id)  # a missing job fails here, before any thread starts
     beat = _Heartbeat(client, job_id, worker)
-    if heartbeat_every is not None:
-        beat.every = max(MIN_HEARTBEAT, heartbeat_every)
-    elif isinstance(status.get("lease_seconds"), (int, float)):
-        beat.every = max(MIN_HEARTBEAT, status["lease_seconds"] / 3)
-    with_lease = _wants_lease(process)
-    leased = finished = failed = events = 0
-    waiting = 0.0
-    stop = threading.Event()
+    beat.every = _heartbeat_every(status, heartbeat_every)
+    loop = _WorkerLoop(client, job_id, process, beat, worker=worker, n=n, max_ranges=max_ranges, format=format)
+    loop.run()
+    return WorkerSummary(worker, loop.finished, loop.failed, loop.events, time.monotonic() - started, loop.waiting)
 
-    def take(count: int) -> Loaded:
-        """Lease up to ``count`` ranges and fetch their data (runs in the background)."""
-        leases = client._lease(job_id, count, worker, stop)
-        beat.add(leases)
+
+class _WorkerLoop:
+    """One run of the loop: the payload runs in the caller's thread while one background
+    thread leases and loads the next batch; the tally becomes the :class:`WorkerSummary`."""
+
+    def __init__(self, client: WorkerClient, job_id: str, process: Callable[..., Any], beat: _Heartbeat, *,
+                 worker: str, n: int, max_ranges: int | None, format: str) -> None:
+        self.client, self.job_id, self.process, self.beat = client, job_id, process, beat
+        self.worker, self.n, self.max_ranges, self.format = worker, n, max_ranges, format
+        self.with_lease = _wants_lease(process)
+        self.leased = self.finished = self.failed = self.events = 0
+        self.waiting = 0.0
+        self.idle = IDLE_FIRST
+        self.stop = threading.Event()  # set on exit: cuts short a lease or fetch under way
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-worker-prefetch")
+
+    def run(self) -> None:
+        """Lease, process, report until the job is done or ``max_ranges`` were leased; whatever
+        ends the loop (an interrupt too), the threads stop and unprocessed leases go back."""
+        pending = self._lease_next()
+        try:
+            while pending is not None:
+                batch = self._wait_for(pending)
+                if batch:
+                    self.idle = IDLE_FIRST
+                    pending = self._lease_next()  # the next lease loads while this one runs
+                    for lease, table in batch:
+                        self._process_one(lease, table)
+                elif self.client.job(self.job_id).get("done"):
+                    pending = None
+                else:
+                    self._back_off()
+                    pending = self._lease_next()
+        finally:
+            self._close()
+
+    def _quota(self) -> int:
+        """How many ranges the next lease may ask for: ``n``, less near ``max_ranges``."""
+        return self.n if self.max_ranges is None else min(self.n, self.max_ranges - self.leased)
+
+    def _lease_next(self) -> Future[Loaded] | None:
+        """Start leasing and loading the next batch in the background; None once the quota is spent."""
+        count = self._quota()
+        return self.executor.submit(self._take, count) if count > 0 else None
+
+    def _take(self, count: int) -> Loaded:
+        """Lease up to ``count`` ranges, keep them alive, fetch their data (runs in the background).
+        A range whose data cannot be fetched comes with the error, to be reported failed."""
+        leases = self.client._lease(self.job_id, count, self.worker, self.stop)
+        self.beat.add(leases)
         loaded: Loaded = []
         for lease in leases:
             try:
-                loaded.append((lease, client._lease_table(lease, format, stop)))
+                loaded.append((lease, self.client._lease_table(lease, self.format, self.stop)))
             except VdataError as exc:
                 loaded.append((lease, exc))
         return loaded
 
-    def quota() -> int:
-        return n if max_ranges is None else min(n, max_ranges - leased)
+    def _wait_for(self, pending: Future[Loaded]) -> Loaded:
+        """The batch being loaded; the time spent waiting for it is what the summary calls ``waiting``."""
+        t0 = time.monotonic()
+        batch = pending.result()
+        self.waiting += time.monotonic() - t0
+        self.leased += len(batch)
+        return batch
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-worker-prefetch")
-    pending: Future[Loaded] | None = executor.submit(take, quota()) if quota() > 0 else None
-    idle = IDLE_FIRST
-    try:
-        while pending is not None:
-            t0 = time.monotonic()
-            batch = pending.result()
-            waiting += time.monotonic() - t0
-            leased += len(batch)
-            pending = None
-            if not batch:
-                if client.job(job_id).get("done"):
-                    break
-                stop.wait(idle)  # others hold the remaining ranges; theirs may expire
-                idle = min(IDLE_MAX, idle * 2)
-                pending = executor.submit(take, quota())
-                continue
-            idle = IDLE_FIRST
-            if quota() > 0:
-                pending = executor.submit(take, quota())  # the next lease loads while this one runs
-            for lease, table in batch:
-                if isinstance(table, VdataError):
-                    message, ok = f"fetching the input failed: {table}", False
-                else:
-                    try:
-                        if with_lease:
-                            process(table, lease)
-                        else:
-                            process(table)
-                        message, ok = "", True
-                    except Exception as exc:  # noqa: BLE001 - the payload's failure is reported, not ours
-                        message, ok = f"{type(exc).__name__}: {exc}", False
-                beat.drop(lease.index)
-                try:
-                    if ok:
-                        client.finish(job_id, lease.index, worker=worker)
-                        finished += 1
-                        events += lease.num_events
-                    else:
-                        log.warning("range %d of job %s failed: %s", lease.index, job_id, message)
-                        client.fail(job_id, lease.index, message, worker=worker)
-                        failed += 1
-                except ServiceError as exc:
-                    if exc.status != 409:  # 409: the lease was lost (expired and reclaimed)
-                        raise
-                    log.warning("range %d of job %s: %s", lease.index, job_id, exc)
-    finally:
-        stop.set()
-        executor.shutdown(wait=True, cancel_futures=True)
-        beat.close()
-        _give_back(client, job_id, worker, beat)
-    return WorkerSummary(worker, finished, failed, events, time.monotonic() - started, waiting)
+    def _back_off(self) -> None:
+        """Nothing to lease, yet the job is not done: others hold the remaining ranges, and
+        theirs may expire. Wait, longer each time in a row, before asking again."""
+        self.stop.wait(self.idle)
+        self.idle = min(IDLE_MAX, self.idle * 2)
+
+    def _process_one(self, lease: LeasedRange, table: pa.Table | VdataError) -> None:
+        """Run the payload on one range (its heartbeat goes on meanwhile), then report it."""
+        message = self._run_payload(lease, table)
+        self.beat.drop(lease.index)
+        self._report(lease, message)
+
+    def _run_payload(self, lease: LeasedRange, table: pa.Table | VdataError) -> str | None:
+        """None if the payload succeeded, else why the range failed (the payload's exception,
+        or the fetch error): a failure of the range, never of the loop."""
+        if isinstance(table, VdataError):
+            return f"fetching the input failed: {table}"
+        try:
+            if self.with_lease:
+                self.process(table, lease)
+            else:
+                self.process(table)
+        except Exception as exc:  # noqa: BLE001 - the payload's failure is reported, not ours
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _report(self, lease: LeasedRange, failure: str | None) -> None:
+        """Report the range finished or failed and count it. A 409 means the lease was lost
+        (expired and reclaimed by another worker): logged, not fatal to the loop."""
+        try:
+            if failure is None:
+                self.client.finish(self.job_id, lease.index, worker=self.worker)
+                self.finished += 1
+                self.events += lease.num_events
+            else:
+                log.warning("range %d of job %s failed: %s", lease.index, self.job_id, failure)
+                self.client.fail(self.job_id, lease.index, failure, worker=self.worker)
+                self.failed += 1
+        except ServiceError as exc:
+            if exc.status != 409:
+                raise
+            log.warning("range %d of job %s: %s", lease.index, self.job_id, exc)
+
+    def _close(self) -> None:
+        """Stop the background threads, then give back the leases never processed."""
+        self.stop.set()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.beat.close()
+        _give_back(self.client, self.job_id, self.worker, self.beat)
 
 
-def _give_back(client: Client, job_id: str, worker: str, beat: _Heartbeat) -> None:
+def _give_back(client: WorkerClient, job_id: str, worker: str, beat: _Heartbeat) -> None:
     """Leases still held when the loop stops early (an error, an interrupt): report them
     failed now, which returns them to ``ready`` sooner than letting them expire."""
     for index in sorted(beat.held):
