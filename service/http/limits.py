@@ -20,28 +20,22 @@ from vdata.data.plans import Plan
 __all__ = ["check_plan", "check_recipe_body"]
 
 
-def _columns(n: int, settings: Settings, what: str) -> None:
-    if n > settings.max_columns:
-        raise LimitExceeded(f"{what} has {n} output columns; the limit is {settings.max_columns} "
-                            f"(setting max_columns): list fewer in 'columns'")
+# setting -> (what the recipe has, what to do), for the four limits a recipe can break
+_ADVICE = {
+    "max_columns": ("{n} output columns", "list fewer in 'columns'"),
+    "max_range_events": ("range_events {n}", "set a smaller 'range_events'"),
+    "min_range_events": ("range_events {n}", "set a larger 'range_events'"),
+    "max_ranges": ("{n} ranges", "set a larger 'range_events' or ask for fewer events"),
+}
 
 
-def _range_events(n: int, settings: Settings, what: str) -> None:
-    if n > settings.max_range_events:
-        raise LimitExceeded(f"{what} has range_events {n}; the limit is {settings.max_range_events} "
-                            f"(setting max_range_events): set a smaller 'range_events'")
-
-
-def _min_range_events(n: int, settings: Settings, what: str) -> None:
-    if n < settings.min_range_events:
-        raise LimitExceeded(f"{what} has range_events {n}; the least allowed is {settings.min_range_events} "
-                            f"(setting min_range_events): set a larger 'range_events'")
-
-
-def _ranges(n: int, settings: Settings, what: str) -> None:
-    if n > settings.max_ranges:
-        raise LimitExceeded(f"{what} has {n} ranges; the limit is {settings.max_ranges} (setting max_ranges): "
-                            f"set a larger 'range_events' or ask for fewer events")
+def _limit(setting: str, n: int, settings: Settings, what: str) -> None:
+    """LimitExceeded naming the recipe, its value, the limit and the setting, when ``n`` breaks it."""
+    bound = getattr(settings, setting)
+    if n < bound if setting.startswith("min_") else n > bound:
+        has, advice = _ADVICE[setting]
+        kind = "the least allowed" if setting.startswith("min_") else "the limit"
+        raise LimitExceeded(f"{what} has {has.format(n=n)}; {kind} is {bound} (setting {setting}): {advice}")
 
 
 def _int(value: Any) -> int | None:
@@ -54,21 +48,21 @@ def check_recipe_body(body: Mapping[str, Any], settings: Settings) -> None:
     """What the body says outright; the rest is for :func:`check_plan`."""
     columns = body.get("columns")
     if isinstance(columns, list):
-        _columns(len(columns), settings, "the recipe")
+        _limit("max_columns", len(columns), settings, "the recipe")
     events = _int(body.get("range_events"))
     if events is not None:
-        _range_events(events, settings, "the recipe")
+        _limit("max_range_events", events, settings, "the recipe")
         if events > 0:  # 0 and below: the recipe's own check says what range_events must be
-            _min_range_events(events, settings, "the recipe")
+            _limit("min_range_events", events, settings, "the recipe")
     source = body.get("source")
     total = _int(source.get("events")) if isinstance(source, Mapping) else None
     if total is not None and events is not None and total > 0 and events > 0:
-        _ranges(-(-total // events), settings, "the recipe")
+        _limit("max_ranges", -(-total // events), settings, "the recipe")
 
 
 def check_plan(plan: Plan, settings: Settings) -> None:
     """The plan's output columns, range size and number of ranges against the limits."""
-    _columns(len(plan.schema), settings, f"recipe {plan.id}")
-    _range_events(plan.recipe.range_events, settings, f"recipe {plan.id}")
-    _min_range_events(plan.recipe.range_events, settings, f"recipe {plan.id}")
-    _ranges(len(plan.ranges), settings, f"recipe {plan.id}")
+    _limit("max_columns", len(plan.schema), settings, f"recipe {plan.id}")
+    _limit("max_range_events", plan.recipe.range_events, settings, f"recipe {plan.id}")
+    _limit("min_range_events", plan.recipe.range_events, settings, f"recipe {plan.id}")
+    _limit("max_ranges", len(plan.ranges), settings, f"recipe {plan.id}")
