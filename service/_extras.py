@@ -48,10 +48,13 @@ def missing(names: Iterable[str] = SERVER_PACKAGES) -> list[str]:
 
 
 def _findable(name: str) -> bool:
+    """A real package of that name; not a namespace package, which any folder of that name on
+    the path makes (Ray's own temporary folder ``/tmp/ray`` when started in ``/tmp``)."""
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):  # ValueError: sys.modules[name] is None, i.e. blocked
         return False
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 def require_server(what: str, names: Iterable[str] = SERVER_PACKAGES) -> None:

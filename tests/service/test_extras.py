@@ -157,3 +157,13 @@ def test_the_missing_extra_check_knows_the_server_extra() -> None:
     from service._extras import SERVER_PACKAGES
 
     assert {dist for dist in SERVER_PACKAGES.values()} == SERVER
+
+
+def test_a_folder_of_the_same_name_is_not_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray leaves /tmp/ray behind: started in /tmp, ``import ray`` would find that folder as a
+    namespace package, and the check must not take it for Ray."""
+    from service._extras import missing
+
+    (tmp_path / "vdata_no_such_package").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert missing(["vdata_no_such_package", "json"]) == ["vdata_no_such_package"]
