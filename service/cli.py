@@ -10,9 +10,11 @@ anything is created or started.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service._extras import require_server
 from vdata.client import Client
 from vdata.errors import VdataError
 from vdata.formats import FORMATS
@@ -78,6 +81,40 @@ def _client(url: str, token: str) -> Client:
     return Client(url, token)
 
 
+def _with_client(command: Callable[..., None]) -> Callable[..., None]:
+    """The ``--url``/``--token`` options, declared once for every command that talks to a
+    gateway. ``command`` takes a ``client`` parameter instead; the command typer sees has the
+    two options last (after the subcommand's name: ``vdata datasets list --url X --token T``,
+    or ``VDATA_URL``/``VDATA_TOKEN``), opens the :class:`Client`, runs ``command`` with it and
+    turns its errors into one line."""
+    own = signature(command, eval_str=True)
+    kind = Parameter.POSITIONAL_OR_KEYWORD
+    params = [p for p in own.parameters.values() if p.name != "client"] + [
+        Parameter("url", kind, default=DEFAULT_URL, annotation=Url),
+        Parameter("token", kind, default="", annotation=Token),
+    ]
+
+    @functools.wraps(command)
+    def with_client(*args: Any, url: str, token: str, **kwargs: Any) -> None:
+        with _errors(), _client(url, token) as client:
+            command(*args, client=client, **kwargs)
+
+    # typer reads the options from the signature and the type hints (wraps copied the command's)
+    with_client.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    with_client.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return with_client
+
+
+def _need_server(command: str) -> None:
+    """The server's commands check the server extra before importing any of it: without it, one
+    line naming the extra to install (exit status 2), not a traceback from deep inside."""
+    try:
+        require_server(command)
+    except ModuleNotFoundError as exc:
+        _error_line(str(exc))
+        raise typer.Exit(code=2) from exc
+
+
 def _print_json(data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
@@ -96,6 +133,7 @@ def serve(
     """Start the gateway and the engine. The first start prints an admin token once.
 
     Flags win over ``VDATA_*`` environment variables, which win over the settings file."""
+    _need_server("vdata serve")
     from service.http.server import run
     from service.settings import Settings
 
@@ -140,6 +178,7 @@ def token_create(
 ) -> None:
     """Make a token (printed once; only its hash is stored). The data folder must hold the
     service's database: ``vdata serve`` creates it on its first start."""
+    _need_server("vdata token create")
     from service.settings import Settings
     from service.core.db import Database
     from service.core.tokens import TokenStore
@@ -164,6 +203,7 @@ def demo(
     The demo works in a folder of its own: one it creates and marks (re-runs replace what it
     wrote there). A non-empty folder it did not make is refused unless --force, which keeps
     everything in it. Nothing is deleted that the demo did not write."""
+    _need_server("vdata demo")
     from service.demo import run_demo
 
     with _errors():
@@ -204,49 +244,47 @@ def inspect(
 
 
 @datasets_app.command("add")
+@_with_client
 def datasets_add(
+    client: Client,
     name: Annotated[str, typer.Argument(help='Catalog name, e.g. "opendata:hzz".')],
     paths: Annotated[list[str], typer.Argument(help="ROOT files (under the allowed roots) or URLs.")],
     tree: Annotated[str, typer.Option("--tree", "-t")],
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Register a dataset (admin)."""
-    with _errors(), _client(url, token) as client:
-        _print_json(client.add_dataset(name, paths, tree))
+    _print_json(client.add_dataset(name, paths, tree))
 
 
 @datasets_app.command("list")
-def datasets_list(url: Url = DEFAULT_URL, token: Token = "") -> None:
+@_with_client
+def datasets_list(client: Client) -> None:
     """List the datasets."""
-    with _errors(), _client(url, token) as client:
-        table = Table("name", "events", "columns", "files")
-        for d in client.datasets():
-            table.add_row(d["name"], f"{d['num_events']:,}", str(len(d["columns"])), str(len(d["files"])))
-        console.print(table)
+    table = Table("name", "events", "columns", "files")
+    for d in client.datasets():
+        table.add_row(d["name"], f"{d['num_events']:,}", str(len(d["columns"])), str(len(d["files"])))
+    console.print(table)
 
 
 @transforms_app.command("submit")
+@_with_client
 def transforms_submit(
+    client: Client,
     name: Annotated[str, typer.Argument(help="Transform name (the function's name in the file).")],
     source: Annotated[Path, typer.Argument(help="Python file with the kernel function.", exists=True, dir_okay=False)],
     input: Annotated[list[str], typer.Option("--input", "-i", help="PARAM=flat|jagged, once per parameter.")],
     output: Annotated[list[str], typer.Option("--output", "-o", help="NAME=DTYPE, e.g. mass=float64.")],
     kind: Annotated[str, typer.Option(help="element, event or event_list.")] = "event",
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Submit a transform (scientist): checked, compiled and stored by content hash."""
-    with _errors(), _client(url, token) as client:
-        inputs, outputs = _pairs(input, "--input"), _pairs(output, "--output")
-        _print_json(client.add_transform(name, source.read_text(), inputs, outputs, kind=kind))
+    inputs, outputs = _pairs(input, "--input"), _pairs(output, "--output")
+    _print_json(client.add_transform(name, source.read_text(), inputs, outputs, kind=kind))
 
 
 @transforms_app.command("list")
-def transforms_list(url: Url = DEFAULT_URL, token: Token = "") -> None:
+@_with_client
+def transforms_list(client: Client) -> None:
     """List the transforms (built-in and submitted)."""
-    with _errors(), _client(url, token) as client:
-        _print_json(client.transforms())
+    _print_json(client.transforms())
 
 
 def _pairs(items: list[str], option: str) -> dict[str, str]:
@@ -263,72 +301,68 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 
 
 @recipes_app.command("submit")
+@_with_client
 def recipes_submit(
+    client: Client,
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML or JSON).", exists=True, dir_okay=False)],
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Submit a recipe; prints its id, size and schema."""
-    with _errors(), _client(url, token) as client:
-        info = client.submit(recipe)
-        console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
-        _print_json(info.schema)
+    info = client.submit(recipe)
+    console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
+    _print_json(info.schema)
 
 
 @recipes_app.command("show")
-def recipes_show(recipe_id: str, url: Url = DEFAULT_URL, token: Token = "") -> None:
+@_with_client
+def recipes_show(client: Client, recipe_id: str) -> None:
     """Show a recipe's size, schema and ranges."""
-    with _errors(), _client(url, token) as client:
-        info = client.info(recipe_id)
-        ranges = client.ranges(recipe_id)
-        console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
-        _print_json(info.schema)
-        console.print(", ".join(f"{r.index}: [{r.first}, {r.stop})" for r in ranges[:20]) + (" ..." if len(ranges) > 20 else ""))
+    info = client.info(recipe_id)
+    ranges = client.ranges(recipe_id)
+    console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
+    _print_json(info.schema)
+    console.print(", ".join(f"{r.index}: [{r.first}, {r.stop})" for r in ranges[:20]) + (" ..." if len(ranges) > 20 else ""))
 
 
 @recipes_app.command("stage")
+@_with_client
 def recipes_stage(
+    client: Client,
     recipe_id: str,
     count: Annotated[int, typer.Option("--count", "-n", help="How many ranges.")] = 4,
     first: Annotated[int, typer.Option("--first", help="The first range.")] = 0,
     format: Format = "arrow",
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Pre-stage ranges: the service materializes them now, ahead of the payload."""
-    with _errors(), _client(url, token) as client:
-        staged = client.stage(recipe_id, count, first=first, format=format)
-        what = f"ranges {staged[0]}..{staged[-1]}" if len(staged) > 1 else f"range {staged[0]}"
-        console.print(f"staging {what} of {recipe_id} as {format}", highlight=False)
+    staged = client.stage(recipe_id, count, first=first, format=format)
+    what = f"ranges {staged[0]}..{staged[-1]}" if len(staged) > 1 else f"range {staged[0]}"
+    console.print(f"staging {what} of {recipe_id} as {format}", highlight=False)
 
 
 @app.command()
+@_with_client
 def get(
+    client: Client,
     recipe_id: str,
     index: Annotated[int, typer.Argument(help="Range index.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
     format: Format = "arrow",
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Write one range of a virtual dataset to a file."""
-    with _errors(), _client(url, token) as client:
-        events = client.get(recipe_id, index, out, format=format)
+    events = client.get(recipe_id, index, out, format=format)
     console.print(f"range {index} ({events:,} events) -> {out}", highlight=False)
 
 
 @app.command()
+@_with_client
 def fetch(
+    client: Client,
     recipe_id: str,
     out_dir: Annotated[Path, typer.Argument(help="Folder for one file per range.")],
     format: Format = "root",
     prefetch: Annotated[int, typer.Option(min=1, help="Ranges fetched ahead.")] = 4,
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Write every range to its own file (ESS file mode), with a progress bar."""
-    with _errors(), _client(url, token) as client:
-        paths = client.fetch(recipe_id, out_dir, format=format, prefetch=prefetch)
+    paths = client.fetch(recipe_id, out_dir, format=format, prefetch=prefetch)
     console.print(f"{len(paths)} files in {out_dir}", highlight=False)
 
 
@@ -336,37 +370,35 @@ def fetch(
 
 
 @jobs_app.command("create")
+@_with_client
 def jobs_create(
+    client: Client,
     recipe_id: str,
     max_attempts: Annotated[int, typer.Option(min=1)] = 3,
     lease_seconds: Annotated[float, typer.Option(min=0.1)] = 60.0,
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Create an event-service job over a recipe's ranges; prints the job id."""
-    with _errors(), _client(url, token) as client:
-        console.print(client.create_job(recipe_id, max_attempts=max_attempts, lease_seconds=lease_seconds), highlight=False)
+    console.print(client.create_job(recipe_id, max_attempts=max_attempts, lease_seconds=lease_seconds), highlight=False)
 
 
 @jobs_app.command("status")
-def jobs_status(job_id: str, url: Url = DEFAULT_URL, token: Token = "") -> None:
+@_with_client
+def jobs_status(client: Client, job_id: str) -> None:
     """Counts per state, events finished, done."""
-    with _errors(), _client(url, token) as client:
-        _print_json(client.job(job_id))
+    _print_json(client.job(job_id))
 
 
 @app.command()
+@_with_client
 def worker(
+    client: Client,
     job_id: str,
     n: Annotated[int, typer.Option(min=1, help="Ranges per lease.")] = 1,
     name: Annotated[str | None, typer.Option("--worker", help="Worker name (default host-pid).")] = None,
-    url: Url = DEFAULT_URL,
-    token: Token = "",
 ) -> None:
     """Run the built-in payload over a job: per-column sums of every numeric column."""
     sums: dict[str, float] = {}
-    with _errors(), _client(url, token) as client:
-        summary = client.run_worker(job_id, _summing_payload(sums), worker=name, n=n)
+    summary = client.run_worker(job_id, _summing_payload(sums), worker=name, n=n)
     console.print(
         f"{summary.finished} ranges finished, {summary.failed} failed, "
         f"{summary.events:,} events in {summary.seconds:.1f} s",
