@@ -19,7 +19,7 @@ from service.http.server import first_admin_token
 from service.settings import Settings
 from service.core.tokens import TOKEN_PREFIX
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 SCRIPT = """
 import sys
 from service.http.server import run
