@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,6 @@ from service.core.tokens import (
     role_allows,
     role_rank,
 )
-
-
-@pytest.fixture()
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(f"sqlite:///{tmp_path / 'vdata.db'}") as database:
-        yield database
 
 
 def test_roles_are_ordered() -> None:
@@ -69,7 +62,7 @@ def test_bad_arguments(db: Database) -> None:
         store.create("reader", note="x" * 1000)
 
 
-def test_ensure_admin_once(db: Database, tmp_path: Path) -> None:
+def test_ensure_admin_once(db: Database) -> None:
     store = TokenStore(db)
     store.create("reader")
     first = store.ensure_admin()
