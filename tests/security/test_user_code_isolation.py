@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 
 from service.http.server import BackgroundServer
 from service.settings import Settings
@@ -44,9 +43,10 @@ OTHER = {"source": {"generator": "zmumu", "events": 40_000, "seed": 99}, "column
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def gateway(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory,
+            shared_data: Path) -> Iterator[tuple[str, dict[str, str]]]:
     data_dir = tmp_path_factory.mktemp("usercode") / "data"
-    engine = EngineConfig(num_cpus=2, object_store_bytes=80 * 1024**2, max_in_flight=4, lookahead=0,
+    engine = EngineConfig(max_in_flight=4, lookahead=0,
                           task_seconds=TASK_SECONDS, dry_run_seconds=DRY_RUN_SECONDS, task_memory_bytes=MEMORY)
     core = Core(CoreConfig(data_dir=data_dir, engine=engine, cache_budget_bytes=64 * 1024**2))
     try:
@@ -67,7 +67,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iter
             yield server.url, headers
     finally:
         core.close()
-        ray.shutdown()
 
 
 def _recipe(transform: str, source: dict[str, Any], column: str, range_events: int) -> dict[str, Any]:

@@ -589,25 +589,21 @@ def test_run_worker_on_an_unknown_job_raises(client: Client) -> None:
 
 
 @pytest.mark.slow
-def test_end_to_end_against_the_gateway(shared_data: Path, tmp_path: Path) -> None:
+def test_end_to_end_against_the_gateway(embedded_ray: None, shared_data: Path, tmp_path: Path) -> None:
     """stream, fetch and run_worker through service.http.server.BackgroundServer over a started core."""
-    import ray
-
     from service.http.server import BackgroundServer
     from service.settings import Settings
     from service.core.core import Core, CoreConfig
     from service.core.engine import EngineConfig
     from service.core.tokens import TokenStore
 
-    store = 100 * 1024**2
-    engine = EngineConfig(num_cpus=2, object_store_bytes=store, max_in_flight=4, lookahead=0)
+    engine = EngineConfig(max_in_flight=4, lookahead=0)
     core = Core(CoreConfig(data_dir=tmp_path / "data", engine=engine, cache_budget_bytes=64 * 1024**2))
     try:
         core.start()
         core.add_dataset("opendata:hzz", [str(shared_data / "uproot-HZZ.root")], "events")
         token = TokenStore(core.db).create("scientist")
-        settings = Settings(data_dir=tmp_path / "data", allowed_roots=[tmp_path, shared_data], port=0,
-                            num_cpus=2, object_store_bytes=store, lookahead=0)
+        settings = Settings(data_dir=tmp_path / "data", allowed_roots=[tmp_path, shared_data], port=0, lookahead=0)
         recipe = {"source": {"dataset": "opendata:hzz"}, "steps": [{"filter": "NMuon >= 1"}],
                   "columns": ["NMuon", "Muon_Px", "MET_px"], "range_events": 400}
         with BackgroundServer(settings, core) as server, Client(server.url, token) as client:
@@ -629,4 +625,3 @@ def test_end_to_end_against_the_gateway(shared_data: Path, tmp_path: Path) -> No
             assert missing.value.status == 404
     finally:
         core.close()
-        ray.shutdown()
