@@ -1,5 +1,5 @@
-"""Fixtures shared by the whole suite: the real ROOT files in ../shared/data and a loopback
-HTTP file server with range support."""
+"""Fixtures shared by the whole suite: the real ROOT files in ../shared/data, a loopback HTTP
+file server with range support, and the one way a test gets Ray (:func:`embedded_ray`)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,31 @@ def file_server(shared_data: Path) -> Iterator[RangeFileServer]:
     """../shared/data served over HTTP with range requests on a loopback port."""
     with RangeFileServer(shared_data) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def embedded_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Ray for the test module, started the way the service starts it (an engine's private
+    instance on loopback, service.core.ray_local) and small: 2 CPUs, an 80 MB object store.
+
+    Every Engine or Core the module starts joins it (an engine stops only a Ray it started
+    itself), so their EngineConfig says how the engine works (in flight, look-ahead, limits),
+    not how big Ray is; a module pays Ray's start-up once however many cores it builds, and no
+    test stops Ray under another. Stopped in teardown, also when a test or the start failed.
+    (Tests of ``vdata serve`` and ``run`` start a whole service in a child process instead, Ray
+    included: that start is what they test.)"""
+    import ray  # here, not at the top: most tests never import the service or Ray
+
+    from service.core.core import Core, CoreConfig
+    from service.core.engine import EngineConfig
+
+    engine = EngineConfig(num_cpus=2, object_store_bytes=80 * 1024**2)
+    owner = Core(CoreConfig(data_dir=tmp_path_factory.mktemp("ray") / "data", engine=engine))
+    try:
+        owner.start()
+        yield
+    finally:
+        try:
+            owner.close()  # the engine that started Ray stops it, and its private folder and token
+        finally:
+            ray.shutdown()  # in case the start failed half-way

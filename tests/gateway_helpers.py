@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio.from_thread
 import httpx
-import ray
 from fastapi import FastAPI
 
 from service.http.app import create_app
@@ -22,7 +21,7 @@ from service.core.core import Core, CoreConfig
 from service.core.engine import EngineConfig
 from service.core.tokens import ROLES, TokenStore
 
-ENGINE = EngineConfig(num_cpus=2, object_store_bytes=100 * 1024**2, max_in_flight=4, lookahead=0)
+ENGINE = EngineConfig(max_in_flight=4, lookahead=0)  # Ray itself: the embedded_ray fixture
 HZZ = "uproot-HZZ.root"
 SCALE = {"name": "scale", "source": "def scale(x):\n    return 2.0 * x\n", "inputs": {"x": "flat"},
          "outputs": {"y": "float64"}, "kind": "element"}
@@ -90,6 +89,8 @@ def make_settings(data_dir: Path, shared_data: Path, **kwargs: Any) -> Settings:
 
 @contextmanager
 def environment(tmp: Path, shared_data: Path, start: bool, **settings: Any) -> Iterator[Env]:
+    """A core on ``tmp/data`` (``start``: its engine started, joining the module's Ray: see the
+    ``embedded_ray`` fixture), closed at the end, also after a failure."""
     data_dir = tmp / "data"
     config = CoreConfig(data_dir=data_dir, engine=ENGINE, cache_budget_bytes=64 * 1024**2)
     core = Core(config)
@@ -101,10 +102,6 @@ def environment(tmp: Path, shared_data: Path, start: bool, **settings: Any) -> I
             yield Env(core, make_settings(data_dir, shared_data, **settings), tokens, portal, data_dir)
     finally:
         core.close()
-        if start:
-            ray.shutdown()
-
-
 
 
 def error_of(response: httpx.Response, status: int, code: str | None = None) -> str:

@@ -1,12 +1,11 @@
-"""A real gateway (uvicorn on a loopback port, its own core and embedded Ray, built from its
-settings like ``vdata serve``) in front of misbehaving loopback HTTP sources: the shared
-helper of tests/security/test_hostile_sources.py and tests/reliability/test_remote_failures.py.
+"""A real gateway (uvicorn on a loopback port, its own core built from its settings like
+``vdata serve``, on the module's Ray: the ``embedded_ray`` fixture) in front of misbehaving
+loopback HTTP sources: the shared helper of tests/security/test_hostile_sources.py and
+tests/reliability/test_remote_failures.py.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -58,22 +57,19 @@ class Gateway:
 
 @contextmanager
 def gateway(tmp: Path, shared_data: Path) -> Iterator[Gateway]:
-    """Servers first (the allowed prefixes name their ports), then the gateway; all stopped on
-    exit, also after a failure."""
+    """Servers first (the allowed prefixes name their ports), then the gateway (its core joins
+    the caller's ``embedded_ray``); all stopped on exit, also after a failure."""
     with ExitStack() as stack:
         hostile = stack.enter_context(HostileFileServer(shared_data))
         internal = stack.enter_context(RangeFileServer(shared_data))
         closable = stack.enter_context(RangeFileServer(shared_data))
         gone_url = f"http://127.0.0.1:{free_port()}"
-        # Ray's own short folder (socket paths have a length limit): never another Ray's
-        ray_dir = Path(tempfile.mkdtemp(prefix="vray", dir="/tmp"))
-        stack.callback(shutil.rmtree, ray_dir, ignore_errors=True)
         settings = Settings(
             data_dir=tmp / "data", allowed_roots=[tmp / "data"], port=0,
             allowed_url_prefixes=[f"{hostile.url}/", f"{gone_url}/", f"{closable.url}/"],
             remote_connect_timeout_seconds=CONNECT_TIMEOUT, remote_read_timeout_seconds=READ_TIMEOUT,
-            num_cpus=1, object_store_bytes=80 * 1024**2, max_in_flight=2, lookahead=0, readahead=0,
-            log_level="warning", ray_temp_dir=ray_dir,
+            max_in_flight=2, lookahead=0, readahead=0,
+            log_level="warning",
         )
         server = stack.enter_context(BackgroundServer(settings))
         assert server.admin_token is not None

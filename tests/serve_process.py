@@ -10,14 +10,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psutil
 
-from vdata.testing import free_port
+from vdata.testing import free_port, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 RECIPE = {
@@ -29,14 +27,6 @@ START_TIMEOUT = 180.0
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def alive(proc: psutil.Process) -> bool:
@@ -167,7 +157,7 @@ class Serve:
             except httpx.TransportError:
                 return False
 
-        wait_until(healthy, START_TIMEOUT, "vdata serve to answer /healthz")
+        wait_until(healthy, timeout=START_TIMEOUT, interval=0.3, message="vdata serve to answer /healthz")
         self.snapshot()
 
     @property

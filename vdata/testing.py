@@ -1,7 +1,8 @@
 """Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range`` (and one
 that misbehaves on demand: stalls, 500s, truncated bodies, redirects, no ``Range``), nginx
 on loopback (for the gateway's X-Accel-Redirect mode and the warm-delivery comparison), and
-NaN-aware comparison of Arrow tables.
+NaN-aware comparison of Arrow tables, and :func:`wait_until`, the one way tests wait for something
+to happen in another thread or process.
 
 Python's ``http.server`` ignores ``Range`` headers, and uproot reads remote files with
 (multi-)range requests, so tests need a server that answers 206 with the requested bytes.
@@ -19,18 +20,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO, Self, TypeVar
 
 import awkward as ak
 import pyarrow as pa
 
-__all__ = ["HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "assert_tables_equal", "free_port"]
+__all__ = ["HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "assert_tables_equal", "free_port", "wait_until"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
+T = TypeVar("T")
 
 
 def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
@@ -447,3 +450,27 @@ class Nginx:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# -- waiting ---------------------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.05,
+               message: str = "the condition") -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something true, and return
+    that; after ``timeout`` seconds raise AssertionError naming ``message`` and the last value
+    seen. An exception from ``predicate`` (an assertion that the awaited process is still alive,
+    say) propagates at once.
+
+    The one polling loop of the tests: a test that waits for another thread or process polls for
+    the event it needs, never sleeps a fixed time (too short on a loaded machine, wasted on an
+    idle one). The timeout is generous on purpose: it bounds a failure, it does not measure speed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}; last value seen: {value!r}")
+        time.sleep(interval)

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import ray
 
 from service.http.server import BackgroundServer
 from service.settings import Settings
@@ -35,9 +34,9 @@ DEADLINE = 60.0  # seconds any one request may take on a loaded 2-core machine; 
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def gateway(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data_dir = tmp_path_factory.mktemp("deadlock") / "data"
-    engine = EngineConfig(num_cpus=2, object_store_bytes=80 * 1024**2, max_in_flight=4, lookahead=4)
+    engine = EngineConfig(max_in_flight=4, lookahead=4)
     # A budget of about eight ranges: every commit of a range evicts another one.
     core = Core(CoreConfig(data_dir=data_dir, engine=engine, cache_budget_bytes=48_000))
     try:
@@ -49,7 +48,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
             yield server.url, token
     finally:
         core.close()
-        ray.shutdown()
 
 
 def test_leases_reads_and_evictions_never_deadlock(gateway: tuple[str, str]) -> None:

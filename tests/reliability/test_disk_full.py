@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import ray
 
 from service.http.server import BackgroundServer
 from service.settings import Settings
@@ -28,7 +27,7 @@ SMALL = {"source": {"generator": "zmumu", "events": 1000, "seed": 4}, "columns":
 
 
 @pytest.fixture(scope="module")
-def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def http(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     data_dir = tmp_path_factory.mktemp("diskfull") / "data"
     cache = data_dir / "cache"
     cache.mkdir(parents=True)
@@ -36,7 +35,7 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
                              capture_output=True, text=True)
     assert mounted.returncode == 0, f"cannot mount a small tmpfs for the cache (root needed): {mounted.stderr}"
     try:
-        engine = EngineConfig(num_cpus=2, object_store_bytes=80 * 1024**2, max_in_flight=2, lookahead=0)
+        engine = EngineConfig(max_in_flight=2, lookahead=0)
         core = Core(CoreConfig(data_dir=data_dir, engine=engine, cache_budget_bytes=64 * 1024**2))
         try:
             core.start()
@@ -47,7 +46,6 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
                 yield c
         finally:
             core.close()
-            ray.shutdown()
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
 

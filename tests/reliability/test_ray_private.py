@@ -38,13 +38,13 @@ from serve_process import (
     processes_mentioning,
     short_dir,
     stop_all,
-    wait_until,
 )
 
-from vdata.testing import free_port
+from vdata.testing import free_port, wait_until
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 
+# Not the embedded_ray fixture: the Ray that `vdata serve` starts in its own process is what these test.
 pytestmark = pytest.mark.slow
 
 
@@ -140,7 +140,7 @@ def test_no_ray_process_outlives_a_killed_gateway_and_the_folder_restarts(data_d
             return not [p for p in survivors if alive(p)] and not processes_mentioning(str(data_dir / "ray"))
 
         try:
-            wait_until(all_gone, 30, "the Ray processes of the killed gateway to end")
+            wait_until(all_gone, timeout=30, interval=0.3, message="the Ray processes of the killed gateway to end")
         except AssertionError as exc:
             left = [p for p in survivors if alive(p)] + processes_mentioning(str(data_dir / "ray"))
             raise AssertionError(f"{exc}; still alive:\n{describe(left)}") from None
@@ -162,7 +162,10 @@ def test_the_next_start_removes_what_a_killed_gateway_and_watchdog_left(data_dir
             if p.pid == first.child.pid or "_ray_local" in cmdline(p):
                 p.kill()
         first.child.wait()
-        time.sleep(3)  # let Ray's own fate sharing do what it does
+        # A sleep that is the behaviour: what is still alive a while after the kill, once Ray's own
+        # fate sharing stopped what it stops (no event says when that is done), is what the next
+        # start must remove; the assertion below fails loudly should nothing be left.
+        time.sleep(3)
         left = [p for p in procs if alive(p)]
         assert left, "nothing of Ray outlived its gateway and watchdog: this test no longer tests the next start"
         with Serve(data_dir) as again:

@@ -35,7 +35,7 @@ IDS = ["stall", "500", "403", "truncated", "no-range"]
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Gateway]:
+def gw(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Gateway]:
     with gateway(tmp_path_factory.mktemp("remote"), shared_data) as running:
         yield running
 

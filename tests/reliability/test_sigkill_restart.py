@@ -5,13 +5,15 @@ the same data folder."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_process import Serve, processes_mentioning, wait_until
+from serve_process import Serve, processes_mentioning
 
+from vdata.testing import wait_until
+
+# Not the embedded_ray fixture: a real `vdata serve` process, its Ray with it, is killed and restarted.
 pytestmark = pytest.mark.slow
 
 RECIPE = {"source": {"generator": "zmumu", "events": 8000, "seed": 11}, "columns": ["Muon_pt", "nMuon"],
@@ -32,7 +34,8 @@ def test_sigkill_mid_job_then_restart_loses_nothing(data_dir: Path) -> None:
                 assert http.post(f"/v1/jobs/{job}/ranges/{index}/finish", json={"worker": "a"}).status_code == 200
         first.child.send_signal(signal.SIGKILL)  # range 2 stays leased to a worker that is gone
         first.child.wait(timeout=30)
-        wait_until(lambda: not processes_mentioning(str(data_dir)), 60, "the killed gateway's Ray to go")
+        wait_until(lambda: not processes_mentioning(str(data_dir)), timeout=60, interval=0.3,
+                   message="the killed gateway's Ray to go")
 
     with Serve(data_dir) as second:
         second.wait_healthy()
@@ -41,18 +44,17 @@ def test_sigkill_mid_job_then_restart_loses_nothing(data_dir: Path) -> None:
             assert status["counts"]["finished"] == 2 and status["counts"]["running"] + status["counts"]["ready"] == 6
             assert http.get(f"/v1/recipes/{recipe}/ranges/0").content == before  # the cache survived, verified
             finished: list[int] = []
-            deadline = time.monotonic() + 180
-            while not http.get(f"/v1/jobs/{job}").json()["done"]:
-                assert time.monotonic() < deadline, http.get(f"/v1/jobs/{job}").json()
-                leases = http.post(f"/v1/jobs/{job}/lease", json={"worker": "b", "n": 2}).json()
-                if not leases:  # range 2 comes back once its dead holder's lease expires
-                    time.sleep(0.5)
-                    continue
-                for lease in leases:
+
+            def work_then_done() -> bool:
+                """Finish what can be leased now; range 2 comes back once its dead holder's lease expires."""
+                for lease in http.post(f"/v1/jobs/{job}/lease", json={"worker": "b", "n": 2}).json():
                     assert http.get(lease["url"]).status_code == 200
                     assert http.post(f"/v1/jobs/{job}/ranges/{lease['index']}/finish",
                                      json={"worker": "b"}).status_code == 200
                     finished.append(lease["index"])
+                return bool(http.get(f"/v1/jobs/{job}").json()["done"])
+
+            wait_until(work_then_done, timeout=180, interval=0.5, message=f"job {job} to be done")
             assert sorted(finished) == [2, 3, 4, 5, 6, 7]  # each once, the lost lease included
             status = http.get(f"/v1/jobs/{job}").json()
             assert status["counts"]["finished"] == 8 and status["events_finished"] == 8000

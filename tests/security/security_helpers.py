@@ -1,8 +1,9 @@
 """Helpers of the attack suites: a real gateway (uvicorn on a loopback port) over one core,
 a token per role, and the HZZ test file registered as ``opendata:hzz``.
 
-The core is small on purpose (one Ray CPU, an 80 MB object store): the suites run beside other
-work on a two-core machine. Everything started here is stopped when the block ends, also on failure.
+The core is small on purpose (two tasks in flight; Ray itself is the module's ``embedded_ray``,
+tests/conftest.py: two CPUs, an 80 MB object store): the suites run beside other work on a
+two-core machine. Everything started here is stopped when the block ends, also on failure.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import ray
 
 from service.http.server import BackgroundServer
 from service.settings import Settings
@@ -45,9 +45,10 @@ class Gateway:
 
 @contextmanager
 def gateway(tmp: Path, shared_data: Path, *, start: bool) -> Iterator[Gateway]:
-    """A gateway on a free loopback port; ``start``: with Ray (one CPU), else planning only."""
+    """A gateway on a free loopback port; ``start``: with Ray (the caller holds ``embedded_ray``),
+    else planning only."""
     data_dir = tmp / "data"
-    engine = EngineConfig(num_cpus=1, object_store_bytes=80 * MiB, max_in_flight=2, lookahead=0)
+    engine = EngineConfig(max_in_flight=2, lookahead=0)
     core = Core(CoreConfig(data_dir=data_dir, engine=engine, cache_budget_bytes=64 * MiB))
     try:
         if start:
@@ -64,5 +65,3 @@ def gateway(tmp: Path, shared_data: Path, *, start: bool) -> Iterator[Gateway]:
             yield gw
     finally:
         core.close()
-        if start:
-            ray.shutdown()

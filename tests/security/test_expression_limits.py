@@ -58,7 +58,7 @@ def test_huge_expressions_are_400_naming_step_and_limit(scientist: httpx.Client,
 
 
 @pytest.fixture(scope="module")
-def ray_scientist(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[httpx.Client]:
+def ray_scientist(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[httpx.Client]:
     """A scientist's client of a gateway with Ray: an accepted recipe's dry run runs in a worker."""
     with gateway(tmp_path_factory.mktemp("allowed"), shared_data, start=True) as gw, gw.client("scientist") as c:
         yield c

@@ -13,7 +13,7 @@ from remote_sources import HZZ, Gateway, gateway, remote_error
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Gateway]:
+def gw(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Gateway]:
     with gateway(tmp_path_factory.mktemp("ssrf"), shared_data) as running:
         running.hostile.redirect_to = running.internal.url  # a port outside the allowed prefixes
         yield running

@@ -35,8 +35,9 @@ PROTOCOL_ERROR = "Invalid HTTP request received."  # uvicorn's answer before any
 
 
 @pytest.fixture(scope="module")
-def ray_gateway(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[tuple[Gateway, dict[str, Any]]]:
-    """A gateway with Ray (one CPU), a recipe and a job on the HZZ file, and a transform; and
+def ray_gateway(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory,
+                shared_data: Path) -> Iterator[tuple[Gateway, dict[str, Any]]]:
+    """A gateway with Ray, a recipe and a job on the HZZ file, and a transform; and
     the path parameters that name them."""
     with gateway(tmp_path_factory.mktemp("fuzz"), shared_data, start=True) as gw, gw.client("admin") as admin:
         recipe = admin.post("/v1/recipes", json={"source": {"dataset": "opendata:hzz"}, "columns": ["NMuon"],

@@ -1,6 +1,6 @@
 """Fixtures of the gateway tests. Each test module that needs Ray starts ONE core for the
-module (``started_env``) and closes it (``ray.shutdown``) in teardown; the others use a core
-that never starts Ray (``idle_env``)."""
+module (``started_env``) on the module's Ray (``embedded_ray``, tests/conftest.py), closed in
+teardown; the others use a core that never starts Ray (``idle_env``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.http.server import BackgroundServer
 
 
 @pytest.fixture(scope="module")
-def started_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Env]:
+def started_env(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Env]:
     """A core with Ray started (one per test module)."""
     with environment(tmp_path_factory.mktemp("started"), shared_data, start=True) as env:
         yield env

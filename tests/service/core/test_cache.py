@@ -33,12 +33,6 @@ def ticking() -> itertools.count[float]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(f"sqlite:///{tmp_path}/v.db") as database:
-        yield database
-
-
-@pytest.fixture
 def reports() -> list[tuple[CacheKey, str]]:
     return []
 
@@ -385,10 +379,9 @@ def test_remove(cache: RangeCache) -> None:
 # -- restart ---------------------------------------------------------------------------------
 
 
-def test_restart_keeps_entries_and_cleans_debris(tmp_path: Path) -> None:
+def test_restart_keeps_entries_and_cleans_debris(tmp_path: Path, db_url: str) -> None:
     root = tmp_path / "cache"
-    url = f"sqlite:///{tmp_path}/v.db"
-    with Database(url) as db, RangeCache(root, db, 1000, clock=ticking().__next__) as cache:
+    with Database(db_url) as db, RangeCache(root, db, 1000, clock=ticking().__next__) as cache:
         kept = [cache.put(key(i), bytes([i]) * 10, events=i) for i in range(3)]
         lost = cache.put(key(0, "parquet"), b"gone", events=1)
         cache.get(key(0))
@@ -403,7 +396,7 @@ def test_restart_keeps_entries_and_cleans_debris(tmp_path: Path) -> None:
     (shard / "notes.txt").write_text("not the cache's either")
 
     reports: list[tuple[CacheKey, str]] = []
-    with Database(url) as db, RangeCache(root, db, 1000, on_corrupt=lambda k, r: reports.append((k, r))) as cache:
+    with Database(db_url) as db, RangeCache(root, db, 1000, on_corrupt=lambda k, r: reports.append((k, r))) as cache:
         assert [e.key for e in cache.entries()] == [key(1), key(2), key(0)]  # LRU order survives
         for entry in kept:
             assert cache.read(entry.key) == (entry, entry.path.read_bytes())
@@ -412,12 +405,11 @@ def test_restart_keeps_entries_and_cleans_debris(tmp_path: Path) -> None:
         assert not (root / key(0, recipe=1).recipe_id).exists()  # emptied shard folder removed
 
 
-def test_restart_with_a_smaller_budget_evicts(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/v.db"
-    with Database(url) as db, RangeCache(tmp_path / "c", db, 1000, clock=ticking().__next__) as cache:
+def test_restart_with_a_smaller_budget_evicts(tmp_path: Path, db_url: str) -> None:
+    with Database(db_url) as db, RangeCache(tmp_path / "c", db, 1000, clock=ticking().__next__) as cache:
         for i in range(5):
             cache.put(key(i), bytes(100), events=1)
-    with Database(url) as db, RangeCache(tmp_path / "c", db, 250) as cache:
+    with Database(db_url) as db, RangeCache(tmp_path / "c", db, 250) as cache:
         assert [e.key for e in cache.entries()] == [key(3), key(4)]
 
 

@@ -19,12 +19,6 @@ def key(index: int, fmt: str = "arrow") -> CacheKey:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(f"sqlite:///{tmp_path}/v.db") as database:
-        yield database
-
-
-@pytest.fixture
 def cache(tmp_path: Path, db: Database) -> Iterator[RangeCache]:
     with RangeCache(tmp_path / "cache", db, 1000) as c:
         yield c
@@ -102,14 +96,13 @@ def test_a_failed_commit_deletes_the_temp_file(tmp_path: Path, db: Database) -> 
         assert cache.entries() == [] and files_under(cache.root) == set()
 
 
-def test_temp_files_never_committed_are_removed_at_the_next_start(tmp_path: Path) -> None:
+def test_temp_files_never_committed_are_removed_at_the_next_start(tmp_path: Path, db_url: str) -> None:
     """A driver that crashed between a worker's write and the commit leaves only debris."""
-    url = f"sqlite:///{tmp_path}/v.db"
-    with Database(url) as db, RangeCache(tmp_path / "cache", db, 1000) as cache:
+    with Database(db_url) as db, RangeCache(tmp_path / "cache", db, 1000) as cache:
         kept = cache.put(key(0), b"kept", events=1)
         strays = [written(cache, key(i), b"never committed") for i in (0, 1)]
         strays.append(written(cache, key(3, "parquet"), b"never committed either"))
     assert all(s.exists() for s in strays)
-    with Database(url) as db, RangeCache(tmp_path / "cache", db, 1000) as cache:
+    with Database(db_url) as db, RangeCache(tmp_path / "cache", db, 1000) as cache:
         assert files_under(cache.root) == {kept.key.relpath}
         assert cache.read(key(0)) == (kept, b"kept")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 
 from service.core.cache import CacheKey
 from service.core.core import Core, CoreConfig
 from service.core.engine import EngineConfig
 from service.core.jobs import FINISHED
 
-ENGINE = EngineConfig(num_cpus=2, object_store_bytes=100 * 1024**2, max_in_flight=4, lookahead=2)
+ENGINE = EngineConfig(max_in_flight=4, lookahead=2)  # Ray itself: the embedded_ray fixture
 
 RECIPE = {
     "source": {"dataset": "opendata:hzz"},
@@ -23,17 +21,12 @@ RECIPE = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+# One Ray for the module, outliving each Core: a restarted core joins it as a new process would
+# join its own, and the test pays Ray's start-up once.
+pytestmark = pytest.mark.usefixtures("embedded_ray")
 
 
-def test_restart_mid_job_loses_nothing(ray_cluster: None, tmp_path: Path, shared_data: Path) -> None:
+def test_restart_mid_job_loses_nothing(tmp_path: Path, shared_data: Path) -> None:
     config = CoreConfig(data_dir=tmp_path / "data", engine=ENGINE, cache_budget_bytes=32 * 1024**2)
     with Core(config) as core:
         core.add_dataset("opendata:hzz", [str(shared_data / "uproot-HZZ.root")], "events")
@@ -66,7 +59,7 @@ def test_restart_mid_job_loses_nothing(ray_cluster: None, tmp_path: Path, shared
         assert all(a[1] == b[0] for a, b in zip(finished, finished[1:]))
 
 
-def test_lookahead_runs_ahead_of_leases(ray_cluster: None, tmp_path: Path, shared_data: Path) -> None:
+def test_lookahead_runs_ahead_of_leases(tmp_path: Path, shared_data: Path) -> None:
     config = CoreConfig(data_dir=tmp_path / "data", engine=ENGINE)
     with Core(config) as core:
         core.add_dataset("opendata:hzz", [str(shared_data / "uproot-HZZ.root")], "events")

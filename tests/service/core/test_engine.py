@@ -1,7 +1,7 @@
 """The Ray engine: single-flight, worker death, user errors, cache corruption, look-ahead, and
 the two ways a range reaches the cache (the worker writes the file; the bytes come through Ray).
 
-One embedded Ray for the module (2 CPUs, small object store), shut down in teardown.
+One embedded Ray for the module (the ``embedded_ray`` fixture), shared by its two engines.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from vdata.formats import encode_table, read_table
 from service.core.jobs import JobStore
 from vdata.testing import KillOnce, assert_tables_equal
 
-CONFIG = EngineConfig(num_cpus=2, object_store_bytes=100 * 1024**2, max_in_flight=4, lookahead=3, max_retries=3)
+CONFIG = EngineConfig(max_in_flight=4, lookahead=3, max_retries=3)
 
 
 def zmumu(events: int = 40_000, seed: int = 5, range_events: int = 10_000) -> Recipe:
@@ -39,15 +39,15 @@ def zmumu(events: int = 40_000, seed: int = 5, range_events: int = 10_000) -> Re
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Engine]:
+def engine(embedded_ray: None, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Engine]:
     root = tmp_path_factory.mktemp("engine")
     db = Database(f"sqlite:///{root}/v.db")
     catalog = Catalog()
     catalog.add_dataset("opendata:hzz", shared_data / "uproot-HZZ.root", "events")
     cache = RangeCache(root / "cache", db, 64 * 1024**2)
-    eng = Engine(catalog, cache, CONFIG).start()
+    eng = Engine(catalog, cache, CONFIG)
     try:
-        yield eng
+        yield eng.start()
     finally:
         eng.shutdown()
         cache.close()
@@ -187,9 +187,9 @@ def bytes_engine(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> It
     root = tmp_path_factory.mktemp("bytes-engine")
     db = Database(f"sqlite:///{root}/v.db")
     cache = RangeCache(root / "cache", db, 64 * 1024**2)
-    eng = Engine(engine.catalog, cache, CONFIG.model_copy(update={"worker_writes": False})).start()
+    eng = Engine(engine.catalog, cache, CONFIG.model_copy(update={"worker_writes": False}))
     try:
-        yield eng
+        yield eng.start()
     finally:
         eng.shutdown()
         cache.close()

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 
 import pytest
 
@@ -21,17 +19,6 @@ from vdata.ranges import EventRange
 
 def ranges(n: int) -> list[EventRange]:
     return [EventRange(i, i, i + 1) for i in range(n)]
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/v.db"
-
-
-@pytest.fixture()
-def db(url: str) -> Iterator[Database]:
-    with Database(url) as database:
-        yield database
 
 
 def hold(thread: JobThread) -> tuple[threading.Event, Future[None]]:
@@ -47,7 +34,7 @@ def hold(thread: JobThread) -> tuple[threading.Event, Future[None]]:
     return release, blocked
 
 
-def test_concurrent_callers_never_share_a_range_and_finishes_survive_close(db: Database, url: str) -> None:
+def test_concurrent_callers_never_share_a_range_and_finishes_survive_close(db: Database, db_url: str) -> None:
     store = JobStore(db)
     job = store.create_job("r", ranges(300))
     thread = JobThread(db, max_batch=16)
@@ -75,7 +62,7 @@ def test_concurrent_callers_never_share_a_range_and_finishes_survive_close(db: D
     thread.close()
     assert not errors
     assert sorted(i for indexes in got.values() for i in indexes) == list(range(300))
-    with Database(url) as again:  # a restart: every acknowledged finish is there
+    with Database(db_url) as again:  # a restart: every acknowledged finish is there
         rows = JobStore(again).ranges(job)
     assert all(r.state == FINISHED and r.index in got[r.worker or ""] for r in rows)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -62,12 +61,6 @@ def make_ranges(sizes: list[int]) -> list[EventRange]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(f"sqlite:///{tmp_path}/v.db") as database:
-        yield database
 
 
 @pytest.fixture
@@ -284,9 +277,8 @@ def test_bad_arguments_name_the_field(store: JobStore, call, field: str) -> None
     assert isinstance(info.value, ValueError)
 
 
-def test_restart_mid_job_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
-    url = f"sqlite:///{tmp_path}/v.db"
-    with Database(url) as db:
+def test_restart_mid_job_loses_nothing(db_url: str, clock: FakeClock) -> None:
+    with Database(db_url) as db:
         store = JobStore(db, clock=clock)
         job = store.create_job("r", make_ranges([2] * 6), max_attempts=2)
         store.lease(job, "w1", 2)
@@ -294,7 +286,7 @@ def test_restart_mid_job_loses_nothing(tmp_path: Path, clock: FakeClock) -> None
         store.lease(job, "w2", 2)
         store.fail(job, 2, "w2", "oops")
         before = store.ranges(job)
-    with Database(url) as db:
+    with Database(db_url) as db:
         store = JobStore(db, clock=clock)
         assert store.ranges(job) == before and store.jobs() == [job]
         store.finish(job, 1, "w1")  # leases survive the restart
@@ -307,9 +299,8 @@ def test_restart_mid_job_loses_nothing(tmp_path: Path, clock: FakeClock) -> None
         assert [r.worker for r in store.ranges(job)] == ["w1", "w1", "w3", "w2", "w3", "w3"]
 
 
-def test_concurrent_leases_never_hand_out_a_range_twice(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/v.db"
-    with Database(url) as db:
+def test_concurrent_leases_never_hand_out_a_range_twice(db_url: str) -> None:
+    with Database(db_url) as db:
         job = JobStore(db).create_job("r", make_ranges([1] * 120))
     got: dict[str, list[int]] = {}
     errors: list[BaseException] = []
@@ -317,7 +308,7 @@ def test_concurrent_leases_never_hand_out_a_range_twice(tmp_path: Path) -> None:
 
     def work(worker: str) -> None:
         try:
-            with Database(url) as own:  # its own connection, as another process would have
+            with Database(db_url) as own:  # its own connection, as another process would have
                 store = JobStore(own)
                 mine = got.setdefault(worker, [])
                 start.wait()
@@ -336,7 +327,7 @@ def test_concurrent_leases_never_hand_out_a_range_twice(tmp_path: Path) -> None:
     assert not errors
     everything = [i for indexes in got.values() for i in indexes]
     assert sorted(everything) == list(range(120))  # each range exactly once
-    with Database(url) as db:
+    with Database(db_url) as db:
         store = JobStore(db)
         assert store.status(job).done
         assert all(r.worker is not None and r.index in got[r.worker] for r in store.ranges(job))

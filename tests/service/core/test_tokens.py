@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,6 @@ import pytest
 from service.core.db import Database
 from service.core.tokens import ROLES, TOKEN_PREFIX, TokenStore, hash_token, role_allows, role_rank
 from service.errors import TokenError
-
-
-@pytest.fixture()
-def db(tmp_path: Path) -> Iterator[Database]:
-    with Database(f"sqlite:///{tmp_path / 'vdata.db'}") as database:
-        yield database
 
 
 def test_roles_are_ordered() -> None:
@@ -62,7 +55,7 @@ def test_bad_arguments(db: Database) -> None:
         store.create("reader", note="x" * 1000)
 
 
-def test_ensure_admin_once(db: Database, tmp_path: Path) -> None:
+def test_ensure_admin_once(db: Database) -> None:
     store = TokenStore(db)
     store.create("reader")
     first = store.ensure_admin()

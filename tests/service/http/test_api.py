@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import re
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from service.http.deps import InFlight, get_inflight
 from service.core.cache import CacheKey
 from vdata.formats import MEDIA_TYPES
 from service.core.tokens import hash_token
+from vdata.testing import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +156,19 @@ def test_recipe_errors(admin: Client, recipe_id: str) -> None:
              422, "validation_error")
 
 
-def _cached(env: Env, recipe_id: str, indices: list[int], fmt: str, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(env.core.cache.contains(CacheKey(recipe_id, i, fmt)) for i in indices):
-            return True
-        time.sleep(0.05)
-    return False
+def _cached(env: Env, recipe_id: str, indices: list[int], fmt: str) -> None:
+    """Wait until the ranges are in the cache (they are made in the background)."""
+    wait_until(lambda: all(env.core.cache.contains(CacheKey(recipe_id, i, fmt)) for i in indices),
+               timeout=120, message=f"ranges {indices} of {recipe_id} as {fmt} in the cache")
+
+
+def _engine_misses(client: Client) -> float:
+    """The engine's cache misses so far, from /metrics: one per range it set out to make,
+    counted when the range is asked for, before the asker hears back."""
+    text = client.get("/metrics").text
+    found = re.search(r'^vdata_cache_lookups_total\{result="miss"\} (\S+)$', text, re.MULTILINE)
+    assert found, text
+    return float(found.group(1))
 
 
 def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> None:
@@ -171,27 +177,33 @@ def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> No
     r = reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 2, "count": 3, "format": "parquet"})
     assert r.status_code == 202, r.text
     assert r.json() == {"recipe_id": recipe_id, "format": "parquet", "ranges": [2, 3, 4]}
-    assert _cached(env, recipe_id, [2, 3, 4], "parquet")  # nobody asked for the bytes yet
+    _cached(env, recipe_id, [2, 3, 4], "parquet")  # nobody asked for the bytes yet
     assert not env.core.cache.contains(CacheKey(recipe_id, 1, "root"))  # only what was staged
     served = reader.get(f"/v1/recipes/{recipe_id}/ranges/3?format=parquet")
     assert served.status_code == 200 and served.headers["x-vdata-events"] != "0"
     # near the end the count is clipped at the last range; staging again is harmless
     r = reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 5, "count": 10, "format": "arrow"})
     assert r.status_code == 202 and r.json()["ranges"] == [5, 6]
-    assert _cached(env, recipe_id, [5, 6], "arrow")
+    _cached(env, recipe_id, [5, 6], "arrow")
     assert reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 5, "format": "arrow"}).json()["ranges"] == [5, 6]
 
 
 def test_sequential_gets_read_ahead_random_ones_do_not(env: Env, recipe_id: str) -> None:
     reader = env.client("reader", env.settings_with(readahead=2))
     cached = lambda i: env.core.cache.contains(CacheKey(recipe_id, i, "root"))  # noqa: E731
+    # The gateway asks for what it reads ahead before it answers (then the range is served), so
+    # the misses counted when a GET has returned are all it set out to make: no waiting needed.
+    misses = _engine_misses(reader)
     assert reader.get(f"/v1/recipes/{recipe_id}/ranges/3?format=root").status_code == 200
-    time.sleep(1.0)  # random access (range 2 not cached): nothing is read ahead
+    assert _engine_misses(reader) == misses + 1  # range 3 alone: random access (2 not cached) reads nothing ahead
     assert [cached(i) for i in range(7)] == [False, False, False, True, False, False, False]
     assert reader.get(f"/v1/recipes/{recipe_id}/ranges/0?format=root").status_code == 200  # a start
-    assert _cached(env, recipe_id, [1, 2], "root") and not cached(4)
+    assert _engine_misses(reader) == misses + 4  # 0, and 1 and 2 ahead of it
+    _cached(env, recipe_id, [1, 2], "root")
+    assert not cached(4)
     assert reader.get(f"/v1/recipes/{recipe_id}/ranges/2?format=root").status_code == 200  # after 1: sequential
-    assert _cached(env, recipe_id, [4], "root")  # 3 and 4; 5 is beyond the read-ahead
+    assert _engine_misses(reader) == misses + 5  # 4 (3 is cached); 5 is beyond the read-ahead
+    _cached(env, recipe_id, [4], "root")
     assert not cached(5) and not cached(6)
 
 

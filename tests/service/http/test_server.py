@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +16,7 @@ import pytest
 from service.http.server import first_admin_token
 from service.settings import Settings
 from service.core.tokens import TOKEN_PREFIX
+from vdata.testing import free_port, wait_until
 
 PROJECT = Path(__file__).resolve().parents[3]
 SCRIPT = """
@@ -31,30 +30,24 @@ print("run returned", token is not None, flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+# Not the embedded_ray fixture: the child's run() starts and stops its own Ray, which is what it tests.
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_run_announces_the_admin_token_and_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     child = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "data"), str(port)], cwd=PROJECT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def healthy() -> bool:
+        assert child.poll() is None, child.communicate()[0]
+        try:
+            return bool(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"})
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert child.poll() is None, child.communicate()[0]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.3)
+        wait_until(healthy, timeout=120, interval=0.3, message="the server to answer /healthz")
         child.send_signal(sig)
         output, _ = child.communicate(timeout=60)
     finally:

@@ -36,7 +36,7 @@ from vdata.client import (
 from vdata.errors import RecipeError
 from vdata.formats import FORMATS, MEDIA_TYPES, encode_table
 from vdata.data.recipes import Recipe
-from vdata.testing import assert_tables_equal
+from vdata.testing import assert_tables_equal, wait_until
 
 TOKEN = "s3cret"
 RECIPE = {"source": {"generator": "zmumu", "events": 3800, "seed": 1}, "range_events": 500}
@@ -80,7 +80,8 @@ class FakeService:
         self.chunked = False  # send bodies without a Content-Length, in pieces
         self.statuses: list[tuple[int, str]] = []  # error answers for the next range requests
         self.recipes: set[str] = set()
-        self.range_requests: list[tuple[int, str]] = []
+        self.range_requests: list[tuple[int, str]] = []  # when each arrived
+        self.served: list[int] = []  # when each was answered (after the delay)
         self.jobs: dict[str, dict[str, Any]] = {}
         self.finishes: list[int] = []
         self.failures: list[tuple[int, str]] = []
@@ -172,7 +173,9 @@ class FakeService:
                 return error(404, "not_found", f"no recipe {rid!r}")
             if not 0 <= index < len(self.ranges):
                 return error(404, "not_found", f"recipe {rid!r} has no range {index}")
-            return self.range_body(index, format)
+            response = self.range_body(index, format)
+            self.served.append(index)
+            return response
 
         @app.post("/v1/jobs")
         async def create_job(request: Request) -> Response:
@@ -236,11 +239,9 @@ class ServerThread:
 
     def __enter__(self) -> Self:
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake service did not start")
-            time.sleep(0.01)
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout=20,
+                   message="the fake service to start")
+        assert self.server.started, "the fake service's thread ended before it started"
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -296,41 +297,31 @@ def test_stream_yields_every_range_in_order(client: Client, fake: FakeService, f
 
 
 def test_prefetch_overlaps_fetching_with_the_payload(client: Client, fake: FakeService) -> None:
-    delay = work = 0.2
-    fake.delay = delay
-    waited = 0.0
-    start = time.monotonic()
-    batches = client.stream(RECIPE, prefetch=4)
-    while True:
-        asked = time.monotonic()
-        batch = next(batches, None)
-        waited += time.monotonic() - asked
-        if batch is None:
-            break
-        time.sleep(work)  # the payload
-    total = time.monotonic() - start
-    serial = len(SIZES) * (delay + work)
-    assert total < 0.65 * serial, (total, waited)
-    assert waited < 0.4 * len(SIZES) * delay, (total, waited)
+    """While the payload works on a range (here: holds it and asks for nothing), the next one is
+    fetched, so it is there when the payload asks. The order of events, not a speed, is asserted."""
+    fake.delay = 0.05
+    for i, batch in enumerate(client.stream(RECIPE, prefetch=4)):
+        assert batch.num_rows == SIZES[i]
+        if i + 1 < len(SIZES):
+            wait_until(lambda: i + 1 in fake.served, timeout=30,
+                       message=f"range {i + 1} fetched while the payload holds range {i}")
 
 
 def test_without_prefetch_the_payload_waits_for_every_range(client: Client, fake: FakeService) -> None:
-    fake.delay = 0.05
-    start = time.monotonic()
-    for _ in client.stream(RECIPE, prefetch=0):
-        time.sleep(0.05)
-    assert time.monotonic() - start >= len(SIZES) * 0.1
-    assert not prefetch_threads()
+    """prefetch=0: a range is asked for only when the payload asks for it (no thread fetches ahead)."""
+    for i, _ in enumerate(client.stream(RECIPE, prefetch=0)):
+        assert len(fake.range_requests) == i + 1, fake.range_requests
+        assert not prefetch_threads()
 
 
 def test_the_window_bounds_what_is_fetched_ahead(client: Client, fake: FakeService) -> None:
     batches = client.stream(RECIPE, prefetch=2)
-    next(batches)
-    time.sleep(0.3)  # a slow payload: the pipeline must not run ahead of its window
-    assert len(fake.range_requests) == 3  # the range in hand and two ahead
-    next(batches)
-    time.sleep(0.3)
-    assert len(fake.range_requests) == 4
+    for in_hand in (0, 1):
+        next(batches)  # a slow payload from here: the pipeline must not run ahead of its window
+        window = in_hand + 3  # the range in hand and two ahead
+        # once the window's ranges are all answered, a pipeline that runs ahead would ask for more
+        wait_until(lambda: len(fake.served) >= window, timeout=30, message=f"the {window} ranges of the window answered")
+        assert len(fake.range_requests) == window, fake.range_requests
     batches.close()
 
 
@@ -363,10 +354,16 @@ def test_the_bodies_held_are_bounded_by_the_window_not_by_the_ranges(client: Cli
     gc.collect()
     base = pa.total_allocated_bytes()
     held = []
+
+    def in_memory() -> int:
+        return pa.total_allocated_bytes() - base
+
     batches = client.stream(RECIPE, prefetch=prefetch)
-    for batch in batches:
-        time.sleep(0.05)  # a payload slow enough for the window to fill
-        held.append(pa.total_allocated_bytes() - base)
+    for i, batch in enumerate(batches):
+        # a slow payload: it holds range i until the ranges ahead are read in (the worst case)
+        window = sum(len(b) for b in fake.bodies["arrow"][i:i + prefetch + 1])
+        wait_until(lambda: in_memory() >= window, timeout=30, message=f"ranges {i}-{i + prefetch} ({window} bytes) read in")
+        held.append(in_memory())
     assert len(held) == len(SIZES) > prefetch + 1
     assert 0 < max(held) <= (prefetch + 1) * largest
     del batches, batch
@@ -528,11 +525,13 @@ def test_run_worker_gives_back_its_leases_when_interrupted(client: Client, fake:
     class Interrupt(BaseException):
         pass
 
+    job = client.create_job(RECIPE)
+
     def process(table: pa.Table) -> None:
-        time.sleep(0.2)  # the next lease is taken meanwhile
+        wait_until(lambda: sum(row["state"] == "running" for row in fake.jobs[job]["rows"]) == 4, timeout=30,
+                   message="the next lease (ranges 2 and 3) taken while the payload runs")
         raise Interrupt
 
-    job = client.create_job(RECIPE)
     with pytest.raises(Interrupt):
         client.run_worker(job, process, worker="w1", n=2)
     assert sorted(fake.failures) == [(i, "worker w1 stopped before processing it") for i in range(4)]
@@ -545,8 +544,9 @@ def test_run_worker_heartbeats_while_a_slow_payload_runs(client: Client, fake: F
 
     def process(table: pa.Table) -> None:  # one argument: gets the table only
         tables.append(table.num_rows)
-        if len(tables) == 1:
-            time.sleep(1.0)  # longer than the lease: only heartbeats keep it
+        if len(tables) == 1:  # runs past its lease: four heartbeats, lease/3 = 0.2 s apart, after it was taken
+            wait_until(lambda: len([i for i, _ in fake.heartbeats if i == 0]) >= 4, timeout=30,
+                       message="four heartbeats of range 0")
 
     summary = client.run_worker(job, process, worker="slow", max_ranges=2)
     assert summary.finished == 2 and tables == SIZES[:2]
@@ -557,19 +557,28 @@ def test_run_worker_heartbeats_while_a_slow_payload_runs(client: Client, fake: F
 
 
 def test_run_worker_fetches_the_next_lease_while_the_payload_runs(client: Client, fake: FakeService) -> None:
-    fake.delay = 0.2
+    """The payload of range k holds on until range k+1 is leased and fetched: were the next lease
+    taken only after the payload returned, this would never happen (the order, not a speed)."""
+    fake.delay = 0.05
     job = client.create_job(RECIPE)
-    summary = client.run_worker(job, lambda table: time.sleep(0.2), worker="w1", max_ranges=6)
-    assert summary.finished == 6
-    assert summary.seconds < 0.7 * 6 * 0.4, summary
-    assert summary.waiting < 0.4 * 6 * 0.2, summary
+    calls: list[int] = []
+
+    def process(table: pa.Table, lease: LeasedRange) -> None:
+        calls.append(lease.index)
+        if len(calls) < 6:  # max_ranges: after the sixth there is no next lease
+            wait_until(lambda: len(fake.served) > len(calls), timeout=30,
+                       message=f"the next range fetched while the payload of range {lease.index} runs")
+
+    summary = client.run_worker(job, process, worker="w1", max_ranges=6)
+    assert summary.finished == 6 and calls == list(range(6))
+    assert fake.served == list(range(6))
 
 
 def test_two_workers_share_a_job_and_wait_for_leases_held_by_others(client: Client, fake: FakeService) -> None:
     job = client.create_job(RECIPE, lease_seconds=0.5)
     stuck = client.lease(job, 1, worker="crashed")  # never finished: expires, then another worker takes it
     results = []
-    threads = [threading.Thread(target=lambda w=w: results.append(client.run_worker(job, lambda t: time.sleep(0.02), worker=w, n=2)))
+    threads = [threading.Thread(target=lambda w=w: results.append(client.run_worker(job, lambda t: None, worker=w, n=2)))
                for w in ("a", "b")]
     for t in threads:
         t.start()
@@ -589,25 +598,21 @@ def test_run_worker_on_an_unknown_job_raises(client: Client) -> None:
 
 
 @pytest.mark.slow
-def test_end_to_end_against_the_gateway(shared_data: Path, tmp_path: Path) -> None:
+def test_end_to_end_against_the_gateway(embedded_ray: None, shared_data: Path, tmp_path: Path) -> None:
     """stream, fetch and run_worker through service.http.server.BackgroundServer over a started core."""
-    import ray
-
     from service.http.server import BackgroundServer
     from service.settings import Settings
     from service.core.core import Core, CoreConfig
     from service.core.engine import EngineConfig
     from service.core.tokens import TokenStore
 
-    store = 100 * 1024**2
-    engine = EngineConfig(num_cpus=2, object_store_bytes=store, max_in_flight=4, lookahead=0)
+    engine = EngineConfig(max_in_flight=4, lookahead=0)
     core = Core(CoreConfig(data_dir=tmp_path / "data", engine=engine, cache_budget_bytes=64 * 1024**2))
     try:
         core.start()
         core.add_dataset("opendata:hzz", [str(shared_data / "uproot-HZZ.root")], "events")
         token = TokenStore(core.db).create("scientist")
-        settings = Settings(data_dir=tmp_path / "data", allowed_roots=[tmp_path, shared_data], port=0,
-                            num_cpus=2, object_store_bytes=store, lookahead=0)
+        settings = Settings(data_dir=tmp_path / "data", allowed_roots=[tmp_path, shared_data], port=0, lookahead=0)
         recipe = {"source": {"dataset": "opendata:hzz"}, "steps": [{"filter": "NMuon >= 1"}],
                   "columns": ["NMuon", "Muon_Px", "MET_px"], "range_events": 400}
         with BackgroundServer(settings, core) as server, Client(server.url, token) as client:
@@ -629,4 +634,3 @@ def test_end_to_end_against_the_gateway(shared_data: Path, tmp_path: Path) -> No
             assert missing.value.status == 404
     finally:
         core.close()
-        ray.shutdown()

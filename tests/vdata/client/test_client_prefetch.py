@@ -1,56 +1,93 @@
 """The client's ordered prefetch: results in order, a bounded window, and the ramp that lets
-the first item have the link to itself."""
+the first item have the link to itself.
+
+Each item runs until the test releases it, so which items run at once is decided by the
+pipeline alone, never by how fast threads happen to be scheduled.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
-
-import pytest
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vdata.client._pipeline import ordered_prefetch
+from vdata.testing import wait_until
 
 
-class Recorder:
-    """``fn`` for ordered_prefetch: sleeps, and records when each item ran and the peak of
-    items running at once."""
+class Gated:
+    """``fn`` for ordered_prefetch: item i runs until the test releases it (or opens the gate
+    for everything); records which items started."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.lock = threading.Lock()
-        self.running = 0
-        self.peak = 0
-        self.spans: dict[int, tuple[float, float]] = {}
+    def __init__(self, n: int) -> None:
+        self.started = [threading.Event() for _ in range(n)]
+        self.released = [threading.Event() for _ in range(n)]
 
     def __call__(self, item: int) -> int:
-        start = time.monotonic()
-        with self.lock:
-            self.running += 1
-            self.peak = max(self.peak, self.running)
-        time.sleep(self.seconds)
-        with self.lock:
-            self.running -= 1
-            self.spans[item] = (start, time.monotonic())
+        self.started[item].set()
+        assert self.released[item].wait(60), f"item {item} was never released"
         return item * 10
 
+    def running(self) -> set[int]:
+        return {i for i, e in enumerate(self.started) if e.is_set() and not self.released[i].is_set()}
 
-@pytest.mark.parametrize("ramp", [True, False])
-def test_results_come_in_order_within_the_window(ramp: bool) -> None:
-    fn = Recorder(0.02)
-    out = list(ordered_prefetch(fn, range(12), 3, threading.Event(), ramp=ramp))
+    def open(self) -> None:
+        for e in self.released:
+            e.set()
+
+
+@contextmanager
+def consumed(fn: Gated, n: int, window: int, ramp: bool) -> Iterator[list[int]]:
+    """Consume ``ordered_prefetch(fn, range(n), ...)`` in a thread; its results, once the block ends."""
+    out: list[int] = []
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            out.extend(ordered_prefetch(fn, range(n), window, threading.Event(), ramp=ramp))
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        yield out
+    finally:
+        fn.open()
+        thread.join(timeout=60)
+    assert not thread.is_alive() and not errors, errors
+
+
+def check_steps(ramp: bool, steps: list[set[int]], window: int = 3) -> None:
+    """Release the items one by one, oldest first; before each release exactly ``steps[k]`` run.
+    Nothing is submitted before the consumer takes a result, and it takes none before the oldest
+    item is released: once the expected items run, no other can start until the next release."""
+    n = len(steps)
+    fn = Gated(n)
+    with consumed(fn, n, window, ramp) as out:
+        for oldest, expected in enumerate(steps):
+            try:
+                wait_until(lambda: fn.running() == expected, timeout=30, message=f"items {sorted(expected)} running")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; running: {sorted(fn.running())}") from None
+            assert not any(e.is_set() for e in fn.started[max(expected) + 1:]), "an item beyond the window started"
+            fn.released[oldest].set()
+    assert out == [i * 10 for i in range(n)]
+
+
+def test_results_come_in_order_although_items_finish_out_of_order() -> None:
+    fn = Gated(12)
+    with consumed(fn, 12, 3, ramp=False) as out:
+        wait_until(lambda: fn.running() == {0, 1, 2}, timeout=30, message="items 0-2 to run")
+        fn.released[2].set()
+        fn.released[1].set()
+        assert out == []  # 1 and 2 are done, but 0 comes first
     assert out == [i * 10 for i in range(12)]
-    assert fn.peak == 3  # the window fills, never more
 
 
-def test_the_ramp_starts_the_first_item_alone() -> None:
-    fn = Recorder(0.05)
-    list(ordered_prefetch(fn, range(8), 4, threading.Event(), ramp=True))
-    first_end = fn.spans[0][1]
-    assert all(fn.spans[i][0] >= first_end for i in range(1, 8))  # nothing shared the first fetch
-    assert fn.peak == 4
+def test_the_ramp_starts_the_first_item_alone_then_fills_the_window() -> None:
+    check_steps(True, [{0}, {1, 2}, {2, 3, 4}, {3, 4, 5}, {4, 5, 6}, {5, 6, 7}, {6, 7}, {7}])
 
 
 def test_without_the_ramp_the_window_starts_full() -> None:
-    fn = Recorder(0.05)
-    list(ordered_prefetch(fn, range(8), 4, threading.Event(), ramp=False))
-    assert all(fn.spans[i][0] < fn.spans[0][1] for i in range(1, 4))
+    check_steps(False, [{0, 1, 2}, {1, 2, 3}, {2, 3, 4}, {3, 4, 5}, {4, 5, 6}, {5, 6, 7}, {6, 7}, {7}])
