@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean nginx
+.PHONY: run test bench clean nginx wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,11 @@ bench: $(STAMP) nginx
 	$(PY) bench/latency.py
 	$(PY) bench/summary.py
 
+# The wheel that cluster.yaml installs on every node (dist/vdata-<version>-py3-none-any.whl):
+# this repository's code; PyPI's "vdata" is another project.
+wheel: $(STAMP)
+	rm -f dist/vdata-*.whl
+	$(PY) -m pip wheel --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) data bench/results .pytest_cache .hypothesis
+	rm -rf $(VENV) data bench/results .pytest_cache .hypothesis dist
