@@ -105,8 +105,8 @@ def test_a_failed_commit_fails_every_call_of_the_batch(db: Database) -> None:
             conn.execute("PRAGMA defer_foreign_keys = ON")
             conn.execute("INSERT INTO job_ranges (job_id, range_index, first, stop, state, updated) "
                          "VALUES ('job-missing', 0, 0, 1, 'ready', 0)")
-        else:  # PostgreSQL defers only constraints declared deferrable
-            conn.execute("CREATE TEMP TABLE breaker (job_id TEXT REFERENCES jobs (id) DEFERRABLE INITIALLY DEFERRED)")
+        else:  # PostgreSQL defers only constraints declared so (undone with the batch)
+            conn.execute("CREATE TABLE breaker (job_id TEXT REFERENCES jobs (id) DEFERRABLE INITIALLY DEFERRED)")
             conn.execute("INSERT INTO breaker VALUES ('job-missing')")
 
     lease = thread.submit(store.lease, job, "a", 2)
