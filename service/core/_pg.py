@@ -22,6 +22,8 @@ from psycopg import pq
 from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from service.errors import DatabaseUnavailable
+
 __all__ = ["PgConnection", "PoolTimeout", "PooledReads", "Row", "connect", "open_pool", "pg_schema"]
 
 POOL_MAX = 12  # connections per process: one writer at a time (the write lock) plus readers
@@ -105,7 +107,9 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+        """In a transaction that can still be rolled back (not on a lost connection)."""
+        status = self.raw.info.transaction_status
+        return status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR, pq.TransactionStatus.ACTIVE)
 
 
 class _Result:
@@ -129,13 +133,22 @@ class PooledReads:
     """What ``Database.read()`` gives on PostgreSQL: each statement borrows a pooled connection,
     fetches its rows and gives the connection back (autocommit: each sees committed data)."""
 
-    def __init__(self, pool: ConnectionPool[Any], timeout: float) -> None:
-        self._pool, self._timeout = pool, timeout
+    def __init__(self, pool: ConnectionPool[Any], timeout: float, where: str) -> None:
+        self._pool, self._timeout, self._where = pool, timeout, where
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
-        with self._pool.connection(timeout=self._timeout) as raw:
-            cursor = PgConnection(raw).execute(sql, params)
-            return _Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+        try:
+            with self._pool.connection(timeout=self._timeout) as raw:
+                try:
+                    cursor = PgConnection(raw).execute(sql, params)
+                    return _Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+                except psycopg.OperationalError as exc:
+                    if raw.broken:
+                        raise DatabaseUnavailable(f"lost the connection to the database {self._where}: {exc}") from exc
+                    raise
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"no connection to the database {self._where} within "
+                                      f"{self._timeout:g} s: {exc}") from exc
 
 
 def _configure(raw: psycopg.Connection[Any]) -> None:

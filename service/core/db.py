@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.errors import DatabaseError
+from service.errors import DatabaseError, DatabaseUnavailable
 
 __all__ = ["DATABASE_ERRORS", "INTEGRITY_ERRORS", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "Database",
            "redact_url"]
@@ -188,7 +188,7 @@ class Database:
         try:
             conn = _pg.connect(self.url)
         except psycopg.Error as exc:
-            raise DatabaseError(f"cannot connect to the database {redact_url(self.url)}: {exc}") from exc
+            raise DatabaseUnavailable(f"cannot connect to the database {redact_url(self.url)}: {exc}") from exc
         try:
             conn.execute("BEGIN")
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
@@ -202,8 +202,8 @@ class Database:
         try:
             self._pool = _pg.open_pool(self.url, POOL_TIMEOUT)
         except (psycopg.Error, _pg.PoolTimeout) as exc:
-            raise DatabaseError(f"cannot connect to the database {redact_url(self.url)}: {exc}") from exc
-        self._reads = _pg.PooledReads(self._pool, POOL_TIMEOUT)
+            raise DatabaseUnavailable(f"cannot connect to the database {redact_url(self.url)}: {exc}") from exc
+        self._reads = _pg.PooledReads(self._pool, POOL_TIMEOUT, redact_url(self.url))
 
     def _migrate(self, conn: Any) -> None:
         """Bring the schema to :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
@@ -249,7 +249,7 @@ class Database:
         try:
             return _pg.PgConnection(self._pool.getconn(timeout=POOL_TIMEOUT))
         except _pg.PoolTimeout as exc:
-            raise DatabaseError(f"no connection to the database {redact_url(self.url)} within "
+            raise DatabaseUnavailable(f"no connection to the database {redact_url(self.url)} within "
                                 f"{POOL_TIMEOUT:g} s: {exc}") from exc
 
     def _release(self, conn: Any) -> None:
@@ -286,6 +286,11 @@ class Database:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+            except Exception as exc:
+                if self._pool is not None and conn.raw.broken:  # the server went away, not the SQL
+                    raise DatabaseUnavailable(f"lost the connection to the database {redact_url(self.url)}: "
+                                              f"{exc}") from exc
+                raise
             finally:
                 self._release(conn)
 

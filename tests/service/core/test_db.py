@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 import pytest
 
 from service.core import db as db_module
 from service.core.db import DATABASE_ERRORS, INTEGRITY_ERRORS, Database, redact_url
-from service.errors import DatabaseError
+from service.errors import DatabaseError, DatabaseUnavailable
+from vdata.ranges import EventRange
 
 
 def test_rows_read_by_index_and_by_name(db: Database) -> None:
@@ -116,3 +118,20 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://u:p@h:1/d?sslmode=require") == "postgresql://u:***@h:1/d?sslmode=require"
     assert redact_url("postgresql://h/d?password=p&x=1") == "postgresql://h/d?password=***&x=1"
     assert redact_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
+
+
+def test_a_server_that_goes_away_is_a_503_naming_the_url(postgres: Any) -> None:  # postgres: skip/fail without binaries
+    """A gateway whose PostgreSQL server stops: its next call raises DatabaseUnavailable (503
+    at the gateway), naming the URL, instead of an unexplained 500."""
+    from service.core.jobs import JobStore
+    from service.core.pg_server import TemporaryPostgres
+    from service.http.error_map import status_of
+
+    with TemporaryPostgres(durable=False) as server, Database(server.create_database("gone")) as db:
+        store = JobStore(db)
+        job = store.create_job("r", [EventRange(0, 0, 10)])
+        server.close()
+        for call in (lambda: store.lease(job, "w", 1), lambda: store.recipe_id("job-other")):
+            with pytest.raises(DatabaseUnavailable, match=r"postgresql://postgres@127\.0\.0\.1:\d+/gone") as info:
+                call()
+            assert status_of(info.value) == (503, "database_unavailable")
