@@ -120,13 +120,14 @@ def test_redact_url() -> None:
     assert redact_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
 
 
-def test_a_server_that_goes_away_is_a_503_naming_the_url(postgres: Any) -> None:  # postgres: skip/fail without binaries
+def test_a_server_that_goes_away_is_a_503_naming_the_url(postgres: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway whose PostgreSQL server stops: its next call raises DatabaseUnavailable (503
     at the gateway), naming the URL, instead of an unexplained 500."""
     from service.core.jobs import JobStore
     from service.core.pg_server import TemporaryPostgres
     from service.http.error_map import status_of
 
+    monkeypatch.setattr(db_module, "POOL_TIMEOUT", 2.0)  # the wait for a pooled connection (30 s in service)
     with TemporaryPostgres(durable=False) as server, Database(server.create_database("gone")) as db:
         store = JobStore(db)
         job = store.create_job("r", [EventRange(0, 0, 10)])
