@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean nginx wheel
+.PHONY: run test bench clean nginx postgresql wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,17 +16,23 @@ run: $(STAMP)
 	VDATA_KERNEL_CACHE=data/kernels NUMBA_CACHE_DIR=data/numba MPLCONFIGDIR=data/matplotlib \
 		$(VENV)/bin/vdata demo --data-dir data/demo
 
-# Some tests start a real nginx (Debian's package; root installs it here and in CI).
+# Some tests start a real nginx, and the database tests a real PostgreSQL server in a temporary
+# folder (Debian's packages; root installs them here and in CI).
 # Two workers, one test file each at a time (module fixtures stay per file); about 11 minutes.
-test: $(STAMP) nginx
+test: $(STAMP) nginx postgresql
 	$(PY) -m pytest -n 2 --dist loadfile
 
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 		(apt-get update -qq && apt-get install -y -qq nginx >/dev/null)
 
+# The server binaries only (initdb, pg_ctl); the package's own cluster is not used.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
 # The warm-delivery comparison needs nginx (Debian's package; root installs it here).
-bench: $(STAMP) nginx
+bench: $(STAMP) nginx postgresql
 	$(PY) bench/read.py
 	$(PY) bench/virtual.py
 	$(PY) bench/throughput.py

@@ -265,7 +265,9 @@ def dispatch(work: Path, workers: int, procs: int, seconds: float, ranges: int, 
     from bench._tp_dispatch import run_load
     from vdata.client import Client
 
-    with Gateway(work, "dispatch", num_cpus=1, lookahead=0, allowed_roots=[]) as gw:
+    gateway = Gateway(work, "dispatch", num_cpus=1, lookahead=0, allowed_roots=[])
+    gateway.env["VDATA_MIN_RANGE_EVENTS"] = "1"  # one-event ranges: dispatch cost only
+    with gateway as gw:
         with Client(gw.url, gw.token, timeout=600) as client:
             info = client.submit({"source": {"generator": "zmumu", "events": ranges, "seed": 3}, "range_events": 1})
             t0 = time.perf_counter()

@@ -105,7 +105,8 @@ class Gateway:
 
     def __init__(self, work: Path, name: str, *, num_cpus: int, lookahead: int, allowed_roots: list[Path],
                  max_in_flight: int = 8, cache_budget_bytes: int = 4 * 1024**3, readahead: int = 0,
-                 object_store_bytes: int = 300 * 1024**2, startup_timeout: float = 120.0) -> None:
+                 object_store_bytes: int = 300 * 1024**2, startup_timeout: float = 120.0,
+                 database_url: str | None = None) -> None:
         self.data_dir = work / f"{name}-data"
         self.ray_dir = work / f"r{name[:3]}"
         self.log_path = work / f"{name}-gateway.log"
@@ -128,6 +129,8 @@ class Gateway:
             "VDATA_MAX_INFLIGHT_PER_TOKEN": "64",
         }
         self.env.pop("VDATA_CONFIG", None)
+        if database_url:  # else the data folder's SQLite file
+            self.env["VDATA_DATABASE_URL"] = database_url
         self.timeout = startup_timeout
         self.proc: subprocess.Popen[str] | None = None
         self.token: str | None = None

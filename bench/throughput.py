@@ -23,6 +23,12 @@ dispatch    ``--dispatch-workers`` simulated workers (asyncio + httpx.AsyncClien
             ``--dispatch-seconds`` against one gateway (lookahead 0: dispatch only), on a job
             of ``--dispatch-ranges`` one-event zmumu ranges. Cycles/s and p50/p99 of lease and
             finish. Target: >= 2000 cycles/s and p99 < 50 ms.
+scaleout    Dispatch scaled out (bench/_tp_scaleout.py): the same lease -> finish load against
+            1 gateway on SQLite, 1 on PostgreSQL, 2 gateway processes on one PostgreSQL database
+            (``--scaleout-configs``; a temporary PostgreSQL server is started and removed),
+            closed loop (saturation: cycles/s, p50/p99, gateway and database CPU ms per cycle),
+            then open loop at ``--open-loop`` fractions of that saturation (Poisson arrivals;
+            p99 lease latency from the arrival). Target: p99 < 50 ms at 80%.
 memory      Peak RSS (VmHWM) of the gateway process and of a streaming client process
             (``Client.stream``, prefetch 4) over a ``--memory-events`` zmumu dataset (4
             columns), read at 1M events and at the end. Target: flat (<= 10% growth).
@@ -58,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 from bench import _tp_parts as parts  # noqa: E402
 from bench.read import ensure_input, machine_info  # noqa: E402
 
-PARTS = ("warm", "cold", "dispatch", "memory", "generation")
+PARTS = ("warm", "cold", "dispatch", "scaleout", "memory", "generation")
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "throughput.json"
 
 
@@ -113,6 +119,10 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  ("generation", f"engine, 1 worker ({g['w1']['ranges']} ranges)", fmt_rate(g["w1"]["events_per_s"], "ev/s"), f"{g['ratio_1w_generate']:.2f}x generate()"),
                  ("generation", "engine, 2 workers", fmt_rate(g["w2"]["events_per_s"], "ev/s"), f"{g['ratio_2w_generate']:.2f}x generate()"),
                  ("generation", "scaling 2 / 1 workers", f"{g['scaling']:.2f}x", "")]
+    if "scaleout" in res:
+        from bench._tp_scaleout import table_rows
+
+        rows += table_rows(res["scaleout"])
     return rows
 
 
@@ -144,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dispatch-workers", type=int, default=500)
     p.add_argument("--dispatch-procs", type=int, default=1, help="load-generator processes")
     p.add_argument("--dispatch-ranges", type=int, default=200_000)
+    p.add_argument("--scaleout-configs", default="sqlite:1,postgresql:1,postgresql:2",
+                   help="DATABASE:GATEWAYS,... for the scaleout part")
+    p.add_argument("--open-loop", default="0.5,0.8", help="open-loop rates as fractions of the saturation")
     p.add_argument("--memory-events", type=int, default=10_000_000)
     p.add_argument("--memory-range-events", type=int, default=100_000)
     p.add_argument("--gen-events", type=int, default=4_000_000)
@@ -203,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"dispatch: {args.dispatch_workers} workers for {args.dispatch_seconds:.0f} s")
             res["dispatch"] = parts.dispatch(work, args.dispatch_workers, args.dispatch_procs, args.dispatch_seconds,
                                              args.dispatch_ranges, log, args.profile)
+        if "scaleout" in only:
+            from bench._tp_scaleout import scaleout
+
+            configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.scaleout_configs.split(",") if c]
+            log(f"scaleout: dispatch on {', '.join(f'{d} x{n}' for d, n in configs)}")
+            res["scaleout"] = scaleout(work, configs, args.dispatch_workers, args.dispatch_procs, args.dispatch_seconds,
+                                       args.dispatch_ranges, [float(x) for x in args.open_loop.split(",") if x], log)
         if "memory" in only:
             log(f"memory: streaming {args.memory_events:,} zmumu events")
             marks = sorted({min(1_000_000, args.memory_events), args.memory_events})

@@ -28,6 +28,8 @@ SERVER_PACKAGES = {
     "ray": "ray",
     "filelock": "filelock",
     "psutil": "psutil",
+    "psycopg": "psycopg",
+    "psycopg_pool": "psycopg-pool",
     "fastapi": "fastapi",
     "uvicorn": "uvicorn",
     "pydantic": "pydantic",
@@ -36,7 +38,7 @@ SERVER_PACKAGES = {
     "matplotlib": "matplotlib",
 }
 # What each subpackage imports of it (a Ray worker node runs service.core, not the gateway).
-CORE = ("ray", "filelock", "psutil")
+CORE = ("ray", "filelock", "psutil", "psycopg", "psycopg_pool")
 HTTP = ("fastapi", "uvicorn", "pydantic", "pydantic_settings", "prometheus_client")
 
 __all__ = ["CORE", "HTTP", "INSTALL", "SERVER_PACKAGES", "missing", "require_server"]

@@ -19,6 +19,7 @@ The data library's errors (sources, recipes, transforms, formats, the client) ar
      │    │                                   does not hold
      │    ├── RecipeNotFound        404       (KeyError) no recipe of that id
      │    ├── DatabaseError         400       an unsupported URL, or a file that cannot be opened
+     │    │    └── DatabaseUnavailable 503  the database server is out of reach (PostgreSQL)
      │    ├── TokenError            400       (ValueError) an unknown role or a bad note
      │    ├── BadPath               400       (ValueError) not a path at all
      │    └── PathNotAllowed        403       (PermissionError) outside the allowed roots/prefixes
@@ -45,7 +46,7 @@ import vdata.errors
 from vdata.errors import VdataError
 
 __all__ = [
-    "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DemoFolderRefused",
+    "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DatabaseUnavailable", "DemoFolderRefused",
     "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
     "PathNotAllowed", "PortInUse", "RangeNotFound", "RangeUnavailable", "RecipeNotFound",
     "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
@@ -171,3 +172,8 @@ def rebuild(name: str, message: str) -> VdataError:
     error = cls.__new__(cls)
     VdataError.__init__(error, message)
     return error
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database server cannot be reached now (connection refused or lost, no pooled
+    connection in time): the service's fault, not the request's; 503, try again later."""

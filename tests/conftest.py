@@ -3,6 +3,8 @@ file server with range support, and the one way a test gets Ray (:func:`embedded
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,42 @@ def file_server(shared_data: Path) -> Iterator[RangeFileServer]:
     """../shared/data served over HTTP with range requests on a loopback port."""
     with RangeFileServer(shared_data) as server:
         yield server
+
+
+class PostgresDatabases:
+    """A test session's PostgreSQL server and a fresh database per call of :meth:`new`, each a
+    copy of a template that already holds the schema (``CREATE DATABASE ... TEMPLATE``: ~50 ms)."""
+
+    TEMPLATE = "vdata_template"
+
+    def __init__(self, server: object) -> None:
+        from service.core.db import Database
+        from service.core.pg_server import TemporaryPostgres
+
+        assert isinstance(server, TemporaryPostgres)
+        self.server = server
+        self._names = itertools.count()
+        Database(server.create_database(self.TEMPLATE)).close()  # the schema, made once
+
+    def new(self) -> str:
+        """The URL of a new, empty database with the schema."""
+        return self.server.create_database(f"test_{next(self._names)}", self.TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    """A PostgreSQL server of this test process (each xdist worker has its own: own folder, own
+    free port), started on first use and stopped at the end of the session, also after failures.
+    Without the server binaries: fails under CI=true (make test installs them), else skips."""
+    from service.core.pg_server import TemporaryPostgres, find_bindir
+
+    if find_bindir() is None:
+        message = "PostgreSQL's server is not installed (apt-get install postgresql; make test does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with TemporaryPostgres(durable=False) as server:
+        yield PostgresDatabases(server)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
-SERVER_ONLY = {"ray", "fastapi", "uvicorn", "starlette", "sqlite3", "pydantic_settings", "prometheus_client"}
+SERVER_ONLY = {"ray", "fastapi", "uvicorn", "starlette", "sqlite3", "pydantic_settings", "prometheus_client",
+               "psycopg", "psycopg_pool"}
 
 # module prefix -> prefixes (ours) and top-level packages (third party) it must not import
 RULES: dict[str, set[str]] = {

@@ -82,7 +82,7 @@ class CatalogStore:
     def save_recipe(self, recipe: Recipe) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO recipes (id, body, created) VALUES (?, ?, ?)",
+                "INSERT INTO recipes (id, body, created) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (recipe.id, recipe.to_json(), self._clock()),
             )
 

@@ -1,23 +1,40 @@
-"""The database: durable state (catalog, cache index, jobs and their ranges).
+"""The database: durable state (catalog, cache index, jobs and their ranges, tokens).
 
-SQLite by default (WAL mode, one transaction per call); the layer takes a URL
-(``sqlite:///path/to/vdata.db``) so that PostgreSQL can replace it later. Only this module
-knows SQL connection details; the other modules write plain SQL against :data:`SCHEMA`.
+Two databases behind one URL:
+
+- ``sqlite:///PATH`` (the embedded default): one file, WAL mode, one connection per thread;
+  ``transaction()`` opens ``BEGIN IMMEDIATE``, which makes every transaction atomic against
+  every other thread and process.
+- ``postgresql://USER@HOST:PORT/NAME`` (several gateways on one database): psycopg 3 with a
+  connection pool (:mod:`service.core._pg`); ``transaction()`` opens ``BEGIN`` (READ
+  COMMITTED). What ``BEGIN IMMEDIATE`` gave for free, the modules ask for explicitly: they
+  lock the rows they read-modify-write with :attr:`Database.row_lock` (``FOR UPDATE``) or
+  :attr:`Database.skip_locked` (``FOR UPDATE SKIP LOCKED``: two gateways leasing at once
+  take different ranges), and :meth:`Database.serialize` for a check-then-insert over a whole
+  table. Both are empty on SQLite, whose write lock already serialises everything.
+
+The other modules write one SQL for both: sqlite3's ``?`` placeholders, portable statements
+(``INSERT ... ON CONFLICT``, never ``INSERT OR IGNORE``), rows read by index or column name.
+:data:`SCHEMA` is written once in SQLite's words; PostgreSQL's form is derived from it
+(:func:`service.core._pg.pg_schema`). :data:`SCHEMA_VERSION` and :data:`MIGRATIONS` are the one
+migration step both run at start (under a lock, so gateways starting together do it once).
+Only this module (and ``_pg``) knows connection details.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from service.errors import DatabaseError
+from service.errors import DatabaseError, DatabaseUnavailable
 
-__all__ = ["SCHEMA", "Database"]
-
-SCHEMA_VERSION = 1
+__all__ = ["DATABASE_ERRORS", "INTEGRITY_ERRORS", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "Database",
+           "redact_url"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -91,31 +108,125 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE INDEX IF NOT EXISTS tokens_role ON tokens (role);
 """
 
+SCHEMA_VERSION = 1
+# version -> the SQL (SQLite's words, as SCHEMA) that brings a database of the version before to
+# it. A new table needs no entry: SCHEMA's CREATE ... IF NOT EXISTS adds it; a changed one does.
+MIGRATIONS: dict[int, str] = {}
+
+POOL_TIMEOUT = 30.0  # seconds to wait for a PostgreSQL connection before DatabaseError
+_SCHEMA_LOCK = 0x76646174  # PostgreSQL advisory lock held while one process creates/migrates
+
+
+def _database_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg comes with the server extra
+        return (sqlite3.Error,), (sqlite3.IntegrityError,)
+    return (sqlite3.Error, psycopg.Error), (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+# What a database may raise, on either backend: ``except DATABASE_ERRORS`` (a tuple).
+DATABASE_ERRORS, INTEGRITY_ERRORS = _database_errors()
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for messages and logs)."""
+    url = re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
 
 class Database:
-    """A connection pool of one connection per thread, over one SQLite file.
+    """Connections to one database, by URL; see the module docstring.
 
-    ``transaction()`` opens ``BEGIN IMMEDIATE`` so a read-modify-write is atomic against other
-    threads and processes; it commits on success and rolls back on any exception.
+    ``transaction()`` yields a connection inside a transaction (a savepoint when the thread is
+    already in one), commits on success and rolls back on any exception. ``read()`` gives a
+    connection for reads outside a transaction. Connections have sqlite3's ``execute``,
+    ``executemany``; their rows read by index and by column name.
     """
 
     def __init__(self, url: str) -> None:
-        if not url.startswith("sqlite:///"):
-            raise DatabaseError(f"unsupported database URL {url!r}: use sqlite:///PATH")
         self.url = url
-        self.path = Path(url.removeprefix("sqlite:///"))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         # Writers of this process queue here, in order, instead of in SQLite's busy handler,
         # which sleeps with back-off and gives long tails under many threads. The outermost
         # lock of the service: held for a whole transaction, during which only leaf locks (the
         # cache's, see service/core/cache.py) may be taken; never taken while holding another lock.
+        # On PostgreSQL too: in one process transactions keep SQLite's order; across processes
+        # the row locks order them.
         self._write_lock = threading.Lock()
+        if url.startswith("sqlite:///"):
+            self.dialect = "sqlite"
+            self.row_lock = self.skip_locked = ""
+            self._open_sqlite(Path(url.removeprefix("sqlite:///")))
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = "postgresql"
+            self.row_lock, self.skip_locked = " FOR UPDATE", " FOR UPDATE SKIP LOCKED"
+            self._open_postgres()
+        else:
+            raise DatabaseError(f"unsupported database URL {redact_url(url)!r}: use sqlite:///PATH or "
+                                "postgresql://USER@HOST:PORT/NAME")
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open_sqlite(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connections: list[sqlite3.Connection] = []
+        self._begin = "BEGIN IMMEDIATE"
+        self._pool: Any = None
         self._connection().executescript(SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
         with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._migrate(conn)
+
+    def _open_postgres(self) -> None:
+        import psycopg
+
+        from service.core import _pg
+
+        self._begin = "BEGIN"
+        try:
+            conn = _pg.connect(self.url)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"cannot connect to the database {redact_url(self.url)}: {exc}") from exc
+        try:
+            conn.execute("BEGIN")
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            conn.executescript(_pg.pg_schema(SCHEMA))
+            self._migrate(conn)
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot set up the schema in {redact_url(self.url)}: {exc}") from exc
+        finally:
+            conn.raw.close()
+        try:
+            self._pool = _pg.open_pool(self.url, POOL_TIMEOUT)
+        except (psycopg.Error, _pg.PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"cannot connect to the database {redact_url(self.url)}: {exc}") from exc
+        self._reads = _pg.PooledReads(self._pool, POOL_TIMEOUT, redact_url(self.url))
+
+    def _migrate(self, conn: Any) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
+        found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found is None:  # a new database: SCHEMA made the current tables
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return
+        version = int(found[0])
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(f"the database {redact_url(self.url)} has schema version {version}, newer "
+                                f"than this vdata's {SCHEMA_VERSION}: upgrade vdata")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            script = MIGRATIONS.get(step, "")
+            if self.dialect == "postgresql":
+                from service.core._pg import pg_schema
+
+                script = pg_schema(script)
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    # -- connections -----------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -130,36 +241,61 @@ class Database:
                 self._connections.append(conn)
         return conn
 
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            return self._connection()
+        from service.core import _pg
+
+        try:
+            return _pg.PgConnection(self._pool.getconn(timeout=POOL_TIMEOUT))
+        except _pg.PoolTimeout as exc:
+            raise DatabaseUnavailable(f"no connection to the database {redact_url(self.url)} within "
+                                f"{POOL_TIMEOUT:g} s: {exc}") from exc
+
+    def _release(self, conn: Any) -> None:
+        if self._pool is not None:
+            self._pool.putconn(conn.raw)  # a broken connection is discarded by the pool
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; inside another transaction of the same thread, a
-        savepoint instead, so that several calls can share one commit (group commit) while a
-        failing call still undoes only its own writes."""
-        conn = self._connection()
+    def transaction(self) -> Iterator[Any]:
+        """``BEGIN IMMEDIATE`` (SQLite) or ``BEGIN`` (PostgreSQL) ... ``COMMIT``; inside another
+        transaction of the same thread, a savepoint instead, so that several calls can share one
+        commit (group commit) while a failing call still undoes only its own writes."""
         depth: int = getattr(self._local, "depth", 0)
         if depth:
+            conn = self._local.tx
             with self._savepoint(conn, depth):
                 yield conn
             return
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            self._local.depth = 1
+            conn = self._acquire()
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute(self._begin)
+                self._local.depth, self._local.tx = 1, conn
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:  # not when the connection itself broke
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._local.depth, self._local.tx = 0, None
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:  # a failed COMMIT (a deferred constraint) leaves it open
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except Exception as exc:
+                if self._pool is not None and conn.raw.broken:  # the server went away, not the SQL
+                    raise DatabaseUnavailable(f"lost the connection to the database {redact_url(self.url)}: "
+                                              f"{exc}") from exc
                 raise
             finally:
-                self._local.depth = 0
-            try:
-                conn.execute("COMMIT")
-            except BaseException:  # a failed COMMIT (a deferred constraint) leaves it open
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                self._release(conn)
 
     @contextmanager
-    def _savepoint(self, conn: sqlite3.Connection, depth: int) -> Iterator[None]:
+    def _savepoint(self, conn: Any, depth: int) -> Iterator[None]:
         name = f"vdata_sp{depth}"
         conn.execute(f"SAVEPOINT {name}")
         self._local.depth = depth + 1
@@ -173,11 +309,26 @@ class Database:
             self._local.depth = depth
         conn.execute(f"RELEASE {name}")
 
-    def read(self) -> sqlite3.Connection:
-        """A connection for reads outside a transaction (each statement sees committed data)."""
-        return self._connection()
+    def serialize(self, conn: Any, name: str) -> None:
+        """Inside a transaction: wait until no other transaction holds ``name``, then hold it to
+        the commit. For a check-then-insert that row locks cannot cover (no row exists yet).
+        A no-op on SQLite, where every write transaction already excludes the others."""
+        if self.dialect == "postgresql":
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
+    def read(self) -> Any:
+        """A connection for reads outside a transaction (each statement sees committed data);
+        inside one, the transaction's own connection (which sees its own writes)."""
+        if getattr(self._local, "depth", 0):
+            return self._local.tx
+        if self._pool is None:
+            return self._connection()
+        return self._reads
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            return
         with self._lock:
             for conn in self._connections:
                 conn.close()

@@ -67,7 +67,7 @@ from service.core.db import Database
 from vdata.ranges import EventRange
 
 if TYPE_CHECKING:
-    from sqlite3 import Connection
+    from typing import Any as Connection  # a connection of service.core.db: sqlite3's or _pg's
 
 __all__ = [
     "FAILED",
@@ -149,9 +149,10 @@ class JobStore:
             job = self._job(conn, job_id)
             now = self.clock()
             self._reclaim(conn, job, now)
+            # SKIP LOCKED (PostgreSQL): rows another gateway is leasing now are passed over, not waited for
             ready = [_row(r) for r in conn.execute(
-                f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?",
-                (job.id, READY, n))]
+                f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?"
+                + self.db.skip_locked, (job.id, READY, n))]
             leased = [lease_row(r, worker, now, job.lease_seconds) for r in choose_ready(ready, n)]
             self._write(conn, leased)
         return [Lease(r.index, r.first, r.stop, cast(float, r.deadline)) for r in leased]
@@ -236,8 +237,8 @@ class JobStore:
         check_int(index, "index", 0)
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
-            found = conn.execute(f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND range_index = ?",
-                                 (job.id, index)).fetchone()
+            found = conn.execute(f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND range_index = ?"
+                                 + self.db.row_lock, (job.id, index)).fetchone()
             if found is None:
                 count = conn.execute("SELECT COUNT(*) FROM job_ranges WHERE job_id = ?", (job.id,)).fetchone()[0]
                 raise RangeNotFound(job.id, index, count)
@@ -260,9 +261,10 @@ class JobStore:
         return job
 
     def _reclaim(self, conn: Connection, job: _Job, now: float) -> None:
+        # a row another transaction holds is left to it (it may be finishing it, or reclaiming it)
         overdue = conn.execute(
-            f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? AND deadline < ?",
-            (job.id, RUNNING, now))
+            f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? AND deadline < ?"
+            + self.db.skip_locked, (job.id, RUNNING, now))
         self._write(conn, [expire(_row(r), now, job.max_attempts) for r in overdue.fetchall()])
 
     @staticmethod

@@ -85,6 +85,7 @@ class TokenStore:
         """
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.db.transaction() as conn:
+            self.db.serialize(conn, "tokens.ensure_admin")  # no row to lock yet (PostgreSQL)
             if conn.execute("SELECT 1 FROM tokens WHERE role = 'admin' LIMIT 1").fetchone() is not None:
                 return None
             conn.execute("INSERT INTO tokens (hash, role, note, created) VALUES (?, 'admin', ?, ?)",

@@ -26,6 +26,7 @@ from service.errors import (
     BodyTooLarge,
     CacheBusy,
     CacheError,
+    DatabaseUnavailable,
     EngineError,
     Forbidden,
     JobError,
@@ -89,6 +90,7 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (StorageFull, 507, "insufficient_storage"),
     (TransformRejected, 400, "transform_refused"),
     (EngineError, 503, "engine_unavailable"),
+    (DatabaseUnavailable, 503, "database_unavailable"),
     (RemoteReadError, 502, "remote_read_error"),  # the source failed us, not the client
     (SourceError, 400, None),  # SourceFileNotFound, TreeNotFound, ...: the class name says which
     (UnknownName, 404, "unknown_name"),

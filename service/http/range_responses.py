@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
@@ -38,6 +37,7 @@ from service.http.metrics import Metrics
 from service.settings import Settings
 from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
 from service.core.core import Core
+from service.core.db import DATABASE_ERRORS
 from vdata.errors import VdataError
 from vdata.formats import MEDIA_TYPES, check_format
 from vdata.data.plans import Plan
@@ -227,7 +227,7 @@ def _request(core: Core, plan: Plan, index: int, fmt: str, readahead: int) -> Fu
         if not done.cancelled() and done.exception() is None:
             try:
                 _read_ahead(core, plan, index, fmt, readahead)
-            except (VdataError, sqlite3.Error, OSError):  # a hint: never worth failing anything for
+            except (VdataError, *DATABASE_ERRORS, OSError):  # a hint: never worth failing anything for
                 log.exception("read-ahead after %s range %d failed", plan.id, index)
 
     future = core.request(plan.id, index, fmt)

@@ -22,7 +22,7 @@ PYPROJECT = tomllib.loads((PROJECT / "pyproject.toml").read_text())
 # What `pip install vdata` (no extras) does not bring: the [server] extra's packages and what
 # only they bring (starlette comes with fastapi). Not pydantic: typer (the CLI) depends on it.
 SERVER_ONLY = ("ray", "fastapi", "starlette", "uvicorn", "pydantic_settings", "prometheus_client",
-               "matplotlib", "psutil", "filelock")
+               "matplotlib", "psutil", "filelock", "psycopg", "psycopg_pool")
 
 WITHOUT_SERVER = f"""
 import importlib.abc, sys

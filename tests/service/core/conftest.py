@@ -1,4 +1,4 @@
-"""Fixtures of the core's tests: a fresh SQLite database per test."""
+"""Fixtures of the core's tests: a fresh database per test, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pytest
 from service.core.db import Database
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """The URL of the test's database file: a test that restarts opens it again with it."""
-    return f"sqlite:///{tmp_path}/v.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of the test's database (a file, or a fresh PostgreSQL database of the session's
+    server): a test that restarts opens it again with it. Every test using it runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/v.db"
+    postgres = request.getfixturevalue("postgres")
+    return str(postgres.new())
 
 
 @pytest.fixture
