@@ -65,8 +65,8 @@ def test_start_removes_debris_of_dead_writers_and_old_files(tmp_path: Path, db_u
     dead_pid = 2**22 + 12345  # above pid_max here: no such process
     host = socket.gethostname()
     dead = shard / f".00000001.arrow.{host}-{dead_pid}.abc.tmp"
-    other_host_young = shard / f".00000002.arrow.elsewhere-1.abc.tmp"
-    other_host_old = shard / f".00000003.arrow.elsewhere-1.def.tmp"
+    other_host_young = shard / ".00000002.arrow.elsewhere-1.abc.tmp"
+    other_host_old = shard / ".00000003.arrow.elsewhere-1.def.tmp"
     orphan_young = shard / "00000004.arrow"
     orphan_old = shard / "00000005.arrow"
     for path in (dead, other_host_young, other_host_old, orphan_young, orphan_old):
