@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     max_stage_ranges: int = Field(default=64, ge=1, description="Most ranges one stage request may start (400 above).")
     range_timeout_seconds: float = Field(default=600.0, gt=0, description="How long a range request waits for materialization (503 after).")
 
+    # several gateways on one database (issue 12): they share the cache folder and claim ranges
+    cache_dir: Path | None = Field(
+        default=None, description="The cache folder (default <data_dir>/cache). Gateways that share a database share "
+                                  "it too: one directory every gateway mounts (a shared file system across machines).")
+    cache_debris_seconds: float = Field(
+        default=3600.0, gt=0, description="Leftovers in the cache folder (files without an index row, temporary files of "
+                                          "writers on other machines) older than this are removed at start; longer than "
+                                          "any task runs.")
+    claim_seconds: float = Field(
+        default=30.0, gt=0, description="A gateway's claim on a range it makes lives this long unless renewed (every "
+                                        "third of it): a dead gateway's ranges are taken over after at most this.")
+
     @model_validator(mode="after")
     def _default_roots(self) -> Settings:
         if self.allowed_roots is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ _RECIPE_ID = re.compile(r"vds-[0-9a-f]{24}")
 _SUFFIX = "(?:" + "|".join(re.escape(f) for f in FORMATS) + ")"
 _FINAL_NAME = re.compile(rf"[0-9]{{8,}}\.{_SUFFIX}")
 _TEMP_NAME = re.compile(rf"\.[0-9]{{8,}}\.{_SUFFIX}\..+\.tmp")
+# what temp names say since several caches share a folder: ``.<final>.<host>-<pid>.<random>.tmp``
+_TEMP_WRITER = re.compile(rf"\.[0-9]{{8,}}\.{_SUFFIX}\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>[0-9]+)\.[0-9a-f]+\.tmp")
 _KEY_WHERE = "recipe_id = ? AND range_index = ? AND format = ?"
 
 
@@ -111,20 +115,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_debris(root: Path, known: set[str]) -> int:
-    """Delete temporary files, and final files whose relpath is not in ``known``, under the
-    recipe folders of ``root``; then empty folders. Returns how many files went."""
+def host_tag() -> str:
+    """This machine's name as it may appear in a temporary file's name (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _is_debris(path: Path, final: bool, now: float, max_age: float, host: str) -> bool:
+    """Whether a file of a recipe folder is left over (see :func:`_remove_debris`)."""
+    if not final:
+        writer = _TEMP_WRITER.fullmatch(path.name)
+        if writer is not None and writer["host"] == host and not _pid_alive(int(writer["pid"])):
+            return True  # its writer, a process of this machine, is gone
+    try:
+        return now - path.stat().st_mtime > max_age
+    except FileNotFoundError:
+        return False
+
+
+def _remove_debris(root: Path, known: set[str], max_age: float, now: float | None = None) -> int:
+    """Delete what crashed writers left in the recipe folders of ``root``; returns how many files went.
+
+    Other caches (gateways, on this machine or others) may be writing into the folder right
+    now, so a file is debris only if nobody can still be working on it: a temporary file whose
+    writer was a process of this machine that is gone, or any temporary file, or final file
+    without a row in ``known``, older than ``max_age`` seconds (longer than any task may run;
+    a final file is renamed into place inside the transaction that adds its row, which another
+    database than SQLite may not have committed yet). Empty recipe folders that old go too.
+    """
+    now = time.time() if now is None else now
+    host = host_tag()
     removed = 0
     for folder in root.iterdir():
         if not (_RECIPE_ID.fullmatch(folder.name) and folder.is_dir()):
             continue
         for path in folder.iterdir():
-            debris = _TEMP_NAME.fullmatch(path.name) or (
-                _FINAL_NAME.fullmatch(path.name) and f"{folder.name}/{path.name}" not in known
-            )
-            if debris and path.is_file():
-                path.unlink()
+            final = bool(_FINAL_NAME.fullmatch(path.name))
+            candidate = _TEMP_NAME.fullmatch(path.name) or (final and f"{folder.name}/{path.name}" not in known)
+            if candidate and path.is_file() and _is_debris(path, final, now, max_age, host):
+                path.unlink(missing_ok=True)
                 removed += 1
-        if not any(folder.iterdir()):
-            folder.rmdir()
+        try:
+            if not any(folder.iterdir()) and now - folder.stat().st_mtime > max_age:
+                folder.rmdir()
+        except OSError:  # another cache wrote into it meanwhile
+            pass
     return removed

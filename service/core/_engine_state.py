@@ -80,6 +80,14 @@ class EngineState:
             self._queue.append((key, recipe_json))
         return future
 
+    def requeue(self, key: CacheKey, recipe_json: str) -> bool:
+        """Queue ``key`` again for its waiters (another gateway's claim on it ended without the
+        range); False if nobody waits for it any more."""
+        if key not in self._waiting:
+            return False
+        self._queue.append((key, recipe_json))
+        return True
+
     def answer(self, key: CacheKey) -> Future[CacheEntry] | None:
         """Forget ``key``: its task ended (made or failed). Returns its future for the engine
         to settle, outside the lock (a done-callback may ask the engine for more)."""

@@ -8,7 +8,8 @@ records each one's size, adler32, event count and last use. The rules:
   place, and the folder fsynced. Every change to a final file (rename, unlink) happens inside
   the database transaction that changes its row, so the folder and the index agree between
   threads (and processes, which SQLite serializes). A crash leaves at worst a temporary file
-  or a file without a row; both are removed when the cache is next opened.
+  or a file without a row; both are removed by a later start once nobody can be writing them
+  (:func:`~service.core._cache_keys._remove_debris`).
 - :meth:`RangeCache.get` and :meth:`RangeCache.read` read the whole file and check its size and
   adler32 against the row. A mismatch is never served: the entry is dropped, counted
   (``corrupt_count`` and the ``on_corrupt`` callback) and reported as a miss, so the caller
@@ -34,8 +35,24 @@ and take the cache lock inside it, and a pin (taken under the cache lock alone) 
 the database. The engine's lock (:mod:`service.core.engine`) is a leaf too: nothing is called while it
 is held.
 
-One :class:`RangeCache` owns a folder at a time (a lock file, ``<root>/.lock``): pins are kept
-in memory, and the clean-up at start cannot tell another writer's temporary files from debris.
+Several caches share a folder and a database: the gateways of one deployment (processes on
+one machine, or machines that mount one directory). Nothing is exclusive to one of them:
+
+- Temporary names carry their writer's host and process id
+  (``.<index>.<format>.<host>-<pid>.<random>.tmp``); the clean-up at start removes only
+  temporary files whose writer on this machine is gone, and other leftovers (temporary or final
+  files without a row) older than ``debris_seconds`` (longer than any task runs). It never
+  deletes rows: a row whose file is missing or of the wrong size is dropped when it is read,
+  as a damaged one is, so a gateway started on the wrong folder takes nothing from the others.
+- Pins live in memory: a cache does not see another's. An eviction or removal by one may
+  unlink a file another is sending. On a local (POSIX) file system the open file stays
+  readable after the unlink, so the response completes (the server opens the file before
+  the first byte, :meth:`RangeCache.opened`); a reader that had not opened it yet sees a
+  miss and the engine makes the range again. (On NFS a file unlinked by another client can
+  fail with ESTALE in the middle: the response is then cut short of its ``Content-Length``
+  and the client asks again, as for a damaged file. Give the shared folder a budget that keeps
+  the ranges being read.)
+- The budget is the whole folder's: eviction sums every gateway's rows.
 """
 
 from __future__ import annotations
@@ -52,8 +69,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import filelock
-
 from service.core._cache_keys import (
     _KEY_WHERE,
     _TEMP_NAME,
@@ -63,6 +78,7 @@ from service.core._cache_keys import (
     _choose_victims,
     _fsync_dir,
     _key,
+    host_tag,
     _remove_debris,
     _select,
 )
@@ -79,8 +95,9 @@ class RangeCache:
 
     ``clock`` gives the times recorded as created and last used. ``on_corrupt(key, reason)`` is
     called (besides ``corrupt_count`` going up) for each entry dropped because its file was
-    missing or did not match its size or adler32. Thread-safe; close it (or use ``with``) to
-    hand the folder to another cache.
+    missing or did not match its size or adler32. Thread-safe; other caches (in other
+    processes) may use the same folder and database at the same time (see the module
+    docstring). ``debris_seconds``: leftovers older than this are removed at start.
     """
 
     def __init__(
@@ -90,6 +107,7 @@ class RangeCache:
         budget_bytes: int,
         clock: Callable[[], float] = time.time,
         on_corrupt: Callable[[CacheKey, str], None] | None = None,
+        debris_seconds: float = 3600.0,
     ) -> None:
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
             raise CacheError(f"cache budget_bytes must be an integer >= 0, got {budget_bytes!r}")
@@ -102,24 +120,14 @@ class RangeCache:
         self._lock = threading.Lock()  # innermost: taken inside a transaction, never around one
         self._pins: Counter[CacheKey] = Counter()
         self._over_budget = False  # pins kept the last eviction from reaching the budget
+        self._writer = f"{host_tag()}-{os.getpid()}"  # in temporary names: whose they are
+        self.debris_seconds = debris_seconds
         self.root.mkdir(parents=True, exist_ok=True)
-        self._owner = filelock.FileLock(self.root / ".lock", thread_local=False)
-        try:
-            self._owner.acquire(blocking=False)
-        except filelock.Timeout as exc:
-            raise CacheBusy(
-                f"cache folder {self.root} is in use by another cache (lock file {self._owner.lock_file})"
-            ) from exc
-        try:
-            self._recover()
-            self.evict()
-        except BaseException:
-            self._owner.release()
-            raise
+        self._recover()
+        self.evict()
 
     def close(self) -> None:
-        """Release the folder (the database stays open: it belongs to the caller)."""
-        self._owner.release()
+        """Nothing to release (the folder is shared; the database belongs to the caller)."""
 
     def __enter__(self) -> RangeCache:
         return self
@@ -149,14 +157,15 @@ class RangeCache:
     def temp_path(self, key: CacheKey) -> Path:
         """A new temporary name next to ``key``'s file (its folder made), for :meth:`put_file`.
 
-        The name is unique and matches what :meth:`_recover` removes, so a writer that dies
-        before the commit leaves only debris that the next start cleans up.
+        The name is unique and says which process of which machine chose it, so a writer that
+        dies before the commit leaves only debris that a later start cleans up, and no start
+        takes a live writer's file (:meth:`_recover`).
         """
         folder = (self.root / key.relpath).parent
         if not folder.is_dir():
             folder.mkdir(exist_ok=True)
             _fsync_dir(self.root)
-        return folder / f".{Path(key.relpath).name}.{uuid.uuid4().hex}.tmp"
+        return folder / f".{Path(key.relpath).name}.{self._writer}.{uuid.uuid4().hex}.tmp"
 
     def put_file(self, key: CacheKey, temp: Path | str, size: int, adler32: int, events: int) -> CacheEntry:
         """Commit a file another process wrote at ``temp`` (from :meth:`temp_path`) as ``key``.
@@ -423,24 +432,8 @@ class RangeCache:
             return freed
 
     def _recover(self) -> None:
-        """Drop rows whose file is missing or of the wrong size; delete files without a row."""
-        dropped: list[tuple[CacheKey, str]] = []
-        with self._db.transaction() as conn, self._lock:  # the lock order: database, then cache
-            known = set()
-            for row in conn.execute("SELECT recipe_id, range_index, format, size FROM cache_entries").fetchall():
-                key = _key(row)
-                try:
-                    size: int | None = (self.root / key.relpath).stat().st_size
-                except FileNotFoundError:
-                    size = None
-                if size == row["size"]:
-                    known.add(key.relpath)
-                    continue
-                self._delete(conn, key)
-                reason = "the file is missing" if size is None else f"the file has {size} bytes, {row['size']} recorded"
-                dropped.append((key, reason))
-            removed = _remove_debris(self.root, known)
+        """Remove what crashed writers left (never a row: see the module docstring)."""
+        known = {row["path"] for row in self._db.read().execute("SELECT path FROM cache_entries").fetchall()}
+        removed = _remove_debris(self.root, known, self.debris_seconds)
         if removed:
-            log.info("cache %s: removed %d files without an index entry", self.root, removed)
-        for key, reason in dropped:
-            self._report(key, reason)
+            log.info("cache %s: removed %d files left by writers that are gone", self.root, removed)

@@ -20,6 +20,7 @@ from transforms.registry import Transform
 
 from service.core.job_thread import JobThread
 from service.core.cache import CacheEntry, RangeCache
+from service.core.claims import Claims
 from vdata.data.catalog import Catalog
 from service.core.db import Database
 from service.core.engine import Engine, EngineConfig
@@ -48,6 +49,13 @@ class CoreConfig:
     database_url: str | None = None  # default: sqlite:///<data_dir>/vdata.db
     lookahead_format: str = "arrow"
     remote: RemoteOptions = field(default_factory=RemoteOptions)  # timeouts of http(s) sources
+    cache_dir: Path | None = None  # default: <data_dir>/cache; gateways that share a database share it too
+    cache_debris_seconds: float = 3600.0  # leftovers in the cache folder older than this are removed at start
+    claim_seconds: float = 30.0  # a dead gateway's claim on a range is taken over after this
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir is not None else Path(self.data_dir) / "cache"
 
     @property
     def db_url(self) -> str:
@@ -64,9 +72,11 @@ class Core:
         self.catalog = Catalog(config.remote)
         self.store = CatalogStore(self.db)
         self.warnings = self.store.load(self.catalog)
-        self.cache = RangeCache(Path(config.data_dir) / "cache", self.db, config.cache_budget_bytes)
+        self.cache = RangeCache(config.cache_path, self.db, config.cache_budget_bytes,
+                                debris_seconds=config.cache_debris_seconds)
         self.jobs = JobStore(self.db)
         self.engine = Engine(self.catalog, self.cache, config.engine)
+        self.engine.claims = Claims(self.db, config.claim_seconds)  # single flight across gateways
         # Job calls are short database transactions: one thread runs them all, in order, so
         # hundreds of concurrent workers queue here instead of convoying on SQLite's lock, and
         # the calls that queued together share one commit (group commit, service/core/job_thread.py).

@@ -106,6 +106,17 @@ CREATE TABLE IF NOT EXISTS tokens (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tokens_role ON tokens (role);
+-- single flight across gateways (service/core/claims.py): who makes a range now; kept once released
+CREATE TABLE IF NOT EXISTS claims (
+    recipe_id   TEXT NOT NULL,
+    range_index INTEGER NOT NULL,
+    format      TEXT NOT NULL,
+    owner       TEXT NOT NULL,          -- <host>-<pid>-<random> of the gateway; '' when released
+    expires     REAL NOT NULL,          -- the owner renews while it works; 0 when released
+    takes       INTEGER NOT NULL,       -- how often a gateway took it to make the range
+    PRIMARY KEY (recipe_id, range_index, format)
+);
+CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner);
 """
 
 SCHEMA_VERSION = 1

@@ -23,6 +23,11 @@ recipe check's dry run included: a scientist's code never runs in the gateway pr
 under a wall-time and a memory limit (:mod:`service.core.task_limits`); one past either surfaces as
 :class:`~vdata.errors.TaskLimitExceeded`. Whatever goes wrong, each waiting future is resolved.
 
+Across gateways (several engines on one database and cache folder), an engine claims a key
+before it submits its task (:mod:`service.core.claims`); a key another gateway holds is
+watched until its cache row appears, or taken over if that gateway dies. ``claims=None``
+(tests of one engine) skips this.
+
 The decisions (single flight, what to submit next, which plans to keep) are methods of
 :class:`~service.core._engine_state.EngineState`, which knows nothing of Ray; this module
 keeps the effects: a single collector thread runs the ``ray.wait`` loop, writer threads
@@ -50,6 +55,7 @@ from service.core.task_limits import Limits, marker_path, timed_out
 from service.core.engine_config import EngineConfig
 from service.core.ray_local import PrivateRay
 from service.core.cache import CacheEntry, CacheKey, RangeCache
+from service.core.claims import Claims, Verdict
 from vdata.data.catalog import Catalog
 from service.errors import EngineError, StorageFull, rebuild
 from vdata.errors import VdataError
@@ -158,6 +164,8 @@ class Engine:
         self._dry_task: Any = None  # the dry run's Ray task, once started
         self._node_id = ""
         self.metrics: _Metrics | None = None
+        self.claims: Claims | None = None  # single flight across gateways (set before start)
+        self._recipes: dict[CacheKey, str] = {}  # the recipe JSON of keys another gateway makes
 
     @property
     def submitted(self) -> int:
@@ -191,6 +199,8 @@ class Engine:
         self.metrics = _Metrics()
         self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
         self._collector.start()
+        if self.claims is not None:
+            self.claims.start(self._made_elsewhere, self._claim_freed)
         return self
 
     def shutdown(self) -> None:
@@ -199,6 +209,8 @@ class Engine:
         if self._collector is not None:
             self._collector.join(timeout=10)
         self._writers.shutdown(wait=True)
+        if self.claims is not None:
+            self.claims.stop()  # releases what this gateway still holds: another takes it at once
         with self._lock:
             running = self._state.stop(EngineError("the engine stopped before the range was ready"))
         unfinished = [task.temp for task in running if task.temp is not None]
@@ -325,6 +337,8 @@ class Engine:
         limits = self.config.task_limits
         for key, recipe_json in batch:
             attempt = uuid.uuid4().hex
+            if self.claims is not None and not self._claim(key, recipe_json, attempt):
+                continue
             try:
                 temp = self.cache.temp_path(key) if self.config.worker_writes else None
             except OSError as exc:  # the cache folder cannot even hold a new name (disk full)
@@ -335,6 +349,45 @@ class Engine:
                                     limits, attempt)
             with self._lock:
                 self._state.started(ref, Running(key, temp, attempt))
+
+    def _claim(self, key: CacheKey, recipe_json: str, attempt: str) -> bool:
+        """Whether this gateway makes ``key`` now (it claimed it); else the key is answered from
+        the cache or watched until another gateway's claim on it ends."""
+        try:
+            verdict = self.claims.claim(key) if self.claims is not None else Verdict.OURS
+        except Exception as exc:  # noqa: BLE001 - the database failed: the waiters hear it
+            self._fail(key, None, attempt, exc)
+            return False
+        if verdict is Verdict.OURS:
+            return True
+        with self._lock:
+            self._recipes[key] = recipe_json
+        if verdict is Verdict.CACHED:
+            self._made_elsewhere(key)
+        elif self.claims is not None:
+            self.claims.watch(key)
+        return False
+
+    def _made_elsewhere(self, key: CacheKey) -> None:
+        """Another gateway committed ``key``: answer the waiters from the cache (or, if it is
+        gone again already, queue it once more)."""
+        entry = self.cache.get(key)
+        if entry is None:
+            self._claim_freed(key)
+            return
+        with self._lock:
+            self._recipes.pop(key, None)
+            future = self._state.answer(key)
+        if future is not None:
+            settle(future, result=entry)
+
+    def _claim_freed(self, key: CacheKey) -> None:
+        """Another gateway's claim on ``key`` ended without the range: queue it (we claim it)."""
+        with self._lock:
+            recipe_json = self._recipes.pop(key, None)
+            if recipe_json is not None:
+                self._state.requeue(key, recipe_json)
+        self._wake.set()
 
     def _collect(self) -> None:
         """Submit what is queued, hand each finished task to a writer thread, repeat.
@@ -383,6 +436,7 @@ class Engine:
             return
         finally:
             marker_path(attempt).unlink(missing_ok=True)
+        self._release(key)
         with self._lock:
             future = self._state.answer(key)
         if future is not None:
@@ -394,10 +448,20 @@ class Engine:
             temp.unlink(missing_ok=True)
         result = self._translate(key, attempt, exc)
         log.warning("%s", result)
+        self._release(key)
         with self._lock:
             future = self._state.answer(key)
         if future is not None:
             settle(future, exception=result)
+
+    def _release(self, key: CacheKey) -> None:
+        """Release this gateway's claim of ``key`` (after the cache row is committed)."""
+        if self.claims is None:
+            return
+        try:
+            self.claims.release(key)
+        except Exception as exc:  # noqa: BLE001 - the claim expires by itself
+            log.warning("could not release the claim of %s (it expires in %g s): %s", key, self.claims.seconds, exc)
 
     def _translate(self, key: CacheKey, attempt: str, exc: Exception) -> VdataError:
         if isinstance(exc, VdataError):

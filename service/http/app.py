@@ -58,7 +58,8 @@ def core_config(settings: Settings) -> CoreConfig:
     remote = RemoteOptions(connect_timeout=settings.remote_connect_timeout_seconds,
                            read_timeout=settings.remote_read_timeout_seconds)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
-                      database_url=settings.database_url, remote=remote)
+                      database_url=settings.database_url, remote=remote, cache_dir=settings.cache_dir,
+                      cache_debris_seconds=settings.cache_debris_seconds, claim_seconds=settings.claim_seconds)
 
 
 def build_core(settings: Settings) -> Core:

@@ -4,8 +4,10 @@ restarts and threads."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -394,15 +396,23 @@ def test_restart_keeps_entries_and_cleans_debris(tmp_path: Path, db_url: str) ->
     (root / key(0, recipe=1).relpath).write_bytes(b"no row either")
     (root / "README").write_text("not the cache's")
     (shard / "notes.txt").write_text("not the cache's either")
+    old = time.time() - 7200  # debris is what nobody can still be writing: older than debris_seconds
+    for path in (shard / ".00000005.arrow.k2j3h4.tmp", shard / "00000009.root", root / key(0, recipe=1).relpath,
+                 root / key(0, recipe=1).recipe_id):
+        os.utime(path, (old, old))
 
     reports: list[tuple[CacheKey, str]] = []
-    with Database(db_url) as db, RangeCache(root, db, 1000, on_corrupt=lambda k, r: reports.append((k, r))) as cache:
-        assert [e.key for e in cache.entries()] == [key(1), key(2), key(0)]  # LRU order survives
+    with Database(db_url) as db, RangeCache(root, db, 1000, on_corrupt=lambda k, r: reports.append((k, r)),
+                                            debris_seconds=3600) as cache:
+        assert [e.key for e in cache.entries()] == [key(1), key(2), key(0, "parquet"), key(0)]  # LRU order survives
         for entry in kept:
             assert cache.read(entry.key) == (entry, entry.path.read_bytes())
+        assert reports == []  # a row is never dropped at start (another gateway may see its file)...
+        assert cache.read(key(0, "parquet")) is None  # ... but when read
         assert reports == [(key(0, "parquet"), "the file is missing")]
         assert files_under(root) == {e.key.relpath for e in kept} | {"README", f"{shard.name}/notes.txt"}
-        assert not (root / key(0, recipe=1).recipe_id).exists()  # emptied shard folder removed
+        emptied = root / key(0, recipe=1).recipe_id
+        assert not any(emptied.iterdir())  # emptied just now: removed by a later start, once old
 
 
 def test_restart_with_a_smaller_budget_evicts(tmp_path: Path, db_url: str) -> None:
@@ -411,14 +421,6 @@ def test_restart_with_a_smaller_budget_evicts(tmp_path: Path, db_url: str) -> No
             cache.put(key(i), bytes(100), events=1)
     with Database(db_url) as db, RangeCache(tmp_path / "c", db, 250) as cache:
         assert [e.key for e in cache.entries()] == [key(3), key(4)]
-
-
-def test_one_cache_per_folder(tmp_path: Path, db: Database) -> None:
-    first = RangeCache(tmp_path / "cache", db, 100)
-    with pytest.raises(CacheBusy, match="in use"):
-        RangeCache(tmp_path / "cache", db, 100)
-    first.close()
-    RangeCache(tmp_path / "cache", db, 100).close()
 
 
 def test_budget_must_be_a_size(tmp_path: Path, db: Database) -> None:

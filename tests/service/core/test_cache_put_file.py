@@ -3,6 +3,9 @@ engine's workers do on the driver's node instead of sending the bytes."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +106,9 @@ def test_temp_files_never_committed_are_removed_at_the_next_start(tmp_path: Path
         strays = [written(cache, key(i), b"never committed") for i in (0, 1)]
         strays.append(written(cache, key(3, "parquet"), b"never committed either"))
     assert all(s.exists() for s in strays)
-    with Database(db_url) as db, RangeCache(tmp_path / "cache", db, 1000) as cache:
+    old = time.time() - 7200  # this process lives on: its files are debris once older than debris_seconds
+    for stray in strays:
+        os.utime(stray, (old, old))
+    with Database(db_url) as db, RangeCache(tmp_path / "cache", db, 1000, debris_seconds=3600) as cache:
         assert files_under(cache.root) == {kept.key.relpath}
         assert cache.read(key(0)) == (kept, b"kept")
