@@ -7,7 +7,8 @@ The data library's errors (sources, recipes, transforms, formats, the client) ar
     VdataError                                (vdata.errors)
      ├── the core
      │    ├── EngineError           503       (RuntimeError) the engine stopped, or Ray failed
-     │    │                                   after its retries: try again later
+     │    │    │                              after its retries: try again later
+     │    │    └── RayUnavailable   503       Ray's head (GCS) cannot be reached: Retry-After
      │    ├── StorageFull           507       (OSError) no space left for a range
      │    ├── CacheError            400       (ValueError) a bad cache key, budget or argument
      │    ├── CacheBusy             409       (RuntimeError) the entry is pinned, or the folder
@@ -48,7 +49,7 @@ __all__ = [
     "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DemoFolderRefused",
     "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
     "PathNotAllowed", "PortInUse", "RangeNotFound", "RangeUnavailable", "RecipeNotFound",
-    "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
+    "RayUnavailable", "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
 ]  # fmt: skip
 
 
@@ -171,3 +172,12 @@ def rebuild(name: str, message: str) -> VdataError:
     error = cls.__new__(cls)
     VdataError.__init__(error, message)
     return error
+
+
+class RayUnavailable(EngineError):
+    """Ray's head (its GCS) cannot be reached: what needs Ray is refused (503, Retry-After)
+    until the engine reconnects; cached ranges and jobs are served meanwhile."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -34,6 +34,7 @@ from service.errors import (
     LimitExceeded,
     PathNotAllowed,
     RangeUnavailable,
+    RayUnavailable,
     RecipeNotFound,
     StorageFull,
     TokenError,
@@ -88,6 +89,7 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (TransformError, 422, "transform_failed"),
     (StorageFull, 507, "insufficient_storage"),
     (TransformRejected, 400, "transform_refused"),
+    (RayUnavailable, 503, "ray_unavailable"),
     (EngineError, 503, "engine_unavailable"),
     (RemoteReadError, 502, "remote_read_error"),  # the source failed us, not the client
     (SourceError, 400, None),  # SourceFileNotFound, TreeNotFound, ...: the class name says which
@@ -123,7 +125,7 @@ async def vdata_error_handler(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RangeUnavailable):
+    if isinstance(exc, (RangeUnavailable, RayUnavailable)):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, TooManyInFlight):
         headers["Retry-After"] = "1"
