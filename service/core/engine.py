@@ -91,14 +91,16 @@ def _materialize_task(
 
 
 PROBE_SECONDS = 1.0  # how often the collector checks Ray's head and nodes (while it has work)
-_KV_PREFIX = "vdata/running/"  # + attempt -> node id, in Ray's internal key-value store (the GCS)
+# "<prefix><attempt>/<node id>" for each node a task ran on, in Ray's internal key-value store (the
+# GCS): one key per node, as Ray may start the retry (noting its new node) before the engine looks
+_KV_PREFIX = "vdata/running/"
 
 
 def _note_node(attempt: str, node: str) -> None:
     from ray.experimental import internal_kv
 
     try:
-        internal_kv._internal_kv_put(_KV_PREFIX + attempt, node, overwrite=True)
+        internal_kv._internal_kv_put(f"{_KV_PREFIX}{attempt}/{node}", "1", overwrite=True)
     except Exception:  # noqa: BLE001 - a missing note only makes a node loss less precisely logged
         pass
 
@@ -464,13 +466,11 @@ class Engine:
         self._dead_nodes |= new.keys()
         from ray.experimental import internal_kv
 
-        for task in tasks:
+        for task, node in [(task, node) for task in tasks for node in new]:
             try:
-                node = internal_kv._internal_kv_get(_KV_PREFIX + task.attempt)
+                if not internal_kv._internal_kv_exists(f"{_KV_PREFIX}{task.attempt}/{node}"):
+                    continue
             except Exception:  # noqa: BLE001
-                continue
-            node = node.decode() if isinstance(node, bytes) else node
-            if node not in new:
                 continue
             retry = self._node_retries[task.attempt] = self._node_retries.get(task.attempt, 0) + 1
             log.warning("range %d of %s (%s) was being made on Ray node %s at %s, which Ray declared dead; "
@@ -580,13 +580,22 @@ class Engine:
         if retries:
             log.info("range %d of %s (%s) was made on Ray node %s after %d node loss(es)", key.range_index,
                      key.recipe_id, key.format, node, retries)
-        if node != self._node_id:
-            from ray.experimental import internal_kv
+        if node == self._node_id:
+            return
+        from ray.experimental import internal_kv
 
-            try:
-                internal_kv._internal_kv_del(_KV_PREFIX + attempt)
-            except Exception:  # noqa: BLE001 - a note left behind costs a few bytes in the GCS
-                pass
+        try:
+            prefix = f"{_KV_PREFIX}{attempt}/"
+            ran_on = [k.decode().rpartition("/")[2] if isinstance(k, bytes) else k.rpartition("/")[2]
+                      for k in internal_kv._internal_kv_list(prefix)]
+            internal_kv._internal_kv_del(prefix, del_by_prefix=True)
+        except Exception:  # noqa: BLE001 - a note left behind costs a few bytes in the GCS
+            return
+        lost = [n for n in ran_on if n != node]
+        if lost and not retries:  # Ray retried it before it declared the node dead: said now
+            log.warning("range %d of %s (%s) was being made on Ray node %s, which was lost; Ray retried it "
+                        "(retry %d of %d, max_retries) and it was made on node %s", key.range_index,
+                        key.recipe_id, key.format, ", ".join(lost), len(lost), self.config.max_retries, node)
 
     def _fail(self, key: CacheKey, temp: Path | None, attempt: str, exc: Exception) -> None:
         """Resolve the waiters of ``key`` with what ``exc`` means for a client."""
