@@ -83,7 +83,7 @@ class Head:
             try:
                 if _has_mark(proc, f"{OWNER_ENV}={self.mark}"):
                     found.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 pass
         return found
 
