@@ -7,11 +7,11 @@ The data library's errors (sources, recipes, transforms, formats, the client) ar
     VdataError                                (vdata.errors)
      ├── the core
      │    ├── EngineError           503       (RuntimeError) the engine stopped, or Ray failed
-     │    │                                   after its retries: try again later
+     │    │    │                              after its retries: try again later
+     │    │    └── RayUnavailable   503       Ray's head (GCS) cannot be reached: Retry-After
      │    ├── StorageFull           507       (OSError) no space left for a range
      │    ├── CacheError            400       (ValueError) a bad cache key, budget or argument
-     │    ├── CacheBusy             409       (RuntimeError) the entry is pinned, or the folder
-     │    │                                   belongs to another cache
+     │    ├── CacheBusy             409       (RuntimeError) the entry is being read (pinned)
      │    ├── JobError              400       (ValueError) a bad argument to a job call
      │    ├── JobNotFound           404       (KeyError) no job of that id
      │    │    └── RangeNotFound    404       the job has no range of that index
@@ -46,10 +46,10 @@ import vdata.errors
 from vdata.errors import VdataError
 
 __all__ = [
-    "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DatabaseUnavailable", "DemoFolderRefused",
-    "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
+    "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DatabaseUnavailable",
+    "DemoFolderRefused", "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
     "PathNotAllowed", "PortInUse", "RangeNotFound", "RangeUnavailable", "RecipeNotFound",
-    "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
+    "RayUnavailable", "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
 ]  # fmt: skip
 
 
@@ -64,7 +64,7 @@ class CacheError(VdataError, ValueError):
 
 
 class CacheBusy(VdataError, RuntimeError):
-    """The entry is being read (pinned), or another cache holds the folder."""
+    """The entry is being read (pinned): it is not removed now."""
 
 
 class JobError(VdataError, ValueError):
@@ -177,3 +177,12 @@ def rebuild(name: str, message: str) -> VdataError:
 class DatabaseUnavailable(DatabaseError):
     """The database server cannot be reached now (connection refused or lost, no pooled
     connection in time): the service's fault, not the request's; 503, try again later."""
+
+
+class RayUnavailable(EngineError):
+    """Ray's head (its GCS) cannot be reached: what needs Ray is refused (503, Retry-After)
+    until the engine reconnects; cached ranges and jobs are served meanwhile."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -44,6 +44,8 @@ FLAT_ENGINE = {
     "task_seconds_limit": "task_seconds",
     "dry_run_seconds_limit": "dry_run_seconds",
     "task_memory_bytes_limit": "task_memory_bytes",
+    "node_failure_seconds": "node_failure_seconds",
+    "ray_retry_seconds": "ray_retry_seconds",
 }
 
 

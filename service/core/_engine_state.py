@@ -113,6 +113,10 @@ class EngineState:
     def in_flight(self) -> int:
         return len(self._running)
 
+    def tasks(self) -> list[Running]:
+        """What the running tasks make (to name them when their node dies)."""
+        return list(self._running.values())
+
     def ended(self, ref: Hashable) -> Running:
         """Forget a task that returned (its result still to be stored): what it was making."""
         return self._running.pop(ref)

@@ -38,9 +38,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import pickle
 import re
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +60,7 @@ from service.core.ray_local import PrivateRay
 from service.core.cache import CacheEntry, CacheKey, RangeCache
 from service.core.claims import Claims, Verdict
 from vdata.data.catalog import Catalog
-from service.errors import EngineError, StorageFull, rebuild
+from service.errors import EngineError, RayUnavailable, StorageFull, rebuild
 from vdata.errors import VdataError
 from vdata.data.plans import Plan, plan
 from vdata.data.recipes import Recipe
@@ -81,10 +84,31 @@ def _materialize_task(
     limits: Limits | None = None,
     attempt: str | None = None,
 ) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
-    """Ray's entry point: :func:`run_task`, writing the file only on the driver's node."""
-    here = target is not None and ray.get_runtime_context().get_node_id() == target.node_id
+    """Ray's entry point: :func:`run_task`, writing the file only on the driver's node. The
+    node's id comes back with the result (where each range was made), and a task on another
+    node first notes it in Ray's key-value store under its attempt, so that the engine can name
+    the ranges a node took with it when that node dies."""
+    node = ray.get_runtime_context().get_node_id()
+    here = target is not None and node == target.node_id
+    if not here and attempt is not None:
+        _note_node(attempt, node)
     write_to = target.temp if target is not None and here else None
-    return run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks, limits, attempt)
+    return (*run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks, limits, attempt), node)
+
+
+PROBE_SECONDS = 1.0  # how often the collector checks Ray's head and nodes (while it has work)
+# "<prefix><attempt>/<node id>" for each node a task ran on, in Ray's internal key-value store (the
+# GCS): one key per node, as Ray may start the retry (noting its new node) before the engine looks
+_KV_PREFIX = "vdata/running/"
+
+
+def _note_node(attempt: str, node: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(f"{_KV_PREFIX}{attempt}/{node}", "1", overwrite=True)
+    except Exception:  # noqa: BLE001 - a missing note only makes a node loss less precisely logged
+        pass
 
 
 def _dry_run_task(catalog_version: str, catalog_state: bytes, recipe_json: str, limits: Limits,
@@ -166,6 +190,15 @@ class Engine:
         self.metrics: _Metrics | None = None
         self.claims: Claims | None = None  # single flight across gateways (set before start)
         self._recipes: dict[CacheKey, str] = {}  # the recipe JSON of keys another gateway makes
+        self.made_on: dict[str, int] = {}  # node id -> ranges made there (this engine's life)
+        # Ray's head: where its GCS listens, whether it went away (why), when to try it again
+        self._gcs: tuple[str, int] | None = None
+        self._away: str | None = None
+        self._retry_at = 0.0
+        self._ray_lock = threading.Lock()  # held around connecting to / leaving Ray; outside _lock
+        self._next_probe = 0.0
+        self._dead_nodes: set[str] = set()
+        self._node_retries: dict[str, int] = {}  # attempt -> node losses it survived
 
     @property
     def submitted(self) -> int:
@@ -178,14 +211,15 @@ class Engine:
     def start(self) -> Engine:
         if not ray.is_initialized():
             if self.config.address:
-                ray.init(address=self.config.address, log_to_driver=False)
+                self._connect()
             else:  # always our own instance, on loopback, with its own token (see service.core.ray_local)
                 private = PrivateRay.prepare(self.config.data_dir, self.config.temp_dir)
                 try:
                     private.activate()
                     _reload_ray_environment(loopback=True)
                     ray.init(**private.init_kwargs(self.config.num_cpus, self.config.object_store_bytes,
-                                                   self.config.include_dashboard, self.config.dashboard_port))
+                                                   self.config.include_dashboard, self.config.dashboard_port),
+                             _system_config=self.config.ray_system_config)
                 except BaseException:
                     ray.shutdown()
                     private.close()
@@ -193,7 +227,7 @@ class Engine:
                     raise
                 self._private_ray = private
             self._started_ray = True
-        self._node_id = ray.get_runtime_context().get_node_id()
+        self._joined()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
         self._dry_task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_dry_run_task)
         self.metrics = _Metrics()
@@ -202,6 +236,27 @@ class Engine:
         if self.claims is not None:
             self.claims.start(self._made_elsewhere, self._claim_freed)
         return self
+
+    def _connect(self) -> None:
+        """Join the cluster at ``address``. On a loopback address Ray would rewrite 127.0.0.1 to
+        the host's address, where a head started with ``--node-ip-address 127.0.0.1`` does not
+        listen (the driver then retries for minutes): this process's Ray is told to stay on
+        loopback, as for the embedded Ray."""
+        assert self.config.address is not None
+        host = self.config.address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        if loopback:
+            _reload_ray_environment(loopback=True)
+        ray.init(address=self.config.address, log_to_driver=False,
+                 **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+
+    def _joined(self) -> None:
+        """What the engine learns from a Ray it (re)joined: its node, where its GCS listens."""
+        self._node_id = ray.get_runtime_context().get_node_id()
+        host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+        self._gcs = (host, int(port))
+        self._catalog_ref = None  # an object of a Ray left behind is gone with it
+        self._dead_nodes = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -215,7 +270,7 @@ class Engine:
             running = self._state.stop(EngineError("the engine stopped before the range was ready"))
         unfinished = [task.temp for task in running if task.temp is not None]
         unfinished += [marker_path(task.attempt) for task in running]
-        if self._started_ray:
+        if self._started_ray or (self.config.address and self._away is not None and ray.is_initialized()):
             ray.shutdown()  # stops the workers, so no task writes a temporary file any more
             self._started_ray = False
         if self._private_ray is not None:
@@ -251,6 +306,7 @@ class Engine:
             return  # no steps: nothing a dry run could find that reading a range would not
         if self._dry_task is None:
             raise EngineError(f"cannot check {the_plan.id}: the engine is not running (its dry run needs Ray)")
+        self.require_ray(f"the dry run of {the_plan.id}")
         version, state = self._catalog_state()
         attempt = uuid.uuid4().hex
         ref = self._dry_task.remote(version, state, the_plan.recipe.to_json(), self.config.dry_run_limits, attempt)
@@ -292,6 +348,7 @@ class Engine:
             done: Future[CacheEntry] = Future()
             done.set_result(entry)
             return done
+        self.require_ray(f"materializing {key}")
         with self._lock:
             future = self._state.ask(key, recipe.to_json())
         self._wake.set()
@@ -396,6 +453,10 @@ class Engine:
         a range is committed without waiting out a polling interval; the timeout only bounds
         how long a newly queued request waits to be submitted when nothing finishes."""
         while not self._stop.is_set():
+            if self._away is not None or not self._watch():
+                self._wake.wait(timeout=0.5)  # Ray is away: nothing runs; a request reconnects
+                self._wake.clear()
+                continue
             self._submit_ready()
             with self._lock:
                 refs = self._state.running()
@@ -413,6 +474,126 @@ class Engine:
                 # the next task is submitted while this range is committed
                 self._writers.submit(self._finish, ref, task.key, task.temp, task.attempt)
 
+    # -- Ray's head and nodes --------------------------------------------------------------------
+
+    def _watch(self) -> bool:
+        """Once a second: is Ray's head (GCS) reachable, and did a node that ran our tasks die?
+        Returns False once the head is gone (the engine then refuses work: :meth:`require_ray`).
+
+        Why a probe of our own: the driver's Ray client waits out its GCS reconnect timeout
+        (60 s) and then ends the whole process; leaving Ray as soon as its port refuses keeps
+        the gateway up, answering 503 for what needs Ray."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            return True
+        self._next_probe = now + PROBE_SECONDS
+        if not self._gcs_reachable():
+            self._lose_ray("its port refuses connections")
+            return False
+        with self._lock:
+            tasks = self._state.tasks()
+        if tasks:
+            self._log_dead_nodes(tasks)
+        return True
+
+    def _gcs_reachable(self) -> bool:
+        if self._gcs is None:
+            return False
+        try:
+            socket.create_connection(self._gcs, timeout=PROBE_SECONDS).close()
+        except OSError:
+            return False
+        return True
+
+    def _log_dead_nodes(self, tasks: list[Running]) -> None:
+        """One WARNING per range in flight on a node Ray has just declared dead (Ray retries
+        it elsewhere by itself, up to ``max_retries``): the range, the node, the retry."""
+        try:
+            nodes = ray.nodes()
+        except Exception:  # noqa: BLE001 - the head probe above decides whether Ray is away
+            return
+        dead = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes if not n["Alive"]}
+        new = {node: address for node, address in dead.items() if node not in self._dead_nodes}
+        if not new:
+            return
+        self._dead_nodes |= new.keys()
+        from ray.experimental import internal_kv
+
+        for task, node in [(task, node) for task in tasks for node in new]:
+            try:
+                if not internal_kv._internal_kv_exists(f"{_KV_PREFIX}{task.attempt}/{node}"):
+                    continue
+            except Exception:  # noqa: BLE001
+                continue
+            retry = self._node_retries[task.attempt] = self._node_retries.get(task.attempt, 0) + 1
+            log.warning("range %d of %s (%s) was being made on Ray node %s at %s, which Ray declared dead; "
+                        "Ray retries it on another node (retry %d of %d, max_retries)", task.key.range_index,
+                        task.key.recipe_id, task.key.format, node, new[node], retry, self.config.max_retries)
+
+    def _lose_ray(self, why: str) -> None:
+        """Ray's head is gone: settle every waiter with :class:`RayUnavailable` and leave Ray
+        (before its client gives up and ends this process); cached ranges and jobs still serve."""
+        with self._ray_lock:
+            if self._away is not None:
+                return
+            self._away = why
+            self._away_since = time.monotonic()
+            self._retry_at = self._away_since + self.config.ray_retry_seconds
+            with self._lock:
+                running = self._state.stop(self._unavailable("the range"))
+            for task in running:
+                if task.temp is not None:
+                    task.temp.unlink(missing_ok=True)
+                marker_path(task.attempt).unlink(missing_ok=True)
+                self._release(task.key)  # another gateway, still on Ray, may make it now
+            self._node_retries.clear()
+            log.warning("Ray's head (GCS at %s) cannot be reached (%s): %d ranges in flight failed; answering 503 "
+                        "for what needs Ray, reconnecting at most every %g s (ray_retry_seconds)", self._where(), why,
+                        len(running), self.config.ray_retry_seconds)
+            ray.shutdown()
+
+    def _where(self) -> str:
+        return f"{self._gcs[0]}:{self._gcs[1]}" if self._gcs is not None else "?"
+
+    def _unavailable(self, what: str) -> RayUnavailable:
+        since = time.monotonic() - getattr(self, "_away_since", time.monotonic())
+        how = "reconnecting on a later request" if self.config.address else "the embedded Ray died: restart the gateway"
+        return RayUnavailable(f"{what} needs Ray, whose head (GCS at {self._where()}) has not been reachable for "
+                              f"{since:.0f} s ({self._away}); cached ranges and jobs are still served; {how}",
+                              retry_after=max(1, math.ceil(self.config.ray_retry_seconds)))
+
+    def require_ray(self, what: str) -> None:
+        """Raise :class:`RayUnavailable` if Ray's head is away and cannot be rejoined now (a
+        try at most every ``ray_retry_seconds``, only for an outside cluster: ``address``)."""
+        if self._away is None:
+            return
+        if self.config.address and time.monotonic() >= self._retry_at:
+            self._reconnect()
+        if self._away is not None:
+            raise self._unavailable(what)
+
+    def _reconnect(self) -> None:
+        with self._ray_lock:
+            if self._away is None or time.monotonic() < self._retry_at:
+                return
+            self._retry_at = time.monotonic() + self.config.ray_retry_seconds
+            if not self._gcs_reachable():
+                return
+            try:
+                self._connect()
+                self._joined()
+            except Exception as exc:  # noqa: BLE001 - still away; the next request tries again
+                log.warning("reconnecting to Ray at %s failed: %s", self.config.address, _short(exc))
+                ray.shutdown()
+                return
+            away = time.monotonic() - self._away_since
+            self._away = None
+            self._next_probe = 0.0
+            log.warning("reconnected to Ray at %s after %.1f s away", self.config.address, away)
+        self._wake.set()
+
+    # -- results -------------------------------------------------------------------------------
+
     def _store(self, key: CacheKey, payload: bytes | Written, events: int) -> CacheEntry:
         """Commit the file a worker wrote, or write the bytes a task on another node sent."""
         if isinstance(payload, Written):
@@ -423,7 +604,8 @@ class Engine:
         """Fetch a finished task's result, commit it to the cache, resolve the waiters. Every
         outcome resolves them: an unexpected error too (else they would wait out their timeout)."""
         try:
-            status, payload, events, seconds = ray.get(ref)
+            status, payload, events, seconds, node = ray.get(ref)
+            self._made_on(key, attempt, node, status)
             if status == "error":
                 raise rebuild(*payload)
             entry = self._store(key, payload, events)
@@ -441,6 +623,34 @@ class Engine:
             future = self._state.answer(key)
         if future is not None:
             settle(future, result=entry)
+
+    def _made_on(self, key: CacheKey, attempt: str, node: str, status: str) -> None:
+        """Record where a range was made (``made_on``, a DEBUG record with ``node_id``), note a
+        range that survived a node loss, and drop the task's note in Ray's key-value store."""
+        with self._lock:
+            self.made_on[node] = self.made_on.get(node, 0) + 1
+        log.debug("range %d of %s (%s) made on Ray node %s: %s", key.range_index, key.recipe_id, key.format, node,
+                  status, extra={"node_id": node, "range_key": str(key)})
+        retries = self._node_retries.pop(attempt, 0)
+        if retries:
+            log.info("range %d of %s (%s) was made on Ray node %s after %d node loss(es)", key.range_index,
+                     key.recipe_id, key.format, node, retries)
+        if node == self._node_id:
+            return
+        from ray.experimental import internal_kv
+
+        try:
+            prefix = f"{_KV_PREFIX}{attempt}/"
+            ran_on = [k.decode().rpartition("/")[2] if isinstance(k, bytes) else k.rpartition("/")[2]
+                      for k in internal_kv._internal_kv_list(prefix)]
+            internal_kv._internal_kv_del(prefix, del_by_prefix=True)
+        except Exception:  # noqa: BLE001 - a note left behind costs a few bytes in the GCS
+            return
+        lost = [n for n in ran_on if n != node]
+        if lost and not retries:  # Ray retried it before it declared the node dead: said now
+            log.warning("range %d of %s (%s) was being made on Ray node %s, which was lost; Ray retried it "
+                        "(retry %d of %d, max_retries) and it was made on node %s", key.range_index,
+                        key.recipe_id, key.format, ", ".join(lost), len(lost), self.config.max_retries, node)
 
     def _fail(self, key: CacheKey, temp: Path | None, attempt: str, exc: Exception) -> None:
         """Resolve the waiters of ``key`` with what ``exc`` means for a client."""

@@ -47,6 +47,14 @@ class EngineConfig(BaseModel):
     task_memory_bytes: int | None = Field(default=2 * 1024**3, gt=0,
                                           description="Memory one task may add to its Ray worker (422 above; None: no limit).")
     max_plans: int = Field(default=256, ge=1, description="Plans kept in memory (least recently used dropped).")
+    node_failure_seconds: float = Field(
+        default=3.0, gt=0, description="How long a silent Ray node may go unnoticed before Ray declares it dead and "
+                                       "retries its tasks elsewhere: the embedded head's health checks (every third of "
+                                       "it, 3 misses); pass ray_system_config to `ray start --head --system-config` for "
+                                       "an outside cluster.")
+    ray_retry_seconds: float = Field(
+        default=2.0, gt=0, description="After Ray's head (GCS) went away: the gateway answers 503 and tries to "
+                                       "reconnect at most this often (on the next request that needs Ray).")
 
     @field_validator("temp_dir", "data_dir", mode="before")
     @classmethod
@@ -60,3 +68,12 @@ class EngineConfig(BaseModel):
     @property
     def dry_run_limits(self) -> Limits:
         return Limits(self.dry_run_seconds, self.task_memory_bytes)
+
+    @property
+    def ray_system_config(self) -> dict[str, int]:
+        """Ray's health-check settings that make a dead node known within ``node_failure_seconds``:
+        the GCS probes each raylet every third of it and declares the node dead after three
+        misses (each probe waits at most one period). Ray reads them on the head only."""
+        period_ms = max(100, int(self.node_failure_seconds * 1000 / 3))
+        return {"health_check_initial_delay_ms": period_ms, "health_check_period_ms": period_ms,
+                "health_check_timeout_ms": period_ms, "health_check_failure_threshold": 3}

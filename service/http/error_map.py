@@ -35,6 +35,7 @@ from service.errors import (
     LimitExceeded,
     PathNotAllowed,
     RangeUnavailable,
+    RayUnavailable,
     RecipeNotFound,
     StorageFull,
     TokenError,
@@ -89,6 +90,7 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (TransformError, 422, "transform_failed"),
     (StorageFull, 507, "insufficient_storage"),
     (TransformRejected, 400, "transform_refused"),
+    (RayUnavailable, 503, "ray_unavailable"),
     (EngineError, 503, "engine_unavailable"),
     (DatabaseUnavailable, 503, "database_unavailable"),
     (RemoteReadError, 502, "remote_read_error"),  # the source failed us, not the client
@@ -125,7 +127,7 @@ async def vdata_error_handler(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RangeUnavailable):
+    if isinstance(exc, (RangeUnavailable, RayUnavailable)):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, TooManyInFlight):
         headers["Retry-After"] = "1"
