@@ -18,6 +18,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from service.core.engine_config import EngineConfig
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,3 +155,11 @@ def test_token_authentication_is_on_for_every_ray_process_and_the_gateway(prepar
         token = _mount_source(prepared, HOME + path.removeprefix("$HOME"))
         assert token.parent.name == "secrets"  # the operator's file, outside git
     assert any("chmod 600" in c and "ray_auth_token" in c for c in _commands(prepared, "setup_commands"))
+
+
+def test_the_head_declares_a_dead_node_within_the_engines_bound(prepared: dict[str, Any]) -> None:
+    """Ray's health checks are read on the head only: its --system-config carries the settings
+    that EngineConfig.node_failure_seconds gives an embedded head (Ray's defaults take far longer)."""
+    (head,) = [c for c in _ray_starts(prepared) if "--head" in c]
+    (given,) = re.findall(r"--system-config='([^']*)'", head)
+    assert json.loads(given) == EngineConfig().ray_system_config

@@ -146,7 +146,8 @@ def test_the_gateways_join_the_ray_cluster_and_listen_on_their_pod_address(docs:
 def test_one_cache_volume_at_the_gateways_cache_path_in_every_gateway_and_worker(
         docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     config = core_config(_settings(_gateway(docs), monkeypatch))
-    cache_dir = Path(getattr(config, "cache_dir", None) or Path(config.data_dir) / "cache")  # as service/core/core.py
+    assert config.cache_dir is not None, "the gateways name their shared cache folder (VDATA_CACHE_DIR)"
+    cache_dir = Path(config.cache_dir)
     roots = _settings(_gateway(docs), monkeypatch).roots
     specs = _pod_specs(docs)
     claim = _one(docs, "PersistentVolumeClaim", "vdata-cache")

@@ -26,6 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -62,9 +63,9 @@ def zmumu(events: int, range_events: int, seed: int) -> dict[str, object]:
 class Cluster:
     """One Ray head, and gateway processes that share a database and a cache folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db_url: str) -> None:
         self.root = root
-        self.db_url = f"sqlite:///{root}/shared.db"
+        self.db_url = db_url
         self.cache_dir = root / "cache"
         self.token_path = root / "ray_token"
         self.token_path.write_text(secrets.token_hex(32))
@@ -151,9 +152,10 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(postgres: Any) -> Iterator[Cluster]:
+    """The deployment's shape: the gateways share a PostgreSQL database (one machine here)."""
     root = short_dir("vgw-")
-    cluster = Cluster(root)
+    cluster = Cluster(root, postgres.new())
     try:
         cluster.start_ray()
         cluster.start(0)
