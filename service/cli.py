@@ -129,19 +129,36 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     config: Annotated[Path | None, typer.Option(help="Settings file (.env, .json, .yaml, .toml).")] = None,
+    dashboard: Annotated[bool | None, typer.Option(
+        help="Start Ray's dashboard on 127.0.0.1 (embedded Ray) [default: on, unless VDATA_INCLUDE_DASHBOARD or "
+             "the settings file say otherwise].", show_default=False)] = None,
+    dashboard_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Port of Ray's dashboard [default: 8265].", show_default=False)] = None,
 ) -> None:
-    """Start the gateway and the engine. The first start prints an admin token once.
+    """Start the gateway and the engine. The first start prints an admin token once, and where
+    Ray's dashboard is and how to get the token it asks for.
 
     Flags win over ``VDATA_*`` environment variables, which win over the settings file."""
     _need_server("vdata serve")
     from service.http.server import run
     from service.settings import Settings
 
-    given = {"data_dir": data_dir, "host": host, "port": port, "ray_address": ray_address, "config": config}
+    given = {"data_dir": data_dir, "host": host, "port": port, "ray_address": ray_address, "config": config,
+             "include_dashboard": dashboard, "dashboard_port": dashboard_port}
     with _errors():
-        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        settings = _dashboard_by_default(Settings(**{k: v for k, v in given.items() if v is not None}))
         _check_serve_ports(settings)
         run(settings, announce=lambda line: console.print(f"[bold yellow]{line}[/]", highlight=False))
+
+
+def _dashboard_by_default(settings: Any) -> Any:
+    """``vdata serve`` starts Ray's dashboard unless a flag, ``VDATA_INCLUDE_DASHBOARD`` or the
+    settings file said otherwise. Only here: the library's default (EngineConfig, used by tests
+    and scripts that start many engines) stays off, so they do not all contend for one port."""
+    engine = settings.engine
+    if "include_dashboard" in engine.model_fields_set or engine.address:
+        return settings
+    return settings.model_copy(update={"engine": engine.model_copy(update={"include_dashboard": True})})
 
 
 def _check_serve_ports(settings: Any) -> None:
@@ -152,7 +169,7 @@ def _check_serve_ports(settings: Any) -> None:
     check_free(settings.host, settings.port, "the gateway", "pass --port PORT (0: any free port)")
     if settings.engine.include_dashboard and not settings.engine.address:
         check_free("127.0.0.1", settings.engine.dashboard_port, "Ray's dashboard",
-                   "set VDATA_DASHBOARD_PORT (dashboard_port in the settings file), or VDATA_INCLUDE_DASHBOARD=false")
+                   "pass --dashboard-port PORT (or VDATA_DASHBOARD_PORT), or --no-dashboard")
 
 
 def _existing_database(settings: Any) -> str:

@@ -35,6 +35,7 @@ from service.http.server import BackgroundServer
 from service.settings import Settings
 from vdata.client import Client
 from service.core.db import Database
+from service.core.ray_local import dashboard_help, token_file
 from service.core.tokens import TokenStore
 
 __all__ = ["MARKER", "DemoFolderRefused", "DemoResult", "demo_recipe", "run_demo"]
@@ -165,8 +166,8 @@ def _run(settings: Settings, events: int, range_events: int, dashboard: bool, sa
     with BackgroundServer(settings) as server, _token(server) as token:
         say(f"gateway on {server.url} (docs at {server.url}/docs, metrics at {server.url}/metrics)")
         dash = f"http://127.0.0.1:{settings.engine.dashboard_port}" if dashboard else None
-        if dash:
-            say(f"Ray dashboard on {dash}")
+        for line in dashboard_help(dash, token_file(data_dir)) if dash else []:
+            say(line)
         with Client(server.url, token) as client:
             info = client.submit(demo_recipe(events, range_events))
             say(f"virtual dataset {info.id}: {info.num_events:,} zmumu events in {info.num_ranges} ranges")

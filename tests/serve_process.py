@@ -122,7 +122,8 @@ class Serve:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PYTHONPATH=str(PROJECT), PYTHONUNBUFFERED="1", COLUMNS="400",
-                   VDATA_NUM_CPUS="1", VDATA_OBJECT_STORE_BYTES=str(80 * 1024**2), VDATA_LOG_LEVEL="info")
+                   VDATA_NUM_CPUS="1", VDATA_OBJECT_STORE_BYTES=str(80 * 1024**2), VDATA_LOG_LEVEL="info",
+                   VDATA_INCLUDE_DASHBOARD="false")  # vdata serve's default is on: tests would share port 8265
         env.update(extra_env or {})
         command = [sys.executable, "-c", "from service.cli import main; main()", "serve",
                    "--data-dir", str(data_dir), "--port", str(self.port)]

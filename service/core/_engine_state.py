@@ -21,9 +21,10 @@ from pathlib import Path
 from service.core.cache import CacheEntry, CacheKey
 from vdata.data.plans import Plan
 
-__all__ = ["EngineState", "Queued", "Running", "settle"]
+__all__ = ["WAIT", "EngineState", "Queued", "Running", "settle"]
 
 Queued = tuple[CacheKey, str]  # a range asked for and not submitted yet, with its recipe's JSON
+WAIT = "wait"  # why a range is made: a client waits for it (else the policy that made it ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class EngineState:
         self.max_plans = max_plans
         self.submitted = 0  # tasks submitted over the engine's life
         self._waiting: dict[CacheKey, Future[CacheEntry]] = {}  # queued or running, one future per key
+        self._why: dict[CacheKey, str] = {}  # why each waiting key is made (WAIT, or an ahead policy)
         self._queue: list[Queued] = []  # oldest first
         self._running: dict[Hashable, Running] = {}
         self._plans: OrderedDict[str, Plan] = OrderedDict()  # least recently used first
@@ -71,14 +73,32 @@ class EngineState:
         """The future of a range already queued or running, if any: a second asker shares it."""
         return self._waiting.get(key)
 
-    def ask(self, key: CacheKey, recipe_json: str) -> Future[CacheEntry]:
-        """The future of ``key``: the one already shared, else a new one whose range is queued."""
-        future = self._waiting.get(key)
+    def ask(self, key: CacheKey, recipe_json: str, why: str = WAIT) -> Future[CacheEntry]:
+        """The future of ``key``: the one already shared, else a new one whose range is queued.
+
+        ``why`` says who wants it: :data:`WAIT` (a client waits for it) or the policy that
+        makes it ahead of need ("lookahead", "stage", "readahead"); it names the task on Ray's
+        dashboard. A range queued ahead and then asked for by a client becomes :data:`WAIT`
+        (one already submitted keeps its name)."""
+        future = self.join(key, why)
         if future is None:
             future = Future()
             self._waiting[key] = future
+            self._why[key] = why
             self._queue.append((key, recipe_json))
         return future
+
+    def join(self, key: CacheKey, why: str = WAIT) -> Future[CacheEntry] | None:
+        """Like :meth:`waiter`, for an asker that will wait on the future: a range queued ahead
+        of need and now waited for by a client (``why`` :data:`WAIT`) is named so."""
+        future = self._waiting.get(key)
+        if future is not None and why == WAIT:
+            self._why[key] = WAIT
+        return future
+
+    def why(self, key: CacheKey) -> str:
+        """Why ``key`` is made (see :meth:`ask`); :data:`WAIT` for a key not known."""
+        return self._why.get(key, WAIT)
 
     def requeue(self, key: CacheKey, recipe_json: str) -> bool:
         """Queue ``key`` again for its waiters (another gateway's claim on it ended without the
@@ -91,6 +111,7 @@ class EngineState:
     def answer(self, key: CacheKey) -> Future[CacheEntry] | None:
         """Forget ``key``: its task ended (made or failed). Returns its future for the engine
         to settle, outside the lock (a done-callback may ask the engine for more)."""
+        self._why.pop(key, None)
         return self._waiting.pop(key, None)
 
     # -- submitting ------------------------------------------------------------------------------
@@ -128,6 +149,7 @@ class EngineState:
             if not future.done():
                 settle(future, exception=error)
         self._waiting.clear()
+        self._why.clear()
         self._queue.clear()
         running, self._running = list(self._running.values()), {}
         return running

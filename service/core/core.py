@@ -143,18 +143,19 @@ class Core:
     def request(self, recipe_id: str, index: int, fmt: str) -> Future[CacheEntry]:
         return self.engine.request(self.store.recipe(recipe_id), index, fmt)
 
-    def stage(self, recipe_id: str, first: int, count: int, fmt: str) -> list[int]:
+    def stage(self, recipe_id: str, first: int, count: int, fmt: str, why: str = "stage") -> list[int]:
         """Pre-stage ranges ``first .. first+count-1`` (clipped at the last): start materializing
         them now, ahead of any request, so a payload that starts later never waits for them.
 
         Returns the indices staged (those already cached or in flight count: they will be there).
+        ``why`` names the policy in the tasks' names on Ray's dashboard (``stage``, ``readahead``).
         ``RangeOutOfBounds`` if ``first`` is not a range of the recipe.
         """
         check_format(fmt)
         plan = self.plan(recipe_id)
         plan.range(first)
         indices = list(range(first, min(first + count, len(plan.ranges))))
-        self.engine.prefetch(self.store.recipe(recipe_id), indices, fmt)
+        self.engine.prefetch(self.store.recipe(recipe_id), indices, fmt, why)
         return indices
 
     # -- jobs --------------------------------------------------------------------------------
@@ -223,4 +224,4 @@ class Core:
         if not ready:
             return 0
         recipe = self.store.recipe(self.jobs.recipe_id(job_id))
-        return self.engine.prefetch(recipe, [r.index for r in ready], self.config.lookahead_format)
+        return self.engine.prefetch(recipe, [r.index for r in ready], self.config.lookahead_format, "lookahead")

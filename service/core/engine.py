@@ -52,11 +52,12 @@ from typing import Any
 
 import ray
 
-from service.core._engine_state import EngineState, Running, settle
+from service.core._engine_state import WAIT, EngineState, Running, settle
 from service.core.task import Hooks, Target, Written, no_space, over_time, run_dry, run_task
 from service.core.task_limits import Limits, marker_path, timed_out
 from service.core.engine_config import EngineConfig
-from service.core.ray_local import PrivateRay
+from service.core.ray_local import PrivateRay, dashboard_help
+from service.core.task_names import check_task_name, range_task_name
 from service.core.cache import CacheEntry, CacheKey, RangeCache
 from service.core.claims import Claims, Verdict
 from vdata.data.catalog import Catalog
@@ -186,6 +187,7 @@ class Engine:
         self._started_ray = False
         self._private_ray: PrivateRay | None = None
         self._dry_task: Any = None  # the dry run's Ray task, once started
+        self.dashboard_url: str | None = None  # Ray's dashboard of the embedded Ray, when it runs one
         self._node_id = ""
         self.metrics: _Metrics | None = None
         self.claims: Claims | None = None  # single flight across gateways (set before start)
@@ -217,15 +219,16 @@ class Engine:
                 try:
                     private.activate()
                     _reload_ray_environment(loopback=True)
-                    ray.init(**private.init_kwargs(self.config.num_cpus, self.config.object_store_bytes,
-                                                   self.config.include_dashboard, self.config.dashboard_port),
-                             _system_config=self.config.ray_system_config)
+                    context = ray.init(**private.init_kwargs(self.config.num_cpus, self.config.object_store_bytes,
+                                                             self.config.include_dashboard, self.config.dashboard_port),
+                                       _system_config=self.config.ray_system_config)
                 except BaseException:
                     ray.shutdown()
                     private.close()
                     _reload_ray_environment(loopback=False)
                     raise
                 self._private_ray = private
+                self._announce_dashboard(getattr(context, "dashboard_url", None), private)
             self._started_ray = True
         self._joined()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
@@ -236,6 +239,19 @@ class Engine:
         if self.claims is not None:
             self.claims.start(self._made_elsewhere, self._claim_freed)
         return self
+
+    def _announce_dashboard(self, address: str | None, private: PrivateRay) -> None:
+        """Log where the embedded Ray's dashboard answers and how to get its token (the
+        dashboard asks for it first); a dashboard asked for but not started is a warning."""
+        if not self.config.include_dashboard:
+            return
+        if not address:
+            log.warning("Ray's dashboard did not start (asked for on 127.0.0.1:%d); see Ray's logs in %s",
+                        self.config.dashboard_port, private.temp_dir)
+            return
+        self.dashboard_url = address if "://" in address else f"http://{address}"
+        for line in dashboard_help(self.dashboard_url, private.token_path):
+            log.info("%s", line)
 
     def _connect(self) -> None:
         """Join the cluster at ``address``. On a loopback address Ray would rewrite 127.0.0.1 to
@@ -309,7 +325,9 @@ class Engine:
         self.require_ray(f"the dry run of {the_plan.id}")
         version, state = self._catalog_state()
         attempt = uuid.uuid4().hex
-        ref = self._dry_task.remote(version, state, the_plan.recipe.to_json(), self.config.dry_run_limits, attempt)
+        recipe_json = the_plan.recipe.to_json()
+        name = check_task_name(the_plan.id, recipe_json)
+        ref = self._dry_task.options(name=name).remote(version, state, recipe_json, self.config.dry_run_limits, attempt)
         seconds = self.config.dry_run_seconds
         # The worker stops itself at the limit; a retry answers at once. Beyond that, Ray is stuck.
         wait = None if seconds is None else seconds * (self.config.max_retries + 2) + 60
@@ -333,13 +351,15 @@ class Engine:
         """The cache entry of a range: from the cache, or materialized now (waiting for it)."""
         return self.request(recipe, index, fmt).result(timeout=timeout)
 
-    def request(self, recipe: Recipe, index: int, fmt: str) -> Future[CacheEntry]:
-        """A future for the range; submits a task unless it is cached or already in flight."""
+    def request(self, recipe: Recipe, index: int, fmt: str, why: str = WAIT) -> Future[CacheEntry]:
+        """A future for the range; submits a task unless it is cached or already in flight.
+        ``why``: :data:`WAIT` (a client waits for it) or the policy making it ahead; it names
+        the task on Ray's dashboard (:mod:`service.core.task_names`)."""
         the_plan = self.plan(recipe)
         the_plan.range(index)  # RangeOutOfBounds before anything is submitted
         key = CacheKey(recipe.id, index, fmt)
         with self._lock:
-            future = self._state.waiter(key)
+            future = self._state.join(key, why)
         if future is not None:
             return future
         entry = self.cache.get(key)
@@ -350,12 +370,13 @@ class Engine:
             return done
         self.require_ray(f"materializing {key}")
         with self._lock:
-            future = self._state.ask(key, recipe.to_json())
+            future = self._state.ask(key, recipe.to_json(), why)
         self._wake.set()
         return future
 
-    def prefetch(self, recipe: Recipe, indices: list[int], fmt: str) -> int:
-        """Start materializing ranges nobody has asked for yet (look-ahead); returns how many."""
+    def prefetch(self, recipe: Recipe, indices: list[int], fmt: str, why: str = "lookahead") -> int:
+        """Start materializing ranges nobody has asked for yet; returns how many. ``why`` names
+        the policy (``lookahead``, ``stage``, ``readahead``) in the tasks' names."""
         started = 0
         for index in indices:
             key = CacheKey(recipe.id, index, fmt)
@@ -363,7 +384,7 @@ class Engine:
                 asked = self._state.waiter(key) is not None
             if asked or self.cache.contains(key):
                 continue
-            self.request(recipe, index, fmt)
+            self.request(recipe, index, fmt, why)
             started += 1
         return started
 
@@ -394,6 +415,8 @@ class Engine:
         limits = self.config.task_limits
         for key, recipe_json in batch:
             attempt = uuid.uuid4().hex
+            with self._lock:
+                why = self._state.why(key)
             if self.claims is not None and not self._claim(key, recipe_json, attempt):
                 continue
             try:
@@ -402,8 +425,9 @@ class Engine:
                 self._fail(key, None, attempt, exc)
                 continue
             target = Target(self._node_id, str(temp)) if temp is not None else None
-            ref = self._task.remote(version, state, recipe_json, key.range_index, key.format, target, hooks,
-                                    limits, attempt)
+            name = range_task_name(key, recipe_json, why)
+            ref = self._task.options(name=name).remote(version, state, recipe_json, key.range_index, key.format,
+                                                       target, hooks, limits, attempt)
             with self._lock:
                 self._state.started(ref, Running(key, temp, attempt))
 

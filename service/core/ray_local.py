@@ -48,13 +48,30 @@ from typing import Any
 import psutil
 from transforms.atomic import write_atomic
 
-__all__ = ["OWNER_ENV", "RAY_DIR_MAX", "PrivateRay", "reap"]
+__all__ = ["OWNER_ENV", "RAY_DIR_MAX", "PrivateRay", "dashboard_help", "reap", "token_file"]
 
 RAY_DIR_MAX = 44  # + "/session_<date>_<time>_<pid>/sockets/plasma_store" stays within 107 bytes
 OWNER_ENV = "VDATA_RAY_OWNER"
 TOKEN_NAME = "ray_auth_token"
 KEEP_SESSIONS = 2  # old Ray session folders (logs) kept for a post-mortem; older ones are removed
 GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL (Ray's agents ignored SIGTERM for longer than this)
+
+
+def token_file(data_dir: str | os.PathLike[str]) -> Path:
+    """Where the embedded Ray of the data folder ``data_dir`` keeps its token (while it runs)."""
+    return Path(data_dir).resolve() / TOKEN_NAME
+
+
+def dashboard_help(url: str, token: str | os.PathLike[str]) -> list[str]:
+    """What an operator needs to open the embedded Ray's dashboard: its address (loopback only)
+    and the commands that print the token it asks for first (both checked by a test). The
+    token is new at every start, so a browser asks again after a restart."""
+    port = url.rstrip("/").rpartition(":")[2]
+    return [
+        f"Ray dashboard: {url} (127.0.0.1 only; from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST)",
+        f"Ray dashboard token (paste it when the dashboard asks): cat {token}   "
+        f"(or: RAY_AUTH_TOKEN_PATH={token} ray get-auth-token)",
+    ]
 
 
 def reap(owner: str, ray_dir: str | os.PathLike[str] | None = None, grace: float = GRACE_SECONDS) -> list[int]:
@@ -168,7 +185,7 @@ class PrivateRay:
         ray_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if exclusive and not own:
             _prune_sessions(ray_dir)
-        token = (data if data is not None else ray_dir) / TOKEN_NAME
+        token = token_file(data) if data is not None else ray_dir / TOKEN_NAME
         token.parent.mkdir(parents=True, exist_ok=True)
         _write_token(token)
         return cls(owner=owner, temp_dir=ray_dir, token_path=token, own_temp=own, exclusive=exclusive)

@@ -216,7 +216,7 @@ def _read_ahead(core: Core, plan: Plan, index: int, fmt: str, n: int) -> None:
         return
     if index > 0 and not core.cache.contains(CacheKey(plan.id, index - 1, fmt)):
         return
-    core.stage(plan.id, index + 1, n, fmt)
+    core.stage(plan.id, index + 1, n, fmt, why="readahead")
 
 
 def _request(core: Core, plan: Plan, index: int, fmt: str, readahead: int) -> Future[CacheEntry]:

@@ -23,6 +23,7 @@ from service.http.middleware import RequestIdFilter
 from service.settings import Settings
 from service.core.core import Core
 from service.core.db import Database
+from service.core.ray_local import dashboard_help, token_file
 from service.core.tokens import TokenStore
 
 __all__ = ["BackgroundServer", "build_core", "core_config", "first_admin_token", "main", "run"]
@@ -64,11 +65,16 @@ def _uvicorn_config(settings: Settings, app: FastAPI, configure_logging: bool = 
 def run(settings: Settings, announce: Callable[[str], None] | None = print) -> str | None:
     """Serve until interrupted (Ctrl-C / SIGTERM). The core starts in the app's lifespan and is
     closed on shutdown. On a first start the admin token is passed to ``announce`` before
-    serving (and returned when the server stops)."""
+    serving (and returned when the server stops); so are, with an embedded Ray's dashboard, its
+    address and how to get its token (the engine logs them again once Ray runs)."""
     _configure_logging(settings.log_level)
     token = first_admin_token(settings)
     if token is not None and announce is not None:
         announce(f"admin token (shown once, keep it): {token}")
+    engine = settings.engine
+    if engine.include_dashboard and not engine.address and announce is not None:
+        for line in dashboard_help(f"http://127.0.0.1:{engine.dashboard_port}", token_file(settings.data_dir)):
+            announce(line)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: the gateway is reachable from other machines", settings.host)
     try:
