@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -117,7 +118,7 @@ def short_dir(prefix: str) -> Path:
 class Serve:
     """``vdata serve`` in a child process on loopback, with its output collected."""
 
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -126,7 +127,7 @@ class Serve:
                    VDATA_INCLUDE_DASHBOARD="false")  # vdata serve's default is on: tests would share port 8265
         env.update(extra_env or {})
         command = [sys.executable, "-c", "from service.cli import main; main()", "serve",
-                   "--data-dir", str(data_dir), "--port", str(self.port)]
+                   "--data-dir", str(data_dir), "--port", str(self.port), *args]
         self.child = subprocess.Popen(command, cwd=PROJECT, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True)
