@@ -185,3 +185,17 @@ def make_plan(seed: int) -> Plan:
     recipe = Recipe.from_dict({"source": {"generator": "zmumu", "events": 100, "seed": seed},
                                "columns": ["Muon_pt"], "range_events": 50})
     return plan(recipe, Catalog(), dry_run=False)
+
+
+def test_why_a_range_is_made_follows_its_first_asker_until_a_client_waits() -> None:
+    state = EngineState(max_in_flight=1, max_plans=1)
+    state.ask(key(0), "{}", "lookahead")
+    state.ask(key(1), "{}", "stage")
+    assert state.join(key(1), "readahead") is not None and state.why(key(1)) == "stage"  # another policy: kept
+    assert state.join(key(1)) is not None and state.why(key(1)) == "wait"  # a client waits: named so
+    assert state.why(key(0)) == "lookahead" and state.join(key(5)) is None
+    [(k, _)] = state.next_batch()
+    state.started("t0", Running(k, None, "t0"))
+    assert state.why(key(0)) == "lookahead"
+    finish(state, "t0")
+    assert state.why(key(0)) == "wait"  # forgotten with its task (the default)
