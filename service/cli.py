@@ -148,7 +148,8 @@ def serve(
     with _errors():
         settings = _dashboard_by_default(Settings(**{k: v for k, v in given.items() if v is not None}))
         _check_serve_ports(settings)
-        run(settings, announce=lambda line: console.print(f"[bold yellow]{line}[/]", highlight=False))
+        run(settings, announce=lambda line: console.print(f"[bold yellow]{escape(line)}[/]", highlight=False,
+                                                          soft_wrap=True))  # commands printed whole, to copy
 
 
 def _dashboard_by_default(settings: Any) -> Any:
@@ -224,7 +225,8 @@ def demo(
     from service.demo import run_demo
 
     with _errors():
-        result = run_demo(data_dir, events, range_events, dashboard, say=lambda line: console.print(line, highlight=False),
+        result = run_demo(data_dir, events, range_events, dashboard,
+                          say=lambda line: console.print(line, highlight=False, soft_wrap=True),
                           dashboard_port=dashboard_port, force=force)
     console.print(
         f"[bold green]done[/]: {result.events:,} events in {result.ranges} ranges, "

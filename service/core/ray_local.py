@@ -67,10 +67,12 @@ def dashboard_help(url: str, token: str | os.PathLike[str]) -> list[str]:
     and the commands that print the token it asks for first (both checked by a test). The
     token is new at every start, so a browser asks again after a restart."""
     port = url.rstrip("/").rpartition(":")[2]
+    beside = Path(sys.executable).with_name("ray")  # the ray command of this environment (make run: .venv/bin/ray)
+    ray = str(beside) if beside.is_file() else "ray"
     return [
         f"Ray dashboard: {url} (127.0.0.1 only; from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST)",
         f"Ray dashboard token (paste it when the dashboard asks): cat {token}   "
-        f"(or: RAY_AUTH_TOKEN_PATH={token} ray get-auth-token)",
+        f"(or: RAY_AUTH_TOKEN_PATH={token} {ray} get-auth-token)",
     ]
 
 

@@ -101,7 +101,7 @@ def test_the_printed_dashboard_address_and_token_instructions_work(served: tuple
     token_line = next((line for line in serve.lines if line.startswith("Ray dashboard token")), None)
     assert token_line is not None, serve.output
     cat = re.search(r"cat (\S+)", token_line)
-    ray_cmd = re.search(r"\(or: (RAY_AUTH_TOKEN_PATH=\S+) ray get-auth-token\)", token_line)
+    ray_cmd = re.search(r"\(or: (RAY_AUTH_TOKEN_PATH=\S+) (\S*ray) get-auth-token\)", token_line)
     assert cat is not None and ray_cmd is not None, token_line
     assert Path(cat.group(1)) == (serve.data_dir / "ray_auth_token").resolve()
 
@@ -110,7 +110,8 @@ def test_the_printed_dashboard_address_and_token_instructions_work(served: tuple
     assert re.fullmatch(r"[0-9a-f]{64}", token)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update([ray_cmd.group(1).split("=", 1)])
-    printed = subprocess.run([str(RAY), "get-auth-token"], env=env, capture_output=True, text=True, timeout=120)
+    assert ray_cmd.group(2) == str(RAY)  # the environment's own ray command, not one that may not be on PATH
+    printed = subprocess.run([ray_cmd.group(2), "get-auth-token"], env=env, capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == token
 
