@@ -130,10 +130,10 @@ def serve(
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     config: Annotated[Path | None, typer.Option(help="Settings file (.env, .json, .yaml, .toml).")] = None,
     dashboard: Annotated[bool | None, typer.Option(
-        help="Start Ray's dashboard on 127.0.0.1 (embedded Ray) [default: on, unless VDATA_INCLUDE_DASHBOARD or "
-             "the settings file say otherwise].", show_default=False)] = None,
+        help="Start Ray's dashboard on 127.0.0.1 with the embedded Ray (default: on, unless "
+             "VDATA_INCLUDE_DASHBOARD or the settings file say otherwise).", show_default=False)] = None,
     dashboard_port: Annotated[int | None, typer.Option(
-        min=1, max=65535, help="Port of Ray's dashboard [default: 8265].", show_default=False)] = None,
+        min=1, max=65535, help="Port of Ray's dashboard (default: 8265, or VDATA_DASHBOARD_PORT).", show_default=False)] = None,
 ) -> None:
     """Start the gateway and the engine. The first start prints an admin token once, and where
     Ray's dashboard is and how to get the token it asks for.

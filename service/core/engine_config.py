@@ -30,7 +30,10 @@ class EngineConfig(BaseModel):
     max_in_flight: int = Field(default=8, ge=1, description="Materialization tasks in flight on Ray.")
     lookahead: int = Field(default=4, ge=0, description="Ranges of a job materialized ahead of the leases.")
     max_retries: int = Field(default=3, ge=0, description="Retries of a task whose worker or node died.")
-    include_dashboard: bool = Field(default=False, description="Start Ray's dashboard (on loopback).")
+    include_dashboard: bool = Field(
+        default=False, description="Start Ray's dashboard (on loopback). `vdata serve` and `make run` turn it on unless "
+                                   "told otherwise (--no-dashboard); off here so that tests and scripts starting many "
+                                   "engines do not contend for one port.")
     dashboard_port: int = Field(default=8265, ge=1, le=65535, description="Port of Ray's dashboard.")
     temp_dir: str | None = Field(
         default=None, description="Embedded Ray's folder (logs, sockets); default <data_dir>/ray, or a private "
