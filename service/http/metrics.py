@@ -67,8 +67,9 @@ class _CoreCollector(Collector):
         tasks = GaugeMetricFamily("vdata_tasks_in_flight", "Materialization tasks running on Ray")
         tasks.add_metric([], engine.in_flight())
         yield tasks
+        # label job_id, not job: Prometheus's own target label `job` would rename ours to exported_job
         jobs = GaugeMetricFamily("vdata_job_events", "Events in a job's ranges by state (jobs not done or "
-                                 "changed in the last hour, newest first)", labels=["job", "state"])
+                                 "changed in the last hour, newest first)", labels=["job_id", "state"])
         for job_id, states in sorted(core.jobs.events_by_state(time.time() - JOB_QUIET_SECONDS,
                                                                JOB_SERIES_MAX).items()):
             for state, events in states.items():
