@@ -329,3 +329,26 @@ def test_grafana_queries_name_metrics_that_exist_and_return_data(stack: Stack) -
             assert name in stored, f"{title}: Prometheus has no series {name}"
         # after the work every panel has something to show
         wait_until(lambda q=promql: prom.query(q), timeout=60, interval=1, message=f"{title}: data for {promql}")
+
+
+def test_shipped_config_passes_promtool() -> None:
+    """Prometheus's own checker accepts deploy/prometheus.yml as shipped (the discovery file
+    may not exist yet: a warning, resolved relative to the config's folder)."""
+    promtool = Path(prometheus_binary()).with_name("promtool")
+    done = subprocess.run([str(promtool), "check", "config", str(CONFIG)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_dashboard_has_the_panels_operators_asked_for() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    titles = [panel["title"] for panel in board["panels"]]
+    for wanted in ("Ranges per second", "Bytes per second", "Cache hit ratio", "Cache fill against budget",
+                   "Tasks in flight", "Lease events by kind", "Job progress", "Request latency by route"):
+        assert any(title.startswith(wanted) for title in titles), f"no panel {wanted!r} in {titles}"
+    latency = next(p for p in board["panels"] if p["title"].startswith("Request latency"))
+    quantiles = {re.match(r"histogram_quantile\(([\d.]+),", t["expr"]).group(1) for t in latency["targets"]}  # type: ignore[union-attr]
+    assert quantiles == {"0.5", "0.95", "0.99"}
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
