@@ -272,6 +272,11 @@ def test_rays_dashboard_finds_this_prometheus(stack: Stack) -> None:
                   headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["result"] is True, r.text
+    # the Grafana set-up Ray writes (where deploy/grafana/vdata.json is dropped) queries it too
+    grafana = stack.serve.data_dir / "ray" / "session_latest" / "metrics" / "grafana"
+    sources = yaml.safe_load((grafana / "provisioning" / "datasources" / "default.yml").read_text())
+    assert [s["url"] for s in sources["datasources"]] == [stack.prometheus.url]
+    assert (grafana / "dashboards").is_dir()
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
