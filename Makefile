@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean nginx postgresql wheel
+.PHONY: run test bench clean nginx postgresql prometheus wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,10 @@ run: $(STAMP)
 	VDATA_KERNEL_CACHE=data/kernels NUMBA_CACHE_DIR=data/numba MPLCONFIGDIR=data/matplotlib \
 		$(VENV)/bin/vdata demo --data-dir data/demo
 
-# Some tests start a real nginx, and the database tests a real PostgreSQL server in a temporary
-# folder (Debian's packages; root installs them here and in CI).
+# Some tests start a real nginx, the database tests a real PostgreSQL server and the monitoring
+# tests a real Prometheus, each in a temporary folder (Debian's packages; root installs them here and in CI).
 # Two workers, one test file each at a time (module fixtures stay per file); about 11 minutes.
-test: $(STAMP) nginx postgresql
+test: $(STAMP) nginx postgresql prometheus
 	$(PY) -m pytest -n 2 --dist loadfile
 
 nginx:
@@ -30,6 +30,11 @@ nginx:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
+# The server binary only (the package's own service is not used; deploy/prometheus.yml is).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || test -x /usr/bin/prometheus || \
+		(apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)
 
 # The warm-delivery comparison needs nginx (Debian's package; root installs it here).
 bench: $(STAMP) nginx postgresql

@@ -274,3 +274,21 @@ class JobStore:
             "WHERE job_id = ? AND range_index = ?",
             [(r.state, r.attempts, r.worker, r.deadline, r.message, r.updated, r.job_id, r.index) for r in rows],
         )
+
+    # -- monitoring (appended: read by the gateway's /metrics collector)
+
+    def events_by_state(self, since: float, limit: int) -> dict[str, dict[str, int]]:
+        """Events in each state per job, for a progress gauge: the ``limit`` newest jobs that are
+        not done or had a range change after ``since`` (so a scrape stays cheap and the series
+        few). One GROUP BY read; changes nothing (an overdue lease still counts as running)."""
+        check_int(limit, "limit", 1)
+        conn = self.db.read()
+        rows = conn.execute(
+            "SELECT job_id, state, SUM(stop - first) FROM job_ranges WHERE job_id IN ("
+            " SELECT id FROM jobs WHERE EXISTS (SELECT 1 FROM job_ranges AS r WHERE r.job_id = jobs.id"
+            "  AND (r.state IN (?, ?) OR r.updated >= ?)) ORDER BY created DESC LIMIT ?)"
+            " GROUP BY job_id, state", (READY, RUNNING, since, limit)).fetchall()
+        found: dict[str, dict[str, int]] = {}
+        for job_id, state, events in rows:
+            found.setdefault(job_id, dict.fromkeys(STATES, 0))[state] = int(events)
+        return found

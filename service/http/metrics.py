@@ -7,6 +7,7 @@ and corrupt entries, lease events, Ray tasks in flight), so nothing is counted t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["Metrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+JOB_SERIES_MAX = 20  # jobs shown by vdata_job_events (the newest): five series each
+JOB_QUIET_SECONDS = 3600.0  # a done job stays on the gauge this long after its last range changed
 
 
 class _CoreCollector(Collector):
@@ -64,6 +67,14 @@ class _CoreCollector(Collector):
         tasks = GaugeMetricFamily("vdata_tasks_in_flight", "Materialization tasks running on Ray")
         tasks.add_metric([], engine.in_flight())
         yield tasks
+        # label job_id, not job: Prometheus's own target label `job` would rename ours to exported_job
+        jobs = GaugeMetricFamily("vdata_job_events", "Events in a job's ranges by state (jobs not done or "
+                                 "changed in the last hour, newest first)", labels=["job_id", "state"])
+        for job_id, states in sorted(core.jobs.events_by_state(time.time() - JOB_QUIET_SECONDS,
+                                                               JOB_SERIES_MAX).items()):
+            for state, events in states.items():
+                jobs.add_metric([job_id, state], events)
+        yield jobs
 
 
 class Metrics:
