@@ -78,6 +78,7 @@ from service.core._cache_keys import (
     _choose_victims,
     _fsync_dir,
     _key,
+    _pid_alive,
     host_tag,
     _remove_debris,
     _select,
@@ -85,6 +86,7 @@ from service.core._cache_keys import (
 from service.errors import CacheBusy, CacheError
 from vdata.checksum import adler32, adler32_hex
 from service.core.db import Database
+from transforms.atomic import write_atomic
 
 __all__ = ["CacheEntry", "CacheKey", "RangeCache", "adler32", "adler32_hex"]
 
@@ -125,6 +127,24 @@ class RangeCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self._recover()
         self.evict()
+
+    def write_probe(self) -> tuple[str, str]:
+        """A file in the folder holding a fresh random token, and the token: a process on another
+        machine that reads the same token there sees this very folder (a shared file system), so
+        it can write a range's temporary file itself instead of sending the bytes. Probes of
+        writers of this machine that are gone are removed here; :meth:`remove_probe` removes it."""
+        host = host_tag()
+        for old in self.root.glob(f".probe.{host}-*"):
+            pid = old.name.rpartition("-")[2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                old.unlink(missing_ok=True)
+        path = self.root / f".probe.{self._writer}"
+        token = uuid.uuid4().hex
+        write_atomic(path, token.encode())
+        return str(path), token
+
+    def remove_probe(self) -> None:
+        (self.root / f".probe.{self._writer}").unlink(missing_ok=True)
 
     def close(self) -> None:
         """Nothing to release (the folder is shared; the database belongs to the caller)."""

@@ -85,15 +85,15 @@ def _materialize_task(
     limits: Limits | None = None,
     attempt: str | None = None,
 ) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
-    """Ray's entry point: :func:`run_task`, writing the file only on the driver's node. The
-    node's id comes back with the result (where each range was made), and a task on another
-    node first notes it in Ray's key-value store under its attempt, so that the engine can name
-    the ranges a node took with it when that node dies."""
+    """Ray's entry point: :func:`run_task`, writing the file where the node sees the cache
+    folder (the driver's node, or any node on a shared file system: :meth:`Target.reachable`),
+    else returning the bytes. The node's id comes back with the result (where each range was
+    made), and a task on another node first notes it in Ray's key-value store under its
+    attempt, so that the engine can name the ranges a node took with it when that node dies."""
     node = ray.get_runtime_context().get_node_id()
-    here = target is not None and node == target.node_id
-    if not here and attempt is not None:
+    if target is not None and node != target.node_id and attempt is not None:
         _note_node(attempt, node)
-    write_to = target.temp if target is not None and here else None
+    write_to = target.temp if target is not None and target.reachable(node) else None
     return (*run_task(catalog_version, catalog_state, recipe_json, index, fmt, write_to, hooks, limits, attempt), node)
 
 
@@ -193,6 +193,8 @@ class Engine:
         self.claims: Claims | None = None  # single flight across gateways (set before start)
         self._recipes: dict[CacheKey, str] = {}  # the recipe JSON of keys another gateway makes
         self.made_on: dict[str, int] = {}  # node id -> ranges made there (this engine's life)
+        self.shipped = 0  # ranges whose bytes came through Ray's object store (no shared folder)
+        self._folder_probe: tuple[str, str] | None = None  # see RangeCache.write_probe
         # Ray's head: where its GCS listens, whether it went away (why), when to try it again
         self._gcs: tuple[str, int] | None = None
         self._away: str | None = None
@@ -231,6 +233,8 @@ class Engine:
                 self._announce_dashboard(getattr(context, "dashboard_url", None), private)
             self._started_ray = True
         self._joined()
+        if self.config.worker_writes:
+            self._folder_probe = self.cache.write_probe()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
         self._dry_task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_dry_run_task)
         self.metrics = _Metrics()
@@ -295,6 +299,9 @@ class Engine:
             _reload_ray_environment(loopback=False)
         for temp in unfinished:  # (a task on an outside cluster may still; the next start cleans up)
             temp.unlink(missing_ok=True)
+        if self._folder_probe is not None:
+            self.cache.remove_probe()
+            self._folder_probe = None
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -424,7 +431,7 @@ class Engine:
             except OSError as exc:  # the cache folder cannot even hold a new name (disk full)
                 self._fail(key, None, attempt, exc)
                 continue
-            target = Target(self._node_id, str(temp)) if temp is not None else None
+            target = Target(self._node_id, str(temp), self._folder_probe) if temp is not None else None
             name = range_task_name(key, recipe_json, why)
             ref = self._task.options(name=name).remote(version, state, recipe_json, key.range_index, key.format,
                                                        target, hooks, limits, attempt)
@@ -622,6 +629,8 @@ class Engine:
         """Commit the file a worker wrote, or write the bytes a task on another node sent."""
         if isinstance(payload, Written):
             return self.cache.put_file(key, payload.temp, payload.size, payload.adler32, events)
+        with self._lock:
+            self.shipped += 1
         return self.cache.put(key, payload, events)
 
     def _finish(self, ref: Any, key: CacheKey, temp: Path | None, attempt: str) -> None:

@@ -35,10 +35,27 @@ _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a task writes its range if it runs on node ``node_id``: ``temp`` in the cache folder."""
+    """Where a task writes its range: ``temp`` in the cache folder, if it runs on node ``node_id``
+    or on a node that sees the same folder (``probe``: a file there and the token it holds)."""
 
     node_id: str
     temp: str
+    probe: tuple[str, str] | None = None
+
+    def reachable(self, node_id: str) -> bool:
+        """Whether a task on ``node_id`` can write ``temp`` itself: the driver's node, or a node
+        where the probe file reads back the token (the cache folder on a shared file system).
+        Read at every task (a few microseconds): a folder unmounted later is noticed."""
+        if node_id == self.node_id:
+            return True
+        if self.probe is None:
+            return False
+        path, token = self.probe
+        try:
+            with open(path, "rb") as f:
+                return f.read(64) == token.encode()
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True, slots=True)

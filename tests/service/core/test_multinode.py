@@ -114,6 +114,7 @@ def test_ranges_run_on_both_worker_nodes_and_match_a_local_run(engine: Engine, c
     workers = {n["NodeID"] for n in __import__("ray").nodes() if n["Alive"] and n["Resources"].get("CPU")}
     print(f"\nranges per node: {engine.made_on}")
     assert len(nodes) == 2 and nodes == workers, (nodes, workers)
+    assert engine.shipped == 0  # the worker nodes see the cache folder (one machine): they wrote the files
     assert made == [encode_table(vdata.materialize(recipe, i, Catalog()), "arrow") for i in range(len(made))]
     assert made_hzz == [encode_table(vdata.materialize(hzz, i, engine.catalog), "parquet")
                         for i in range(len(made_hzz))]
@@ -163,3 +164,19 @@ def test_a_node_killed_mid_job_costs_a_bounded_stall_and_each_range_is_made_once
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "service.core.engine"]
+
+
+def test_a_node_that_does_not_see_the_cache_folder_sends_the_bytes(engine: Engine) -> None:
+    """As on a cluster without a shared file system: the probe file does not read back, so the
+    worker nodes return the bytes through Ray's object store; the ranges are the same."""
+    assert engine._folder_probe is not None
+    probe, token = engine._folder_probe
+    Path(probe).write_text("another folder")
+    try:
+        before = engine.shipped
+        recipe = zmumu(events=30_000, seed=13, range_events=10_000)
+        made = _all(engine, recipe)
+    finally:
+        Path(probe).write_text(token)
+    assert engine.shipped - before == len(made) == 3
+    assert made == [encode_table(vdata.materialize(recipe, i, Catalog()), "arrow") for i in range(len(made))]
