@@ -157,19 +157,14 @@ class JobStore:
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
             now = self.clock()
-            self._reclaim(conn, job, now)
+            expired = self._reclaim(conn, job, now, note=False)
             # SKIP LOCKED (PostgreSQL): rows another gateway is leasing now are passed over, not waited for
             ready = [_row(r) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?"
                 + self.db.skip_locked, (job.id, READY, n))]
             leased = [lease_row(r, worker, now, job.lease_seconds) for r in choose_ready(ready, n)]
             self._write(conn, leased)
-            if leased:
-                conn.execute(
-                    "INSERT INTO job_workers (job_id, worker, leases, failures, first_lease, last_lease) "
-                    "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (job_id, worker) DO UPDATE SET "
-                    "leases = job_workers.leases + excluded.leases, last_lease = excluded.last_lease",
-                    (job.id, worker, len(leased), now, now))
+            self._note_workers(conn, job, expired, (worker, len(leased), now) if leased else None)
         return [Lease(r.index, r.first, r.stop, cast(float, r.deadline)) for r in leased]
 
     def heartbeat(self, job_id: str, index: int, worker: str) -> float:
@@ -272,7 +267,7 @@ class JobStore:
             if new != row:
                 self._write(conn, [new])
                 if attempt_spent(row, new):
-                    self._count_failures(conn, job, Counter([worker]))
+                    self._note_workers(conn, job, Counter([worker]))
             return new
 
     def _job(self, conn: Connection, job_id: str) -> _Job:
@@ -287,24 +282,40 @@ class JobStore:
         job = self._jobs[job_id] = _Job(*found)
         return job
 
-    def _reclaim(self, conn: Connection, job: _Job, now: float) -> None:
+    def _reclaim(self, conn: Connection, job: _Job, now: float, note: bool = True) -> Counter[str]:
+        """Expire the job's overdue leases; the attempts this spent, per worker (noted in
+        ``job_workers`` unless ``note`` is false: then the caller notes them with its own)."""
         # a row another transaction holds is left to it (it may be finishing it, or reclaiming it)
         overdue = conn.execute(
             f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? AND deadline < ?"
             + self.db.skip_locked, (job.id, RUNNING, now))
         pairs = [(row, expire(row, now, job.max_attempts)) for row in map(_row, overdue.fetchall())]
         self._write(conn, [new for _, new in pairs])
-        self._count_failures(conn, job, Counter(cast(str, old.worker) for old, new in pairs if attempt_spent(old, new)))
+        expired = Counter(cast(str, old.worker) for old, new in pairs if attempt_spent(old, new))
+        if note:
+            self._note_workers(conn, job, expired)
+        return expired
 
     @staticmethod
-    def _count_failures(conn: Connection, job: _Job, failures: Mapping[str, int]) -> None:
-        """Add attempts spent to their workers' rows of ``job_workers``."""
-        if not failures:
+    def _note_workers(conn: Connection, job: _Job, failures: Mapping[str, int],
+                      lease: tuple[str, int, float] | None = None) -> None:
+        """Add attempts spent (``failures``) and a lease call's ranges (``lease``: worker, count,
+        time) to the workers' rows of ``job_workers``, in one statement per worker, by worker name:
+        two transactions (two gateways on PostgreSQL) lock these rows in the same order, so they
+        never deadlock on them (each takes them after its ``job_ranges`` rows)."""
+        rows = {w: (w, 0, n, None) for w, n in failures.items() if n}
+        if lease is not None:
+            worker, leased, now = lease
+            rows[worker] = (worker, leased, failures.get(worker, 0), now)
+        if not rows:
             return
         conn.executemany(
-            "INSERT INTO job_workers (job_id, worker, leases, failures) VALUES (?, ?, 0, ?) "
-            "ON CONFLICT (job_id, worker) DO UPDATE SET failures = job_workers.failures + excluded.failures",
-            [(job.id, worker, n) for worker, n in sorted(failures.items())])
+            "INSERT INTO job_workers (job_id, worker, leases, failures, first_lease, last_lease) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, worker) DO UPDATE SET "
+            "leases = job_workers.leases + excluded.leases, failures = job_workers.failures + excluded.failures, "
+            "first_lease = COALESCE(job_workers.first_lease, excluded.first_lease), "
+            "last_lease = COALESCE(excluded.last_lease, job_workers.last_lease)",
+            [(job.id, w, leased, n, at, at) for w, leased, n, at in (rows[k] for k in sorted(rows))])
 
     @staticmethod
     def _write(conn: Connection, rows: Sequence[RangeRow]) -> None:
