@@ -21,8 +21,9 @@ or joins one in flight (it waits). A cached file found damaged (wrong size befor
 byte, wrong adler32 while the body goes out, or behind nginx after it) is counted in
 ``vdata_cache_corrupt_total`` by the cache, and its request as a miss: it was not answered from
 the cache (the request that finds a wrong size goes on to have the range made again; one cut
-short by a wrong checksum is asked again by the client, a second miss). A hit is counted when
-its response ends, a miss at the door. Look-ahead (``stage``, the gateway's read-ahead, a job's
+short by a wrong checksum is asked again by the client, a second miss). A miss is counted at the
+door; a hit, with the range and bytes served, just before its last chunk goes out (so a client
+that has all the bytes finds them counted; behind nginx, once the file is checked, after the answer). Look-ahead (``stage``, the gateway's read-ahead, a job's
 look-ahead) is no lookup: nobody waits for it; the engine counts the ranges it queues ahead in
 ``vdata_lookahead_ranges_total``. ``vdata_ranges_served_total`` counts complete bodies (a cut
 one is not served), ``vdata_bytes_served_total`` the bytes that went out.
@@ -129,6 +130,7 @@ class RangeFileResponse(Response):
         self.on_done = on_done  # (bytes sent, whether the file was found damaged), once at the end
         self.sent = 0
         self.damaged = False
+        self._reported = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         aborted: list[BodyAborted] = []
@@ -149,7 +151,7 @@ class RangeFileResponse(Response):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.opened.stack.close)
-            self.on_done(self.sent, self.damaged)
+            self._report(self.sent)
         if aborted:
             raise aborted[0]
 
@@ -165,8 +167,15 @@ class RangeFileResponse(Response):
             if remaining == 0 and reader.adler32 != self.opened.entry.adler32:
                 await self._abort(f"its adler32 is {adler32_hex(reader.adler32)}, "
                                   f"{adler32_hex(self.opened.entry.adler32)} recorded")
+            if remaining == 0:
+                self._report(self.sent + len(chunk))  # before the last byte: a client that has it sees it counted
             self.sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+
+    def _report(self, nbytes: int) -> None:
+        if not self._reported:
+            self._reported = True
+            self.on_done(nbytes, self.damaged)
 
     async def _abort(self, problem: str) -> None:
         """Drop the damaged entry and raise :class:`BodyAborted` (the last chunk is never sent)."""

@@ -15,6 +15,8 @@ from gateway_helpers import HZZ, RECIPE, SCALE, Env
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.cache import CacheKey
+from service.http.server import BackgroundServer
+from vdata.testing import wait_until
 
 
 def samples(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -79,3 +81,32 @@ def test_every_counter_agrees_after_misses_hits_and_a_damaged_file(
         + received + sizes[1] + sizes[2]
     assert delta("vdata_bytes_materialized_total", format="arrow") == sum(sizes.values()) + sizes[1] + sizes[2]
     assert not any(name.startswith("vdata_gateway_cache") for name, _ in after)  # one counter of lookups, not two
+
+
+def test_behind_nginx_a_hit_and_a_damaged_file_count_alike(
+    http: httpx.Client, recipe_id: str, started_env: Env
+) -> None:
+    """The X-Accel-Redirect gateway (nginx sends the bytes) follows the same definition: its
+    adler32 check after the answer turns a damaged file into corrupt + miss, not a hit."""
+    settings = started_env.settings_with(port=0, accel_redirect_prefix="/_vdata_cache")
+    url = f"/v1/recipes/{recipe_id}/ranges/5"
+    size = len(http.get(url).content)  # cached now (a miss of the module's gateway)
+    with BackgroundServer(settings, started_env.core) as accel, \
+            httpx.Client(base_url=accel.url, headers=http.headers, timeout=120) as client:
+        before = samples(client)
+        assert client.get(url).status_code == 200
+        # counted once the gateway has read the file through (after the answer): wait for it
+        wait_until(lambda: value(samples(client), "vdata_cache_lookups_total", result="hit") == 1,
+                   timeout=60, message="the accel hit counted")
+        path = started_env.core.cache.root / CacheKey(recipe_id, 5, "arrow").relpath
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        path.write_bytes(bytes(data))
+        assert client.get(url).status_code == 200  # nginx would send the damaged file once
+        wait_until(lambda: value(samples(client), "vdata_cache_lookups_total", result="miss") == 1,
+                   timeout=60, message="the damaged file counted as a miss")
+        after = samples(client)
+    assert value(after, "vdata_cache_lookups_total", result="hit") == 1
+    assert value(after, "vdata_cache_corrupt_total") - value(before, "vdata_cache_corrupt_total") == 1
+    assert value(after, "vdata_ranges_served_total", format="arrow") == 1  # the damaged one is not served
+    assert value(after, "vdata_bytes_served_total", format="arrow") == 2 * size  # nginx sent both files
