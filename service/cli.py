@@ -402,9 +402,34 @@ def jobs_create(
 
 @jobs_app.command("status")
 @_with_client
-def jobs_status(client: Client, job_id: str) -> None:
-    """Counts per state, events finished, done."""
-    _print_json(client.job(job_id))
+def jobs_status(
+    client: Client,
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The service's JSON answer, for scripts.")] = False,
+) -> None:
+    """Events done of the total, ranges per state, rate, ETA and failures per worker."""
+    from service.job_view import details
+
+    status = client.job(job_id)
+    if as_json:
+        _print_json(status)
+    else:
+        console.print(details(status), highlight=False)
+
+
+@jobs_app.command("watch")
+@_with_client
+def jobs_watch(
+    client: Client,
+    job_id: str,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between refreshes.")] = 2.0,
+) -> None:
+    """A live view of a job (events, rate, ETA, failures per worker) until it is done, then one
+    summary line."""
+    from service.job_view import summary, watch
+
+    last = watch(lambda: client.job(job_id), interval, console)
+    console.print(summary(last), highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -7,7 +7,7 @@ decision takes ``now`` and returns a new :class:`RangeRow` or raises :class:`Lea
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from service.errors import JobError, LeaseError
 from vdata.ranges import EventRange
@@ -65,7 +65,12 @@ class Lease:
 @dataclass(frozen=True, slots=True)
 class JobStatus:
     """Where a job stands. ``counts`` has every state of :data:`STATES`; ``done`` when no
-    range is ready or running."""
+    range is ready or running. The progress (:func:`progress`): ``started`` is the first lease
+    (None before it), ``elapsed_seconds`` since then (to the last change once done),
+    ``events_per_second`` the finished events over that time, ``eta_seconds`` the events still
+    ready or running at that rate (None when done or while nothing has finished).
+    ``failures_per_worker``: each worker that leased a range -> the attempts it spent (failures
+    it reported, fatal ones included, and its leases that expired)."""
 
     job_id: str
     recipe_id: str
@@ -76,6 +81,38 @@ class JobStatus:
     done: bool
     max_attempts: int
     lease_seconds: float
+    events_failed: int = 0
+    started: float | None = None
+    elapsed_seconds: float = 0.0
+    events_per_second: float = 0.0
+    eta_seconds: float | None = None
+    failures_per_worker: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    elapsed_seconds: float
+    events_per_second: float
+    eta_seconds: float | None
+
+
+def progress(events_finished: int, events_left: int, started: float | None, ended: float | None,
+             now: float) -> Progress:
+    """Rate and ETA over the job's life: from its first lease (``started``) to ``ended`` (its last
+    change, once done) or ``now``. The life, not a recent window: it needs no history beyond
+    the first lease, and a live view (``vdata jobs watch``) smooths its own rate from what it polls."""
+    if started is None:
+        return Progress(0.0, 0.0, None)
+    elapsed = max((ended if ended is not None else now) - started, 0.0)
+    rate = events_finished / elapsed if elapsed > 0 else 0.0
+    eta = events_left / rate if ended is None and rate > 0 else None
+    return Progress(elapsed, rate, eta)
+
+
+def attempt_spent(old: RangeRow, new: RangeRow) -> bool:
+    """Whether a decision took ``old`` to ``new`` by spending an attempt of its holder (a failure,
+    fatal or not, or an expired lease): the holder is ``old.worker``."""
+    return old.state == RUNNING and new.state in (READY, FAILED, FATAL)
 
 
 # ---------------------------------------------------------------- decisions (pure functions)

@@ -99,6 +99,17 @@ CREATE TABLE IF NOT EXISTS job_ranges (
 CREATE INDEX IF NOT EXISTS job_ranges_state ON job_ranges (job_id, state, range_index);
 -- finds overdue leases without reading every running row (each lease call reclaims first)
 CREATE INDEX IF NOT EXISTS job_ranges_deadline ON job_ranges (job_id, state, deadline);
+-- each worker of a job (service/core/jobs.py): ranges leased, attempts it spent (failures and
+-- expired leases), its first and last lease; the job's progress (rate, ETA) starts at its first lease
+CREATE TABLE IF NOT EXISTS job_workers (
+    job_id      TEXT NOT NULL REFERENCES jobs (id),
+    worker      TEXT NOT NULL,
+    leases      INTEGER NOT NULL DEFAULT 0,
+    failures    INTEGER NOT NULL DEFAULT 0,
+    first_lease REAL,
+    last_lease  REAL,
+    PRIMARY KEY (job_id, worker)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     hash    TEXT PRIMARY KEY,           -- sha256 hex of the secret; the secret is never stored
     role    TEXT NOT NULL,              -- reader, worker, scientist, admin
@@ -121,7 +132,9 @@ CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner);
 
 SCHEMA_VERSION = 1
 # version -> the SQL (SQLite's words, as SCHEMA) that brings a database of the version before to
-# it. A new table needs no entry: SCHEMA's CREATE ... IF NOT EXISTS adds it; a changed one does.
+# it. A new table needs no entry: SCHEMA's CREATE ... IF NOT EXISTS adds it (job_workers came so,
+# without a new version: a vdata that does not know it still works on a database that has it);
+# a changed one does.
 MIGRATIONS: dict[int, str] = {}
 
 POOL_TIMEOUT = 30.0  # seconds to wait for a PostgreSQL connection before DatabaseError

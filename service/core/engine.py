@@ -157,11 +157,15 @@ class _Metrics:
         self.seconds = metrics.Histogram(
             "vdata_range_seconds", "Seconds per range materialization", boundaries=[0.01, 0.05, 0.1, 0.5, 1, 5, 30]
         )
-        self.cache = metrics.Counter("vdata_cache_requests", "Cache lookups", tag_keys=("result",))
+        # Cache hits and misses are the gateway's (one definition: service.http.range_responses);
+        # look-ahead (stage, read-ahead, a job's look-ahead) is counted apart: nobody waits for it.
+        self.lookahead = metrics.Counter("vdata_lookahead_ranges", "Ranges queued ahead of any request")
         self.leases = metrics.Counter("vdata_lease_events", "Lease events", tag_keys=("event",))
         self.counts: dict[str, int] = {}
 
     def count(self, name: str, value: float = 1.0, **tags: str) -> None:
+        if not value:
+            return
         getattr(self, name).inc(value, tags=tags or None)
         key = name + "".join(f":{v}" for v in tags.values())
         self.counts[key] = self.counts.get(key, 0) + int(value)
@@ -370,7 +374,6 @@ class Engine:
         if future is not None:
             return future
         entry = self.cache.get(key)
-        self._count("cache", result="hit" if entry is not None else "miss")
         if entry is not None:
             done: Future[CacheEntry] = Future()
             done.set_result(entry)
@@ -393,6 +396,7 @@ class Engine:
                 continue
             self.request(recipe, index, fmt, why)
             started += 1
+        self._count("lookahead", started)
         return started
 
     def in_flight(self) -> int:

@@ -30,6 +30,12 @@ Decisions on the edge cases:
   :class:`LeaseError`.
 - :meth:`JobStore.ranges` and :meth:`JobStore.next_ready` change nothing: they show the rows
   as stored (an overdue lease still shows as running until it is reclaimed).
+
+Progress for people (:meth:`JobStore.status`): the table ``job_workers`` keeps, per worker of a
+job, the ranges it leased, the attempts it spent (:func:`attempt_spent`: a failure it reported
+or a lease of it that expired) and its first and last lease, written in the same transaction as
+the rows they describe; the rate and ETA are :func:`progress` over the job's life from its first
+lease.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -50,6 +57,7 @@ from service.core._job_rows import (
     RUNNING,
     STATES,
     JobStatus,
+    attempt_spent,
     Lease,
     RangeRow,
     check_ranges,
@@ -61,6 +69,7 @@ from service.core._job_rows import (
     finish_row,
     heartbeat_row,
     lease_row,
+    progress,
 )
 from service.errors import JobError, JobNotFound, RangeNotFound
 from service.core.db import Database
@@ -148,13 +157,14 @@ class JobStore:
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
             now = self.clock()
-            self._reclaim(conn, job, now)
+            expired = self._reclaim(conn, job, now, note=False)
             # SKIP LOCKED (PostgreSQL): rows another gateway is leasing now are passed over, not waited for
             ready = [_row(r) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? ORDER BY range_index LIMIT ?"
                 + self.db.skip_locked, (job.id, READY, n))]
             leased = [lease_row(r, worker, now, job.lease_seconds) for r in choose_ready(ready, n)]
             self._write(conn, leased)
+            self._note_workers(conn, job, expired, (worker, len(leased), now) if leased else None)
         return [Lease(r.index, r.first, r.stop, cast(float, r.deadline)) for r in leased]
 
     def heartbeat(self, job_id: str, index: int, worker: str) -> float:
@@ -177,22 +187,32 @@ class JobStore:
                     lambda row, job, now: fail_row(row, worker, now, message, fatal, job.max_attempts))
 
     def status(self, job_id: str) -> JobStatus:
-        """Counts per state, events finished and whether the job is done (reclaims overdue leases first)."""
+        """Counts per state, events finished, whether the job is done, its rate and ETA and the
+        failures of each worker (reclaims overdue leases first)."""
         with self.db.transaction() as conn:
             job = self._job(conn, job_id)
-            self._reclaim(conn, job, self.clock())
+            now = self.clock()
+            self._reclaim(conn, job, now)
             counts = dict.fromkeys(STATES, 0)
             events = dict.fromkeys(STATES, 0)
-            for state, count, num in conn.execute(
-                "SELECT state, COUNT(*), SUM(stop - first) FROM job_ranges WHERE job_id = ? GROUP BY state",
-                (job.id,),
+            last_change = 0.0
+            for state, count, num, updated in conn.execute(
+                "SELECT state, COUNT(*), SUM(stop - first), MAX(updated) FROM job_ranges WHERE job_id = ? "
+                "GROUP BY state", (job.id,),
             ):
-                counts[state], events[state] = count, num
+                counts[state], events[state], last_change = count, num, max(last_change, updated)
+            failures = {r[0]: r[1] for r in conn.execute(
+                "SELECT worker, failures FROM job_workers WHERE job_id = ? ORDER BY worker", (job.id,))}
+            started = conn.execute("SELECT MIN(first_lease) FROM job_workers WHERE job_id = ?",
+                                   (job.id,)).fetchone()[0]
+        done = counts[READY] == 0 and counts[RUNNING] == 0
+        rate = progress(events[FINISHED], events[READY] + events[RUNNING], started, last_change if done else None, now)
         return JobStatus(
             job_id=job.id, recipe_id=job.recipe_id, counts=counts, ranges_total=sum(counts.values()),
-            events_total=sum(events.values()), events_finished=events[FINISHED],
-            done=counts[READY] == 0 and counts[RUNNING] == 0,
+            events_total=sum(events.values()), events_finished=events[FINISHED], done=done,
             max_attempts=job.max_attempts, lease_seconds=job.lease_seconds,
+            events_failed=events[FAILED] + events[FATAL], started=started, elapsed_seconds=rate.elapsed_seconds,
+            events_per_second=rate.events_per_second, eta_seconds=rate.eta_seconds, failures_per_worker=failures,
         )
 
     def recipe_id(self, job_id: str) -> str:
@@ -246,6 +266,8 @@ class JobStore:
             new = decide(row, job, self.clock())
             if new != row:
                 self._write(conn, [new])
+                if attempt_spent(row, new):
+                    self._note_workers(conn, job, Counter([worker]))
             return new
 
     def _job(self, conn: Connection, job_id: str) -> _Job:
@@ -260,12 +282,40 @@ class JobStore:
         job = self._jobs[job_id] = _Job(*found)
         return job
 
-    def _reclaim(self, conn: Connection, job: _Job, now: float) -> None:
+    def _reclaim(self, conn: Connection, job: _Job, now: float, note: bool = True) -> Counter[str]:
+        """Expire the job's overdue leases; the attempts this spent, per worker (noted in
+        ``job_workers`` unless ``note`` is false: then the caller notes them with its own)."""
         # a row another transaction holds is left to it (it may be finishing it, or reclaiming it)
         overdue = conn.execute(
             f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND state = ? AND deadline < ?"
             + self.db.skip_locked, (job.id, RUNNING, now))
-        self._write(conn, [expire(_row(r), now, job.max_attempts) for r in overdue.fetchall()])
+        pairs = [(row, expire(row, now, job.max_attempts)) for row in map(_row, overdue.fetchall())]
+        self._write(conn, [new for _, new in pairs])
+        expired = Counter(cast(str, old.worker) for old, new in pairs if attempt_spent(old, new))
+        if note:
+            self._note_workers(conn, job, expired)
+        return expired
+
+    @staticmethod
+    def _note_workers(conn: Connection, job: _Job, failures: Mapping[str, int],
+                      lease: tuple[str, int, float] | None = None) -> None:
+        """Add attempts spent (``failures``) and a lease call's ranges (``lease``: worker, count,
+        time) to the workers' rows of ``job_workers``, in one statement per worker, by worker name:
+        two transactions (two gateways on PostgreSQL) lock these rows in the same order, so they
+        never deadlock on them (each takes them after its ``job_ranges`` rows)."""
+        rows = {w: (w, 0, n, None) for w, n in failures.items() if n}
+        if lease is not None:
+            worker, leased, now = lease
+            rows[worker] = (worker, leased, failures.get(worker, 0), now)
+        if not rows:
+            return
+        conn.executemany(
+            "INSERT INTO job_workers (job_id, worker, leases, failures, first_lease, last_lease) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, worker) DO UPDATE SET "
+            "leases = job_workers.leases + excluded.leases, failures = job_workers.failures + excluded.failures, "
+            "first_lease = COALESCE(job_workers.first_lease, excluded.first_lease), "
+            "last_lease = COALESCE(excluded.last_lease, job_workers.last_lease)",
+            [(job.id, w, leased, n, at, at) for w, leased, n, at in (rows[k] for k in sorted(rows))])
 
     @staticmethod
     def _write(conn: Connection, rows: Sequence[RangeRow]) -> None:

@@ -1,8 +1,9 @@
 """Prometheus metrics of one app, in a registry of its own (never the global one).
 
-The gateway counts what it sees (requests, ranges and bytes served, cache hits at the door);
-a collector reads the core's own counters at scrape time (materializations, cache lookups
-and corrupt entries, lease events, Ray tasks in flight), so nothing is counted twice.
+The gateway counts what it sees (requests; range requests by cache hit or miss, counted in one
+place by the definition in :mod:`service.http.range_responses`; ranges and bytes served); a
+collector reads the core's own counters at scrape time (materializations, look-ahead, corrupt
+cache entries, lease events, Ray tasks in flight), so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -44,16 +45,16 @@ class _CoreCollector(Collector):
         families = {
             "ranges": CounterMetricFamily("vdata_ranges_materialized", "Ranges materialized on Ray", labels=["format"]),
             "bytes": CounterMetricFamily("vdata_bytes_materialized", "Encoded bytes materialized on Ray", labels=["format"]),
-            "cache": CounterMetricFamily("vdata_cache_lookups", "Cache lookups by the engine", labels=["result"]),
+            "lookahead": CounterMetricFamily("vdata_lookahead_ranges", "Ranges queued for materialization ahead "
+                                             "of any request (stage, read-ahead, job look-ahead)"),
             "leases": CounterMetricFamily("vdata_lease_events", "Lease events (lease, heartbeat, finish, fail, fatal)", labels=["event"]),
         }
         for key, value in sorted(counts.items()):
             name, _, tag = key.partition(":")
             if name in families:
-                families[name].add_metric([tag], value)
-        for result in ("hit", "miss"):
-            if f"cache:{result}" not in counts:
-                families["cache"].add_metric([result], 0)
+                families[name].add_metric([tag] if tag else [], value)
+        if "lookahead" not in counts:
+            families["lookahead"].add_metric([], 0)
         yield from families.values()
         corrupt = CounterMetricFamily("vdata_cache_corrupt", "Cache entries dropped: file missing or checksum mismatch")
         corrupt.add_metric([], core.cache.corrupt_count)
@@ -88,8 +89,10 @@ class Metrics:
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.ranges_served = Counter("vdata_ranges_served", "Ranges served", ["format"], registry=self.registry)
         self.bytes_served = Counter("vdata_bytes_served", "Range bytes served", ["format"], registry=self.registry)
-        self.gateway_cache = Counter("vdata_gateway_cache", "Range requests found in the cache (hit) or not (miss)",
-                                     ["result"], registry=self.registry)
+        self.cache_lookups = Counter("vdata_cache_lookups", "Range requests answered from a cache file (hit) or "
+                                     "that needed a materialization (miss)", ["result"], registry=self.registry)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result)  # both series from the start (a ratio needs both)
         self.in_progress = Gauge("vdata_http_requests_in_progress", "HTTP requests being handled",
                                  registry=self.registry)
         self.registry.register(_CoreCollector(core, waiting))

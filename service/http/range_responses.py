@@ -13,6 +13,20 @@ entry's size and answers with ``X-Accel-Redirect``, and nginx sends the file wit
 :class:`AccelRedirectResponse` for how the pin and the checksum are kept then. A miss waits for the engine's future without blocking the event
 loop (``asyncio.wrap_future``, shielded: the engine's single-flight future is shared by every
 waiter and must never be cancelled by one of them).
+
+What a cache hit is, the one definition every counter follows (:func:`count_lookup`, the one
+place ``vdata_cache_lookups_total`` is counted): a range request is a *hit* when it is answered
+from a cache file without waiting for a materialization, and a *miss* when it needs a Ray task
+or joins one in flight (it waits). A cached file found damaged (wrong size before the first
+byte, wrong adler32 while the body goes out, or behind nginx after it) is counted in
+``vdata_cache_corrupt_total`` by the cache, and its request as a miss: it was not answered from
+the cache (the request that finds a wrong size goes on to have the range made again; one cut
+short by a wrong checksum is asked again by the client, a second miss). A miss is counted at the
+door; a hit, with the range and bytes served, just before its last chunk goes out (so a client
+that has all the bytes finds them counted; behind nginx, once the file is checked, after the answer). Look-ahead (``stage``, the gateway's read-ahead, a job's
+look-ahead) is no lookup: nobody waits for it; the engine counts the ranges it queues ahead in
+``vdata_lookahead_ranges_total``. ``vdata_ranges_served_total`` counts complete bodies (a cut
+one is not served), ``vdata_bytes_served_total`` the bytes that went out.
 """
 
 from __future__ import annotations
@@ -42,7 +56,8 @@ from vdata.errors import VdataError
 from vdata.formats import MEDIA_TYPES, check_format
 from vdata.data.plans import Plan
 
-__all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse", "serve_range"]
+__all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse",
+           "count_lookup", "serve_range"]
 
 log = logging.getLogger("service")
 CHUNK_BYTES = 1 << 20
@@ -107,13 +122,15 @@ def _range_headers(entry: CacheEntry) -> dict[str, str]:
 class RangeFileResponse(Response):
     """A pinned cache file, streamed in :data:`CHUNK_BYTES` pieces and checked on the way; unpinned when done."""
 
-    def __init__(self, opened: _Open, on_sent: Callable[[int], None]) -> None:
+    def __init__(self, opened: _Open, on_done: Callable[[int, bool], None]) -> None:
         entry = opened.entry
         super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
                          headers={"content-length": str(entry.size), **_range_headers(entry)})
         self.opened = opened
-        self.on_sent = on_sent
+        self.on_done = on_done  # (bytes sent, whether the file was found damaged), once at the end
         self.sent = 0
+        self.damaged = False
+        self._reported = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         aborted: list[BodyAborted] = []
@@ -134,7 +151,7 @@ class RangeFileResponse(Response):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.opened.stack.close)
-            self.on_sent(self.sent)
+            self._report(self.sent)
         if aborted:
             raise aborted[0]
 
@@ -150,12 +167,20 @@ class RangeFileResponse(Response):
             if remaining == 0 and reader.adler32 != self.opened.entry.adler32:
                 await self._abort(f"its adler32 is {adler32_hex(reader.adler32)}, "
                                   f"{adler32_hex(self.opened.entry.adler32)} recorded")
+            if remaining == 0:
+                self._report(self.sent + len(chunk))  # before the last byte: a client that has it sees it counted
             self.sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+
+    def _report(self, nbytes: int) -> None:
+        if not self._reported:
+            self._reported = True
+            self.on_done(nbytes, self.damaged)
 
     async def _abort(self, problem: str) -> None:
         """Drop the damaged entry and raise :class:`BodyAborted` (the last chunk is never sent)."""
         entry = self.opened.entry
+        self.damaged = True
         with anyio.CancelScope(shield=True):
             dropped = await anyio.to_thread.run_sync(self.opened.cache.drop_if_damaged, entry.key)
         message = (f"cache file {entry.path} ({entry.key}) is damaged: {problem}; the response was cut "
@@ -176,35 +201,42 @@ class AccelRedirectResponse(Response):
     request materializes the range again.
     """
 
-    def __init__(self, opened: _Open, prefix: str, on_sent: Callable[[int], None]) -> None:
+    def __init__(self, opened: _Open, prefix: str, on_done: Callable[[int, bool], None]) -> None:
         entry = opened.entry
         super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
                          headers={"x-accel-redirect": f"{prefix}/{entry.key.relpath}", **_range_headers(entry)})
         self.opened = opened
-        self.on_sent = on_sent
+        self.on_done = on_done  # as RangeFileResponse's, once the file is checked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent, damaged = False, False
         try:
             await super().__call__(scope, receive, send)
-            self.on_sent(self.opened.entry.size)
+            sent = True
         finally:
             with anyio.CancelScope(shield=True):
                 started = anyio.current_time()
                 try:
-                    await anyio.to_thread.run_sync(self._check)
+                    try:
+                        damaged = await anyio.to_thread.run_sync(self._check)
+                    finally:
+                        self.on_done(self.opened.entry.size if sent else 0, damaged)
                     await anyio.sleep(ACCEL_GRACE_SECONDS - (anyio.current_time() - started))
                 finally:
                     await anyio.to_thread.run_sync(self.opened.stack.close)
 
-    def _check(self) -> None:
-        """Read the open file through, and drop the entry if its adler32 does not match."""
+    def _check(self) -> bool:
+        """Read the open file through, and drop the entry if its adler32 does not match; True if it did not."""
         entry, checksum = self.opened.entry, 1
         buffer = memoryview(bytearray(CHUNK_BYTES))  # one buffer, reused: nothing else holds it
         while n := self.opened.file.readinto(buffer):
             checksum = adler32(buffer[:n], checksum)
-        if checksum != entry.adler32 and self.opened.cache.drop_if_damaged(entry.key):
+        if checksum == entry.adler32:
+            return False
+        if self.opened.cache.drop_if_damaged(entry.key):
             log.error("cache file %s (%s) was damaged (adler32 %s, %s recorded); handed to nginx, then dropped",
                       entry.path, entry.key, adler32_hex(checksum), adler32_hex(entry.adler32))
+        return True
 
 
 def _read_ahead(core: Core, plan: Plan, index: int, fmt: str, n: int) -> None:
@@ -251,6 +283,13 @@ async def _wait(future: Future[CacheEntry], timeout: float, what: str) -> None:
                                f"range_timeout_seconds); it is still being made: retry", retry_after=5) from None
 
 
+def count_lookup(metrics: Metrics, *, from_cache: bool, damaged: bool = False) -> None:
+    """Count one range request in ``vdata_cache_lookups_total`` by the definition in the
+    module docstring: a hit if it was answered from a cache file (``from_cache``) that was not
+    found damaged; else a miss."""
+    metrics.cache_lookups.labels("hit" if from_cache and not damaged else "miss").inc()
+
+
 async def serve_range(
     core: Core, recipe_id: str, index: int, fmt: str, *,
     settings: Settings, principal: Principal, inflight: InFlight, metrics: Metrics,
@@ -262,7 +301,9 @@ async def serve_range(
     check_plan(plan, settings)
     key = CacheKey(plan.id, index, fmt)
     opened = await anyio.to_thread.run_sync(_open_pinned, core.cache, key)
-    metrics.gateway_cache.labels("hit" if opened is not None else "miss").inc()
+    from_cache = opened is not None
+    if not from_cache:
+        count_lookup(metrics, from_cache=False)  # at the door: it counts even if the wait then fails
     if opened is not None and settings.readahead:
         await anyio.to_thread.run_sync(_read_ahead, core, plan, index, fmt, settings.readahead)
     if opened is None:
@@ -281,9 +322,11 @@ async def serve_range(
 
     size = opened.entry.size
 
-    def sent(nbytes: int) -> None:
+    def sent(nbytes: int, damaged: bool) -> None:
+        if from_cache:
+            count_lookup(metrics, from_cache=True, damaged=damaged)
         metrics.bytes_served.labels(fmt).inc(nbytes)
-        if nbytes == size:
+        if nbytes == size and not damaged:
             metrics.ranges_served.labels(fmt).inc()
 
     if settings.accel_redirect_prefix is not None:

@@ -215,6 +215,14 @@ class JobStatusOut(BaseModel):
     done: bool
     max_attempts: int
     lease_seconds: float
+    events_failed: int = Field(description="Events of ranges failed or fatal")
+    started: float | None = Field(description="The first lease, seconds since the epoch (null before it)")
+    elapsed_seconds: float = Field(description="Since the first lease (to the last change once done)")
+    events_per_second: float = Field(description="Events finished per second over elapsed_seconds")
+    eta_seconds: float | None = Field(description="Events still ready or running at that rate (null when done "
+                                                  "or while none has finished)")
+    failures_per_worker: dict[str, int] = Field(description="Each worker that leased a range: attempts it spent "
+                                                            "(failures reported, fatal ones, expired leases)")
 
 
 class LeaseIn(_In):

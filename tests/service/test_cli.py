@@ -104,7 +104,7 @@ def test_the_whole_command_line(server: tuple[BackgroundServer, Path], shared_da
     code, out = run("worker", job, "--n", "2", token=scientist, url=url)
     assert code == 0, out
     assert "3 ranges finished, 0 failed" in out and "sum(NMuon)" in out
-    code, out = run("jobs", "status", job, token=scientist, url=url)
+    code, out = run("jobs", "status", job, "--json", token=scientist, url=url)
     assert code == 0 and json.loads(out)["done"] is True
 
 

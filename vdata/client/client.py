@@ -306,7 +306,7 @@ class Client:
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job's status as the service reports it: ``counts`` per state, ``events_finished``,
-        ``events_total``, ``done``, ..."""
+        ``events_total``, ``done``, ``events_per_second``, ``eta_seconds``, ``failures_per_worker``, ..."""
         return dict(self._http.json("GET", f"/v1/jobs/{job_id}"))
 
     def lease(self, job_id: str, n: int = 1, *, worker: str) -> list[LeasedRange]:

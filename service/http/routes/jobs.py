@@ -42,11 +42,14 @@ def create_job(body: JobIn, core: CoreDep, settings: SettingsDep, _: Worker) -> 
 
 @router.get("/{job_id}", response_model=JobStatusOut)
 async def job_status(job_id: str, core: CoreDep, _: Worker) -> JobStatusOut:
-    """Ranges per state, events finished, and whether the job is done."""
+    """Ranges per state, events finished, whether the job is done, its rate and ETA, and the
+    failures of each worker."""
     s = await core.in_job_thread(core.status, job_id)
     return JobStatusOut(id=s.job_id, recipe_id=s.recipe_id, counts=s.counts, ranges_total=s.ranges_total,
                         events_total=s.events_total, events_finished=s.events_finished, done=s.done,
-                        max_attempts=s.max_attempts, lease_seconds=s.lease_seconds)
+                        max_attempts=s.max_attempts, lease_seconds=s.lease_seconds, events_failed=s.events_failed,
+                        started=s.started, elapsed_seconds=s.elapsed_seconds, events_per_second=s.events_per_second,
+                        eta_seconds=s.eta_seconds, failures_per_worker=s.failures_per_worker)
 
 
 def _json(content: Any) -> Response:

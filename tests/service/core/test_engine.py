@@ -66,7 +66,7 @@ def test_materializes_through_ray_and_caches(engine: Engine) -> None:
     assert again.path == entry.path and engine.submitted == before + 1  # a cache hit
     assert engine.metrics is not None
     counts = engine.metrics.counts
-    assert counts["ranges:arrow"] >= 1 and counts["cache:hit"] >= 1 and counts["cache:miss"] >= 1
+    assert counts["ranges:arrow"] >= 1 and not any(k.startswith("cache:") for k in counts)  # the gateway's
     assert counts["bytes:arrow"] >= entry.size
 
 
@@ -159,8 +159,10 @@ def test_lookahead_materializes_ready_ranges_before_leases(engine: Engine, tmp_p
     jobs = JobStore(db)
     recipe = zmumu(events=50_000, seed=7)
     job = jobs.create_job(recipe.id, engine.plan(recipe).ranges)
+    assert engine.metrics is not None
+    ahead = engine.metrics.counts.get("lookahead", 0)
     started = engine.prefetch(recipe, [r.index for r in jobs.next_ready(job, CONFIG.lookahead)], "arrow")
-    assert started == 3
+    assert started == 3 and engine.metrics.counts["lookahead"] == ahead + 3  # vdata_lookahead_ranges_total
     for r in jobs.next_ready(job, 3):
         engine.request(recipe, r.index, "arrow").result(timeout=120)
         assert engine.cache.contains(CacheKey(recipe.id, r.index, "arrow"))

@@ -68,7 +68,7 @@ def test_metrics_in_prometheus_format(admin: Client, recipe_id: str) -> None:
     assert 'vdata_ranges_served_total{format="parquet"}' in text
     assert re.search(r'vdata_bytes_served_total\{format="parquet"\} [1-9]', text)
     for name in ("vdata_http_request_seconds_bucket", "vdata_cache_lookups_total", "vdata_cache_corrupt_total",
-                 "vdata_tasks_in_flight", "vdata_ranges_materialized_total", "vdata_gateway_cache_total"):
+                 "vdata_tasks_in_flight", "vdata_ranges_materialized_total", "vdata_lookahead_ranges_total"):
         assert name in text, name
 
 
@@ -163,12 +163,14 @@ def _cached(env: Env, recipe_id: str, indices: list[int], fmt: str) -> None:
 
 
 def _engine_misses(client: Client) -> float:
-    """The engine's cache misses so far, from /metrics: one per range it set out to make,
-    counted when the range is asked for, before the asker hears back."""
+    """The ranges the service set out to make so far, from /metrics: the requests that missed
+    the cache (counted at the door) and the ranges queued ahead of any request (read-ahead,
+    counted when queued, before the asker hears back)."""
     text = client.get("/metrics").text
     found = re.search(r'^vdata_cache_lookups_total\{result="miss"\} (\S+)$', text, re.MULTILINE)
-    assert found, text
-    return float(found.group(1))
+    ahead = re.search(r'^vdata_lookahead_ranges_total (\S+)$', text, re.MULTILINE)
+    assert found and ahead, text
+    return float(found.group(1)) + float(ahead.group(1))
 
 
 def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> None:
