@@ -1,0 +1,240 @@
+"""Cold replication and warm delivery on a 3-node Ray cluster against a single node
+(bench/throughput.py part ``cluster``; issue 12, deliverable 5).
+
+The same 2 CPUs both ways, on this one machine, everything on 127.0.0.1:
+
+single   the engine's embedded Ray with 2 CPUs (as the ``cold`` part's 2-worker pass);
+cluster  ``ray.cluster_utils.Cluster``: a head with 0 CPUs (the driver's node: the engine
+         joins it by its address, as a gateway with ``VDATA_RAY_ADDRESS`` does) and two worker
+         nodes with 1 CPU each. Every task runs on a node other than the driver's, so it
+         returns the encoded bytes (through Ray's object stores) and the engine writes the
+         cache file; on the single node the worker writes the file itself (``Target``).
+bytes    (``--cluster-bytes-row``) the single node again with ``worker_writes=False``: the
+         tasks return their bytes as on the cluster, but nothing crosses a node. It splits
+         the cluster's extra time into "bytes back to the driver" and "between nodes".
+
+Cold job: every range of the input (the ``cold`` part's file, recipe and ranges) materialized
+from an empty cache, from submitting all ranges to all cached; one untimed warm-up pass per
+configuration, then the median of ``repeats`` passes; the cache entries are removed after
+each pass. Each pass's files are checked by adler32 against the single node's. The ranges each
+node made are counted from the engine's ``made_on`` over the timed passes.
+
+Warm delivery: a gateway (``python -m service``) with its embedded 2-CPU Ray and a gateway
+joined to the cluster, both up at once; one range of ``warm_events`` events is made cold
+through each, then curl GETs of the cached range alternate between them (as the ``warm``
+part). Serving a cached range does not touch Ray: the ratio should be ~1.
+
+Every process started here (the cluster's nodes, the gateways, the embedded Rays) is stopped
+on the way out, also after an error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import wait as wait_futures
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench._tp_parts import DATASET, _alternate, curl_get, med
+from bench._tp_procs import Gateway, descendants, kill_pids
+
+Log = Callable[[str], None]
+MiB = 1024**2
+TARGET = 1.2  # cluster cold time <= 1.2x the single node's, the same CPUs
+
+
+# -- the cluster ---------------------------------------------------------------------------------
+
+@contextmanager
+def ray_cluster(object_store_bytes: int, log: Log) -> Iterator[Any]:
+    """A head of 0 CPUs and two 1-CPU worker nodes on 127.0.0.1 (Ray's ``Cluster``); its
+    processes (and any they left) are stopped on the way out."""
+    from ray.cluster_utils import Cluster
+
+    before = set(descendants(os.getpid()))
+    t0 = time.perf_counter()
+    cluster = Cluster(initialize_head=False, shutdown_at_exit=False)
+    try:
+        cluster.add_node(num_cpus=0, object_store_memory=object_store_bytes, node_ip_address="127.0.0.1",
+                         include_dashboard=False)
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=object_store_bytes, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        log(f"  cluster up at {cluster.address} in {time.perf_counter() - t0:.1f} s (head 0 CPUs, 2 x 1 CPU)")
+        yield cluster
+    finally:
+        ours = set(descendants(os.getpid())) - before
+        try:
+            cluster.shutdown()
+        finally:
+            time.sleep(0.5)
+            kill_pids(sorted(ours))  # what the nodes left behind (by pid, only theirs)
+
+
+def _node_names(cluster: Any | None) -> dict[str, str]:
+    """Node id -> "head" / "worker1" / "worker2" (the single node: "head")."""
+    if cluster is None:
+        import ray
+
+        return {ray.get_runtime_context().get_node_id(): "head"}
+    names = {cluster.head_node.node_id: "head"}
+    for i, node in enumerate(sorted(cluster.worker_nodes, key=lambda n: n.node_id), 1):
+        names[node.node_id] = f"worker{i}"
+    return names
+
+
+# -- cold -----------------------------------------------------------------------------------------
+
+def _pass(core: Any, rid: str, n_ranges: int) -> tuple[float, list[int]]:
+    """Seconds from submitting every range to every range cached, and the adler32 of each
+    cache file; the entries are removed after (a cold cache for the next pass)."""
+    from service.core.cache import CacheKey
+
+    t0 = time.perf_counter()
+    futures = [core.request(rid, i, "arrow") for i in range(n_ranges)]
+    wait_futures(futures)
+    elapsed = time.perf_counter() - t0
+    sums = [zlib.adler32(f.result().path.read_bytes()) for f in futures]  # result() raises a failure
+    for i in range(n_ranges):
+        core.cache.remove(CacheKey(rid, i, "arrow"))
+    return elapsed, sums
+
+
+def cold(work: Path, name: str, root_file: Path, range_events: int, repeats: int, log: Log, *,
+         cluster: Any | None = None, worker_writes: bool = True, object_store_bytes: int = 400 * MiB) -> dict[str, Any]:
+    """One configuration's cold job: a Core in this process, on its embedded 2-CPU Ray or
+    joined to ``cluster``."""
+    from service.core.core import Core, CoreConfig
+    from service.core.engine import EngineConfig
+
+    if cluster is not None:
+        engine = EngineConfig(address=cluster.address, lookahead=0, max_in_flight=8)
+    else:
+        engine = EngineConfig(num_cpus=2, lookahead=0, max_in_flight=8, object_store_bytes=object_store_bytes,
+                              temp_dir=str(work / f"r{name[:4]}"), worker_writes=worker_writes)
+    config = CoreConfig(data_dir=work / f"{name}-data", cache_budget_bytes=8 * 1024**3, engine=engine)
+    t0 = time.perf_counter()
+    with Core(config) as core:
+        started = time.perf_counter() - t0
+        names = _node_names(cluster)
+        core.add_dataset(DATASET, [str(root_file)], "Events")
+        plan = core.submit({"source": {"dataset": DATASET}, "range_events": range_events})
+        n = len(plan.ranges)
+        warmup, sums = _pass(core, plan.id, n)
+        before = dict(core.engine.made_on)
+        times = []
+        for _ in range(repeats):
+            secs, again = _pass(core, plan.id, n)
+            if again != sums:
+                raise RuntimeError(f"{name}: a pass made different bytes than the warm-up pass")
+            times.append(secs)
+        made = {names.get(node, node): count - before.get(node, 0) for node, count in core.engine.made_on.items()}
+    log(f"  {name}: Ray up in {started:.1f} s, warm-up {warmup:.2f} s, passes " + ", ".join(f"{t:.2f}" for t in times)
+        + f"; ranges per node {made}")
+    return {"events": plan.num_events, "ranges": n, "ray_start_s": started, "warmup_s": warmup, "seconds": times,
+            "median_s": med(times), "events_per_s": plan.num_events / med(times), "made_on": made, "adler32": sums,
+            "worker_writes": worker_writes and cluster is None}
+
+
+# -- warm -----------------------------------------------------------------------------------------
+
+def warm(work: Path, root_file: Path, address: str, range_events: int, repeats: int, log: Log) -> dict[str, Any]:
+    """GETs of one cached range from a single-node gateway and from a gateway on the cluster."""
+    from vdata.client import Client
+
+    single = Gateway(work, "cl-single", num_cpus=2, lookahead=0, allowed_roots=[root_file.parent])
+    joined = Gateway(work, "cl-joined", num_cpus=2, lookahead=0, allowed_roots=[root_file.parent])
+    joined.env["VDATA_RAY_ADDRESS"] = address
+    out: dict[str, Any] = {"range_events": range_events}
+    with single, joined:
+        sides: dict[str, tuple[str, str | None, list[int]]] = {}
+        files = {}
+        for side, gw in (("single", single), ("cluster", joined)):
+            with Client(gw.url, gw.token, timeout=600) as client:
+                client.add_dataset(DATASET, [str(root_file)], "Events")
+                info = client.submit({"source": {"dataset": DATASET}, "range_events": range_events})
+            url = f"{gw.url}/v1/recipes/{info.id}/ranges/0?format=arrow"
+            t0 = time.perf_counter()
+            size, _, status = curl_get(url, gw.token)  # made cold, then cached
+            if status != 200:
+                raise RuntimeError(f"GET {url}: HTTP {status}")
+            out[f"{side}_cold_range_s"] = time.perf_counter() - t0
+            files[side] = gw.data_dir / "cache" / info.id / "00000000.arrow"
+            out["bytes"] = size
+            sides[side] = (url, gw.token, [gw.pid])
+        blobs = {side: path.read_bytes() for side, path in files.items()}
+        if len(blobs["single"]) != len(blobs["cluster"]):
+            raise RuntimeError(f"the cached range has {len(blobs['single'])} bytes on the single node, "
+                               f"{len(blobs['cluster'])} on the cluster")
+        out["identical"] = zlib.adler32(blobs["single"]) == zlib.adler32(blobs["cluster"]) and \
+            blobs["single"] == blobs["cluster"]
+        del blobs
+        log(f"  range 0 ({range_events:,} events, {out['bytes'] / 1e6:.1f} MB) made cold through the gateway in "
+            f"{out['single_cold_range_s']:.1f} s (single) / {out['cluster_cold_range_s']:.1f} s (cluster)")
+        runs, cpu = _alternate(sides, out["bytes"], repeats)
+    s, c = med(runs["single"]), med(runs["cluster"])
+    out.update({"repeats": repeats, "client": "curl -o /dev/null", "single_Bps": s, "cluster_Bps": c, "ratio": c / s,
+                "single_runs_Bps": runs["single"], "cluster_runs_Bps": runs["cluster"],
+                "gateway_cpu_s": cpu})
+    log(f"  warm GETs: single {s / 1e9:.2f} GB/s, cluster {c / 1e9:.2f} GB/s")
+    return out
+
+
+# -- the part -------------------------------------------------------------------------------------
+
+def cluster_part(work: Path, root_file: Path, range_events: int, warm_events: int, repeats: int,
+                 warm_repeats: int, object_store_bytes: int, bytes_row: bool, log: Log) -> dict[str, Any]:
+    """The single node first (nothing else of this part running), then the cluster: its cold
+    job through a Core in this process, then warm delivery through two gateways."""
+    out: dict[str, Any] = {"input": str(root_file), "range_events": range_events,
+                           "layout": "single: 1 node, 2 CPUs; cluster: head 0 CPUs + 2 worker nodes x 1 CPU, "
+                                     f"{object_store_bytes // MiB} MiB object stores, 127.0.0.1",
+                           "target": TARGET}
+    log("  cold job, single node (embedded Ray, 2 CPUs)")
+    single = cold(work, "single", root_file, range_events, repeats, log)
+    out["single"] = single
+    if bytes_row:
+        log("  cold job, single node, tasks return their bytes (worker_writes=False)")
+        out["single_bytes"] = cold(work, "bytes", root_file, range_events, repeats, log, worker_writes=False)
+    with ray_cluster(object_store_bytes, log) as cl:
+        log("  cold job, 3-node cluster (the engine joins it by address)")
+        on_cluster = cold(work, "cluster", root_file, range_events, repeats, log, cluster=cl)
+        out["cluster"] = on_cluster
+        log("  warm delivery: a single-node gateway and a gateway on the cluster")
+        out["warm"] = warm(work, root_file, cl.address, warm_events, warm_repeats, log)
+    out["ratio"] = on_cluster["median_s"] / single["median_s"]
+    out["met"] = out["ratio"] <= TARGET
+    out["identical"] = on_cluster["adler32"] == single["adler32"] and \
+        ("single_bytes" not in out or out["single_bytes"]["adler32"] == single["adler32"])
+    return out
+
+
+def table_rows(c: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    def rate(x: float) -> str:
+        return f"{x / 1e9:.2f} GB/s"
+
+    s, cl = c["single"], c["cluster"]
+    rows = [("cluster", f"cold job, single node 2 CPUs ({s['ranges']} ranges, {s['events']:,} ev)",
+             f"{s['median_s']:.2f} s", f"{s['events_per_s'] / 1e6:.2f} Mev/s")]
+    if "single_bytes" in c:
+        b = c["single_bytes"]
+        rows.append(("cluster", "cold job, single node, bytes returned (no worker write)", f"{b['median_s']:.2f} s",
+                     f"{b['median_s'] / s['median_s']:.2f}x single"))
+    rows += [("cluster", "cold job, 3 nodes (head 0 CPU + 2 x 1 CPU)", f"{cl['median_s']:.2f} s",
+              f"{cl['events_per_s'] / 1e6:.2f} Mev/s"),
+             ("cluster", "ratio cluster / single (cold)", f"{c['ratio']:.2f}x",
+              f"<= {TARGET}: {'met' if c['met'] else 'MISSED'}"),
+             ("cluster", "ranges made per node (timed passes)",
+              " / ".join(f"{k} {v}" for k, v in sorted(cl["made_on"].items())), ""),
+             ("cluster", "bytes identical to single node (adler32/range)", "yes" if c["identical"] else "NO", "")]
+    if "warm" in c:
+        w = c["warm"]
+        rows += [("cluster", f"warm GET, single-node gateway, {w['bytes'] / 1e6:.1f} MB", rate(w["single_Bps"]), ""),
+                 ("cluster", "warm GET, gateway on the cluster", rate(w["cluster_Bps"]),
+                  "same bytes" if w["identical"] else "BYTES DIFFER"),
+                 ("cluster", "ratio cluster / single (warm)", f"{w['ratio']:.2f}x", "")]
+    return rows
