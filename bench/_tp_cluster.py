@@ -89,6 +89,40 @@ def _node_names(cluster: Any | None) -> dict[str, str]:
 
 # -- cold -----------------------------------------------------------------------------------------
 
+def _kind(proc: Any) -> str:
+    """What a Ray process is, by its command line: the workers (``ray::...``: the tasks), the
+    raylets (which move objects between the nodes' stores), the GCS, or the rest (agents)."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # noqa: BLE001 - gone
+        return "other"
+    first = cmd[0] if cmd else ""
+    if first.startswith("ray::"):
+        return "workers"
+    for kind in ("raylet", "gcs_server"):
+        if first.endswith(kind):
+            return kind
+    return "other"
+
+
+def cpu_by_kind() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (the driver: the engine, its
+    ``ray.get`` and cache writes) and of every Ray process it started, by kind."""
+    import psutil
+
+    me = psutil.Process()
+    times = me.cpu_times()
+    out = {"driver": times.user + times.system}
+    for proc in me.children(recursive=True):
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        kind = _kind(proc)
+        out[kind] = out.get(kind, 0.0) + t.user + t.system
+    return out
+
+
 def _pass(core: Any, rid: str, n_ranges: int) -> tuple[float, list[int]]:
     """Seconds from submitting every range to every range cached, and the adler32 of each
     cache file; the entries are removed after (a cold cache for the next pass)."""
@@ -126,17 +160,22 @@ def cold(work: Path, name: str, root_file: Path, range_events: int, repeats: int
         n = len(plan.ranges)
         warmup, sums = _pass(core, plan.id, n)
         before = dict(core.engine.made_on)
+        cpu0 = cpu_by_kind()
         times = []
         for _ in range(repeats):
             secs, again = _pass(core, plan.id, n)
             if again != sums:
                 raise RuntimeError(f"{name}: a pass made different bytes than the warm-up pass")
             times.append(secs)
+        cpu1 = cpu_by_kind()
+        cpu = {k: (cpu1[k] - cpu0.get(k, 0.0)) / repeats for k in cpu1}  # per pass
         made = {names.get(node, node): count - before.get(node, 0) for node, count in core.engine.made_on.items()}
     log(f"  {name}: Ray up in {started:.1f} s, warm-up {warmup:.2f} s, passes " + ", ".join(f"{t:.2f}" for t in times)
-        + f"; ranges per node {made}")
+        + f"; ranges per node {made}; CPU s per pass: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items())))
     return {"events": plan.num_events, "ranges": n, "ray_start_s": started, "warmup_s": warmup, "seconds": times,
             "median_s": med(times), "events_per_s": plan.num_events / med(times), "made_on": made, "adler32": sums,
+            "cpu_s_per_pass": cpu,
             "worker_writes": worker_writes and cluster is None}
 
 
@@ -231,6 +270,12 @@ def table_rows(c: dict[str, Any]) -> list[tuple[str, str, str, str]]:
              ("cluster", "ranges made per node (timed passes)",
               " / ".join(f"{k} {v}" for k, v in sorted(cl["made_on"].items())), ""),
              ("cluster", "bytes identical to single node (adler32/range)", "yes" if c["identical"] else "NO", "")]
+    for name in ("single", "single_bytes", "cluster"):
+        if name in c:
+            cpu = c[name]["cpu_s_per_pass"]
+            rows.append(("cluster", f"CPU s per cold pass, {name}: workers / raylets / driver / gcs+other",
+                         f"{cpu.get('workers', 0):.2f} / {cpu.get('raylet', 0):.2f} / {cpu.get('driver', 0):.2f} / "
+                         f"{cpu.get('gcs_server', 0) + cpu.get('other', 0):.2f}", ""))
     if "warm" in c:
         w = c["warm"]
         rows += [("cluster", f"warm GET, single-node gateway, {w['bytes'] / 1e6:.1f} MB", rate(w["single_Bps"]), ""),
