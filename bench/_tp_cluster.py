@@ -75,12 +75,8 @@ def ray_cluster(object_store_bytes: int, log: Log) -> Iterator[Any]:
             kill_pids(sorted(ours))  # what the nodes left behind (by pid, only theirs)
 
 
-def _node_names(cluster: Any | None) -> dict[str, str]:
-    """Node id -> "head" / "worker1" / "worker2" (the single node: "head")."""
-    if cluster is None:
-        import ray
-
-        return {ray.get_runtime_context().get_node_id(): "head"}
+def _node_names(cluster: Any) -> dict[str, str]:
+    """Node id -> "head" / "worker1" / "worker2"."""
     names = {cluster.head_node.node_id: "head"}
     for i, node in enumerate(sorted(cluster.worker_nodes, key=lambda n: n.node_id), 1):
         names[node.node_id] = f"worker{i}"
@@ -105,20 +101,28 @@ def _kind(proc: Any) -> str:
     return "other"
 
 
-def cpu_by_kind() -> dict[str, float]:
-    """CPU seconds (user + system) so far of this process (the driver: the engine, its
-    ``ray.get`` and cache writes) and of every Ray process it started, by kind."""
+def _tree(pid: int) -> list[Any]:
     import psutil
 
-    me = psutil.Process()
-    times = me.cpu_times()
-    out = {"driver": times.user + times.system}
-    for proc in me.children(recursive=True):
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cpu(procs: list[Any], driver: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``procs`` by kind; ``driver`` is the engine's
+    process (its ``ray.get`` of the results, its cache writes)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in procs:
         try:
             t = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        kind = _kind(proc)
+        kind = "driver" if proc.pid == driver else _kind(proc)
         out[kind] = out.get(kind, 0.0) + t.user + t.system
     return out
 
@@ -138,45 +142,143 @@ def _pass(core: Any, rid: str, n_ranges: int) -> tuple[float, list[int]]:
     return elapsed, sums
 
 
-def cold(work: Path, name: str, root_file: Path, range_events: int, repeats: int, log: Log, *,
-         cluster: Any | None = None, worker_writes: bool = True, object_store_bytes: int = 400 * MiB) -> dict[str, Any]:
-    """One configuration's cold job: a Core in this process, on its embedded 2-CPU Ray or
-    joined to ``cluster``."""
+def _serve(conn: Any, work: Path, name: str, root_file: Path, range_events: int, address: str | None,
+           worker_writes: bool, object_store_bytes: int, node_names: dict[str, str]) -> None:
+    """A configuration's engine, in its own process (so that the configurations' cold passes
+    can alternate): a Core on its embedded 2-CPU Ray, or joined to the cluster at ``address``;
+    it makes a cold pass on each "pass" it is sent, until "stop"."""
     from service.core.core import Core, CoreConfig
     from service.core.engine import EngineConfig
 
-    if cluster is not None:
-        engine = EngineConfig(address=cluster.address, lookahead=0, max_in_flight=8)
+    if address is not None:
+        engine = EngineConfig(address=address, lookahead=0, max_in_flight=8)
     else:
+        # node_failure_seconds: Ray's default health checks, not the engine's 3 s: several Rays
+        # start here at once on 2 shared cores, and a starved raylet must not be declared dead
         engine = EngineConfig(num_cpus=2, lookahead=0, max_in_flight=8, object_store_bytes=object_store_bytes,
-                              temp_dir=str(work / f"r{name[:4]}"), worker_writes=worker_writes)
+                              temp_dir=str(work / f"ray-{name}"), worker_writes=worker_writes,
+                              node_failure_seconds=30.0)
     config = CoreConfig(data_dir=work / f"{name}-data", cache_budget_bytes=8 * 1024**3, engine=engine)
-    t0 = time.perf_counter()
-    with Core(config) as core:
-        started = time.perf_counter() - t0
-        names = _node_names(cluster)
-        core.add_dataset(DATASET, [str(root_file)], "Events")
-        plan = core.submit({"source": {"dataset": DATASET}, "range_events": range_events})
-        n = len(plan.ranges)
-        warmup, sums = _pass(core, plan.id, n)
-        before = dict(core.engine.made_on)
-        cpu0 = cpu_by_kind()
-        times = []
-        for _ in range(repeats):
-            secs, again = _pass(core, plan.id, n)
-            if again != sums:
-                raise RuntimeError(f"{name}: a pass made different bytes than the warm-up pass")
-            times.append(secs)
-        cpu1 = cpu_by_kind()
-        cpu = {k: (cpu1[k] - cpu0.get(k, 0.0)) / repeats for k in cpu1}  # per pass
-        made = {names.get(node, node): count - before.get(node, 0) for node, count in core.engine.made_on.items()}
-    log(f"  {name}: Ray up in {started:.1f} s, warm-up {warmup:.2f} s, passes " + ", ".join(f"{t:.2f}" for t in times)
-        + f"; ranges per node {made}; CPU s per pass: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items())))
-    return {"events": plan.num_events, "ranges": n, "ray_start_s": started, "warmup_s": warmup, "seconds": times,
-            "median_s": med(times), "events_per_s": plan.num_events / med(times), "made_on": made, "adler32": sums,
-            "cpu_s_per_pass": cpu,
-            "worker_writes": worker_writes and cluster is None}
+    try:
+        t0 = time.perf_counter()
+        with Core(config) as core:
+            started = time.perf_counter() - t0
+            if address is None:
+                import ray
+
+                node_names = {ray.get_runtime_context().get_node_id(): "head"}
+            core.add_dataset(DATASET, [str(root_file)], "Events")
+            plan = core.submit({"source": {"dataset": DATASET}, "range_events": range_events})
+            conn.send(("ready", started, len(plan.ranges), plan.num_events))
+            while conn.recv() == "pass":
+                before = dict(core.engine.made_on)
+                secs, sums = _pass(core, plan.id, len(plan.ranges))
+                made = {node_names.get(node, node): count - before.get(node, 0)
+                        for node, count in core.engine.made_on.items() if count > before.get(node, 0)}
+                conn.send(("pass", secs, sums, made))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+class Side:
+    """One configuration of the cold job: its engine process (:func:`_serve`), the passes it
+    made, and the CPU its processes spent in them."""
+
+    def __init__(self, work: Path, name: str, root_file: Path, range_events: int, *, address: str | None = None,
+                 worker_writes: bool = True, object_store_bytes: int = 300 * MiB,
+                 node_names: dict[str, str] | None = None, cluster_pids: Callable[[], list[Any]] | None = None) -> None:
+        import multiprocessing
+
+        self.name = name
+        self.worker_writes = worker_writes and address is None
+        self._cluster_pids = cluster_pids
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, name=f"vdata-bench-{name}", daemon=False,
+                                args=(child, work, name, root_file, range_events, address, worker_writes,
+                                      object_store_bytes, node_names or {}))
+        self.seconds: list[float] = []
+        self.sums: list[int] | None = None
+        self.made: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}
+        self.warmup = 0.0
+
+    def start(self) -> Side:
+        self.proc.start()
+        _, self.ray_start, self.ranges, self.events = self._answer(600)
+        return self
+
+    def _answer(self, timeout: float) -> tuple[Any, ...]:
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"{self.name}: no answer from its engine process in {timeout:.0f} s")
+        msg = self._conn.recv()
+        if msg[0] == "error":
+            raise RuntimeError(f"{self.name}: {msg[1]}")
+        return msg
+
+    def procs(self) -> list[Any]:
+        """This side's processes: its engine process and what it started, and the cluster's nodes."""
+        return _tree(self.proc.pid) + (self._cluster_pids() if self._cluster_pids else [])
+
+    def one_pass(self, timed: bool) -> float:
+        procs = self.procs()
+        cpu0 = _cpu(procs, self.proc.pid)
+        self._conn.send("pass")
+        _, secs, sums, made = self._answer(900)
+        if self.sums is None:
+            self.sums = sums
+        elif sums != self.sums:
+            raise RuntimeError(f"{self.name}: a pass made different bytes than the first one")
+        if timed:
+            cpu1 = _cpu(procs, self.proc.pid)
+            for kind, value in cpu1.items():
+                self.cpu[kind] = self.cpu.get(kind, 0.0) + value - cpu0.get(kind, 0.0)
+            for node, count in made.items():
+                self.made[node] = self.made.get(node, 0) + count
+            self.seconds.append(secs)
+        else:
+            self.warmup = secs
+        return float(secs)
+
+    def stop(self) -> None:
+        """Ask the engine to stop (it shuts its Ray down), then end what is left by pid."""
+        if self.proc.pid is None:  # never started
+            return
+        leftovers = [p.pid for p in _tree(self.proc.pid)]
+        if self.proc.is_alive():
+            try:
+                self._conn.send("stop")
+            except OSError:
+                pass
+            self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=10)
+        time.sleep(0.2)
+        kill_pids(leftovers)
+        self._conn.close()
+
+    def result(self) -> dict[str, Any]:
+        repeats = len(self.seconds)
+        return {"events": self.events, "ranges": self.ranges, "ray_start_s": self.ray_start, "warmup_s": self.warmup,
+                "seconds": self.seconds, "median_s": med(self.seconds), "events_per_s": self.events / med(self.seconds),
+                "made_on": self.made, "adler32": self.sums, "worker_writes": self.worker_writes,
+                "cpu_s_per_pass": {k: v / repeats for k, v in self.cpu.items()}}
+
+
+def cold(sides: list[Side], repeats: int, log: Log) -> None:
+    """One untimed warm-up pass each, then ``repeats`` rounds of one timed pass each, the order
+    of the sides reversed every round (ABBA), so that a load that changes slowly (the machine
+    is shared) weighs on every side alike."""
+    for side in sides:
+        log(f"  {side.name}: engine up in {side.ray_start:.1f} s, warm-up pass {side.one_pass(False):.2f} s")
+    for r in range(repeats):
+        order = sides if r % 2 == 0 else sides[::-1]
+        log(f"  round {r + 1}: " + ", ".join(f"{side.name} {side.one_pass(True):.2f} s" for side in order))
+    for side in sides:
+        log(f"  {side.name}: ranges per node {side.made}; CPU s per pass: "
+            + ", ".join(f"{k} {v / repeats:.2f}" for k, v in sorted(side.cpu.items())))
 
 
 # -- warm -----------------------------------------------------------------------------------------
@@ -227,28 +329,49 @@ def warm(work: Path, root_file: Path, address: str, range_events: int, repeats: 
 
 def cluster_part(work: Path, root_file: Path, range_events: int, warm_events: int, repeats: int,
                  warm_repeats: int, object_store_bytes: int, bytes_row: bool, log: Log) -> dict[str, Any]:
-    """The single node first (nothing else of this part running), then the cluster: its cold
-    job through a Core in this process, then warm delivery through two gateways."""
+    """The cold job on every side at once (each side's engine in its own process, the passes
+    alternating), then warm delivery through two gateways."""
+    import psutil
+
     out: dict[str, Any] = {"input": str(root_file), "range_events": range_events,
                            "layout": "single: 1 node, 2 CPUs; cluster: head 0 CPUs + 2 worker nodes x 1 CPU, "
                                      f"{object_store_bytes // MiB} MiB object stores, 127.0.0.1",
                            "target": TARGET}
-    log("  cold job, single node (embedded Ray, 2 CPUs)")
-    single = cold(work, "single", root_file, range_events, repeats, log)
-    out["single"] = single
-    if bytes_row:
-        log("  cold job, single node, tasks return their bytes (worker_writes=False)")
-        out["single_bytes"] = cold(work, "bytes", root_file, range_events, repeats, log, worker_writes=False)
-    with ray_cluster(object_store_bytes, log) as cl:
-        log("  cold job, 3-node cluster (the engine joins it by address)")
-        on_cluster = cold(work, "cluster", root_file, range_events, repeats, log, cluster=cl)
-        out["cluster"] = on_cluster
-        log("  warm delivery: a single-node gateway and a gateway on the cluster")
-        out["warm"] = warm(work, root_file, cl.address, warm_events, warm_repeats, log)
+    sides: list[Side] = []
+
+    def cluster_procs() -> list[Any]:  # the cluster's nodes (and their workers): this process's other children
+        theirs = {p.pid for side in sides for p in _tree(side.proc.pid)}
+        return [p for p in psutil.Process().children(recursive=True) if p.pid not in theirs]
+
+    try:
+        log("  single node: an engine on its embedded Ray with 2 CPUs")
+        sides.append(Side(work, "single", root_file, range_events))
+        sides[-1].start()
+        if bytes_row:
+            log("  single node, tasks return their bytes (worker_writes=False)")
+            sides.append(Side(work, "single_bytes", root_file, range_events, worker_writes=False))
+            sides[-1].start()
+        with ray_cluster(object_store_bytes, log) as cl:
+            log("  cluster: an engine joined to it by its address")
+            sides.append(Side(work, "cluster", root_file, range_events, address=cl.address,
+                              node_names=_node_names(cl), cluster_pids=cluster_procs))
+            sides[-1].start()
+            try:
+                cold(sides, repeats, log)
+                for side in sides:
+                    out[side.name] = side.result()
+            finally:
+                for side in sides:  # before the cluster they use goes
+                    side.stop()
+            log("  warm delivery: a single-node gateway and a gateway on the cluster")
+            out["warm"] = warm(work, root_file, cl.address, warm_events, warm_repeats, log)
+    finally:
+        for side in sides:
+            side.stop()
+    single, on_cluster = out["single"], out["cluster"]
     out["ratio"] = on_cluster["median_s"] / single["median_s"]
     out["met"] = out["ratio"] <= TARGET
-    out["identical"] = on_cluster["adler32"] == single["adler32"] and \
-        ("single_bytes" not in out or out["single_bytes"]["adler32"] == single["adler32"])
+    out["identical"] = all(out[side.name]["adler32"] == single["adler32"] for side in sides)
     return out
 
 
