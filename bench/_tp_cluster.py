@@ -14,10 +14,16 @@ bytes    (``--cluster-bytes-row``) the single node again with ``worker_writes=Fa
          the cluster's extra time into "bytes back to the driver" and "between nodes".
 
 Cold job: every range of the input (the ``cold`` part's file, recipe and ranges) materialized
-from an empty cache, from submitting all ranges to all cached; one untimed warm-up pass per
-configuration, then the median of ``repeats`` passes; the cache entries are removed after
-each pass. Each pass's files are checked by adler32 against the single node's. The ranges each
-node made are counted from the engine's ``made_on`` over the timed passes.
+from an empty cache, from submitting all ranges to all cached; the cache entries are removed
+after each pass. Each configuration's engine (a ``Core``) runs in its own process, all of them
+up at once, so that their passes alternate: one untimed warm-up pass each, then ``repeats``
+rounds of one pass each, the order reversed every round; the median per configuration. (The
+machine is shared: a load that changes slowly weighs on every side alike.) Every pass's files
+are checked by adler32 against the single node's. The ranges each node made are counted from
+the engine's ``made_on`` over the timed passes; the CPU seconds per pass of each side's
+processes are summed by kind (its engine process, the Ray workers, the raylets, the GCS and
+the rest), which says where the cluster's extra time goes; ``--profile`` adds py-spy on each
+engine process's ``Engine._finish`` (``ray.get`` of the result, the cache write).
 
 Warm delivery: a gateway (``python -m service``) with its embedded 2-CPU Ray and a gateway
 joined to the cluster, both up at once; one range of ``warm_events`` events is made cold
@@ -39,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench._tp_parts import DATASET, _alternate, curl_get, med
+from bench._tp_parts import DATASET, _alternate, _py_spy, _py_spy_finish, curl_get, med
 from bench._tp_procs import Gateway, descendants, kill_pids
 
 Log = Callable[[str], None]
@@ -281,14 +287,26 @@ def cold(sides: list[Side], repeats: int, log: Log) -> None:
             + ", ".join(f"{k} {v / repeats:.2f}" for k, v in sorted(side.cpu.items())))
 
 
+def profile(work: Path, side: Side, seconds: float = 8.0) -> list[str] | None:
+    """py-spy on a side's engine process (all threads: the collector, the writers' ``ray.get``
+    and cache writes) during untimed passes for about ``seconds``."""
+    spy = _py_spy(side.proc.pid, work / f"{side.name}-profile.txt", time.time() - 1.0, seconds)
+    if spy is None:
+        return None
+    end = time.time() + seconds + 1
+    while time.time() < end:
+        side.one_pass(False)
+    return _py_spy_finish(spy, must="_finish (")
+
+
 # -- warm -----------------------------------------------------------------------------------------
 
 def warm(work: Path, root_file: Path, address: str, range_events: int, repeats: int, log: Log) -> dict[str, Any]:
     """GETs of one cached range from a single-node gateway and from a gateway on the cluster."""
     from vdata.client import Client
 
-    single = Gateway(work, "cl-single", num_cpus=2, lookahead=0, allowed_roots=[root_file.parent])
-    joined = Gateway(work, "cl-joined", num_cpus=2, lookahead=0, allowed_roots=[root_file.parent])
+    single = Gateway(work, "single-gw", num_cpus=2, lookahead=0, allowed_roots=[root_file.parent])
+    joined = Gateway(work, "joined-gw", num_cpus=2, lookahead=0, allowed_roots=[root_file.parent])
     joined.env["VDATA_RAY_ADDRESS"] = address
     out: dict[str, Any] = {"range_events": range_events}
     with single, joined:
@@ -328,7 +346,8 @@ def warm(work: Path, root_file: Path, address: str, range_events: int, repeats: 
 # -- the part -------------------------------------------------------------------------------------
 
 def cluster_part(work: Path, root_file: Path, range_events: int, warm_events: int, repeats: int,
-                 warm_repeats: int, object_store_bytes: int, bytes_row: bool, log: Log) -> dict[str, Any]:
+                 warm_repeats: int, object_store_bytes: int, bytes_row: bool, log: Log,
+                 profile_sides: bool = False) -> dict[str, Any]:
     """The cold job on every side at once (each side's engine in its own process, the passes
     alternating), then warm delivery through two gateways."""
     import psutil
@@ -360,6 +379,10 @@ def cluster_part(work: Path, root_file: Path, range_events: int, warm_events: in
                 cold(sides, repeats, log)
                 for side in sides:
                     out[side.name] = side.result()
+                if profile_sides:
+                    for side in sides:
+                        log(f"  py-spy on the {side.name} engine (its threads finishing ranges) during cold passes")
+                        out[side.name]["profile_top"] = profile(work, side)
             finally:
                 for side in sides:  # before the cluster they use goes
                     side.stop()

@@ -34,10 +34,11 @@ memory      Peak RSS (VmHWM) of the gateway process and of a streaming client pr
             columns), read at 1M events and at the end. Target: flat (<= 10% growth).
 cluster     Cold replication and warm delivery on a 3-node Ray cluster (``ray.cluster_utils.Cluster``,
             head 0 CPUs + 2 worker nodes x 1 CPU, 127.0.0.1) against a single node with 2 CPUs
-            (bench/_tp_cluster.py): the ``cold`` part's file, ranges and recipe through a Core in this
-            process (median of --repeats cold passes; ranges per node; adler32 of every range equal
-            to the single node's), then GETs of a cached range from a single-node gateway and a
-            gateway joined to the cluster, alternating. Target: cluster cold time <= 1.2x single.
+            (bench/_tp_cluster.py): the ``cold`` part's file, ranges and recipe, each configuration's
+            engine in its own process, their cold passes alternating (median of --repeats; ranges
+            per node; CPU per pass by Ray process kind; adler32 of every range equal to the single
+            node's), then GETs of a cached range from a single-node gateway and a gateway joined to
+            the cluster, alternating. Target: cluster cold time <= 1.2x single.
 generation  zmumu end to end (cold, through the engine, every range materialized into the
             cache as Arrow) with 1 and 2 workers, vs ``generate()`` alone in one process over
             the same events (and the in-process materialize + encode without Ray, for reference).
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             log("cluster: cold job and warm delivery, 3-node Ray cluster vs single node")
             res["cluster"] = cluster_part(work, root_file, args.cold_range_events, args.warm_events, args.repeats,
                                           args.warm_repeats, args.cluster_object_store_mb * 1024**2,
-                                          args.cluster_bytes_row, log)
+                                          args.cluster_bytes_row, log, args.profile)
         if "memory" in only:
             log(f"memory: streaming {args.memory_events:,} zmumu events")
             marks = sorted({min(1_000_000, args.memory_events), args.memory_events})
@@ -258,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             who = "engine collector thread (2 workers)" if part == "cold" else "gateway"
             print(f"\n{who} profile during {part} (py-spy --idle, inclusive):")
             print("\n".join(res[part]["profile_top"]))
+    for side, c in res.get("cluster", {}).items():
+        if isinstance(c, dict) and c.get("profile_top"):
+            print(f"\ncluster part, {side}: engine's threads finishing ranges (Engine._finish: ray.get + cache write) during cold passes (py-spy --idle, inclusive):")
+            print("\n".join(c["profile_top"]))
     print(f"\nrun time {meta['run_seconds']:.0f} s; load average before {meta['loadavg_before']}, after "
           f"{meta['loadavg_after']} (machine shared)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
