@@ -32,6 +32,13 @@ scaleout    Dispatch scaled out (bench/_tp_scaleout.py): the same lease -> finis
 memory      Peak RSS (VmHWM) of the gateway process and of a streaming client process
             (``Client.stream``, prefetch 4) over a ``--memory-events`` zmumu dataset (4
             columns), read at 1M events and at the end. Target: flat (<= 10% growth).
+cluster     Cold replication and warm delivery on a 3-node Ray cluster (``ray.cluster_utils.Cluster``,
+            head 0 CPUs + 2 worker nodes x 1 CPU, 127.0.0.1) against a single node with 2 CPUs
+            (bench/_tp_cluster.py): the ``cold`` part's file, ranges and recipe, each configuration's
+            engine in its own process, their cold passes alternating (median of --repeats; ranges
+            per node; CPU per pass by Ray process kind; adler32 of every range equal to the single
+            node's), then GETs of a cached range from a single-node gateway and a gateway joined to
+            the cluster, alternating. Target: cluster cold time <= 1.2x single.
 generation  zmumu end to end (cold, through the engine, every range materialized into the
             cache as Arrow) with 1 and 2 workers, vs ``generate()`` alone in one process over
             the same events (and the in-process materialize + encode without Ray, for reference).
@@ -64,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 from bench import _tp_parts as parts  # noqa: E402
 from bench.read import ensure_input, machine_info  # noqa: E402
 
-PARTS = ("warm", "cold", "dispatch", "scaleout", "memory", "generation")
+PARTS = ("warm", "cold", "dispatch", "scaleout", "memory", "generation", "cluster")
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "throughput.json"
 
 
@@ -123,6 +130,10 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         from bench._tp_scaleout import table_rows
 
         rows += table_rows(res["scaleout"])
+    if "cluster" in res:
+        from bench._tp_cluster import table_rows as cluster_rows
+
+        rows += cluster_rows(res["cluster"])
     return rows
 
 
@@ -161,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-range-events", type=int, default=100_000)
     p.add_argument("--gen-events", type=int, default=4_000_000)
     p.add_argument("--gen-range-events", type=int, default=250_000)
+    p.add_argument("--cluster-object-store-mb", type=int, default=200, help="object store of each cluster node")
+    p.add_argument("--cluster-bytes-row", action="store_true",
+                   help="cluster part: also the single node with tasks returning their bytes (worker_writes=False)")
     p.add_argument("--input-dir", type=Path, default=ROOT / "bench" / "results" / "input")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway during dispatch")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vtp-", dir="/tmp"))
     try:
         root_file = None
-        if "warm" in only or "cold" in only:
+        if "warm" in only or "cold" in only or "cluster" in only:
             root_file, _ = ensure_input(args.input_dir, args.cold_events, "zlib", 100_000, log)
         if "warm" in only:
             log("warm delivery: gateway vs nginx")
@@ -223,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"scaleout: dispatch on {', '.join(f'{d} x{n}' for d, n in configs)}")
             res["scaleout"] = scaleout(work, configs, args.dispatch_workers, args.dispatch_procs, args.dispatch_seconds,
                                        args.dispatch_ranges, [float(x) for x in args.open_loop.split(",") if x], log)
+        if "cluster" in only:
+            from bench._tp_cluster import cluster_part
+
+            log("cluster: cold job and warm delivery, 3-node Ray cluster vs single node")
+            res["cluster"] = cluster_part(work, root_file, args.cold_range_events, args.warm_events, args.repeats,
+                                          args.warm_repeats, args.cluster_object_store_mb * 1024**2,
+                                          args.cluster_bytes_row, log, args.profile)
         if "memory" in only:
             log(f"memory: streaming {args.memory_events:,} zmumu events")
             marks = sorted({min(1_000_000, args.memory_events), args.memory_events})
@@ -238,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             who = "engine collector thread (2 workers)" if part == "cold" else "gateway"
             print(f"\n{who} profile during {part} (py-spy --idle, inclusive):")
             print("\n".join(res[part]["profile_top"]))
+    for side, c in res.get("cluster", {}).items():
+        if isinstance(c, dict) and c.get("profile_top"):
+            print(f"\ncluster part, {side}: engine's threads finishing ranges (Engine._finish: ray.get + cache write) during cold passes (py-spy --idle, inclusive):")
+            print("\n".join(c["profile_top"]))
     print(f"\nrun time {meta['run_seconds']:.0f} s; load average before {meta['loadavg_before']}, after "
           f"{meta['loadavg_after']} (machine shared)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
