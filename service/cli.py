@@ -414,7 +414,7 @@ def jobs_status(
     if as_json:
         _print_json(status)
     else:
-        console.print(details(status), highlight=False)
+        console.print(details(status), highlight=False, soft_wrap=True)  # lines stay whole, whatever the width
 
 
 @jobs_app.command("watch")

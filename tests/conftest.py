@@ -16,7 +16,9 @@ from vdata.testing import RangeFileServer
 
 # The longest test files, started first: with two xdist workers (make test), a long file left
 # for the end would run alone while the other worker idles.
-LONGEST_FIRST = ("tests/security/test_schemathesis.py", "tests/reliability/test_ray_private.py",
+LONGEST_FIRST = ("tests/security/test_schemathesis.py", "tests/service/test_gateways.py",
+                 "tests/vdata/data/test_sources.py", "tests/reliability/test_ray_private.py",
+                 "tests/service/http/test_ray_head_restart.py", "tests/transforms/test_expressions.py",
                  "tests/security/test_user_code_isolation.py")
 
 

@@ -61,8 +61,11 @@ def report(worker: httpx.Client, job: str, index: int, who: str, what: str = "fi
 
 
 def test_jobs_status_shows_events_rate_eta_and_failures_per_worker(
-    env: Env, gateway: BackgroundServer, worker: httpx.Client
+    env: Env, gateway: BackgroundServer, worker: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import service.cli
+
+    monkeypatch.setattr(service.cli.console, "width", 60)  # a narrow terminal: the lines must not wrap
     job = new_job(env, "vds-cli-status")
     assert leased(worker, job, "w1", 3) == [0, 1, 2]
     report(worker, job, 0, "w1")

@@ -225,7 +225,7 @@ def test_a_range_asked_from_every_gateway_at_once_is_made_once(cluster: Cluster)
 
 
 WORKERS = 200
-RANGES = 300
+RANGES = 200
 KILLS = 3
 
 
