@@ -96,12 +96,24 @@ async def capture(chromium: str, url: str, token: str, out: Path, wait_s: float)
             await call("Page.enable")
             await call("Page.navigate", url=url)
             await asyncio.sleep(wait_s)  # the dashboard's own polling fills the tables
+            # open the task progress by name (the row under "Ray Core Overview")
+            found = await call("Runtime.evaluate", returnByValue=True, expression=EXPAND)
+            print("expanded:", found.get("result", {}).get("value"))
+            await asyncio.sleep(3)
             shot = await call("Page.captureScreenshot", format="png")
             out.write_bytes(base64.b64decode(shot["data"]))
     finally:
         os.killpg(browser.pid, signal.SIGTERM)
         browser.wait(timeout=30)
         shutil.rmtree(profile, ignore_errors=True)
+
+
+EXPAND = """(() => {
+  const icons = [...document.querySelectorAll('svg')].filter(svg => {
+      const r = svg.getBoundingClientRect(); return r.width > 0 && r.top > 440 && r.top < 520 && r.left < 140; });
+  icons.forEach(i => (i.closest('button') || i.parentElement).dispatchEvent(new MouseEvent('click', {bubbles: true})));
+  return icons.length;
+})()"""
 
 
 def _pages(port: int) -> list[dict[str, Any]] | None:
@@ -114,8 +126,8 @@ def _pages(port: int) -> list[dict[str, Any]] | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "dashboard.png")
-    p.add_argument("--events", type=int, default=4_000_000, help="events of the demo's dataset (long enough)")
-    p.add_argument("--settle", type=float, default=8.0, help="seconds the page polls before the shot")
+    p.add_argument("--events", type=int, default=16_000_000, help="events of the demo's dataset (runs while the shot is taken)")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds the page polls before the shot")
     args = p.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
