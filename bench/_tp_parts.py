@@ -267,6 +267,7 @@ def dispatch(work: Path, workers: int, procs: int, seconds: float, ranges: int, 
 
     gateway = Gateway(work, "dispatch", num_cpus=1, lookahead=0, allowed_roots=[])
     gateway.env["VDATA_MIN_RANGE_EVENTS"] = "1"  # one-event ranges: dispatch cost only
+    gateway.env["VDATA_MAX_RANGES"] = str(max(ranges, 100_000))
     with gateway as gw:
         with Client(gw.url, gw.token, timeout=600) as client:
             info = client.submit({"source": {"generator": "zmumu", "events": ranges, "seed": 3}, "range_events": 1})

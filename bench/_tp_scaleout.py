@@ -106,6 +106,7 @@ def configuration(work: Path, database: str, n_gateways: int, workers: int, proc
             gw = Gateway(work, f"{name}-{i}", num_cpus=1, lookahead=0, allowed_roots=[],
                          object_store_bytes=80 * 1024**2, database_url=url)
             gw.env["VDATA_MIN_RANGE_EVENTS"] = "1"  # one-event ranges: dispatch cost only
+            gw.env["VDATA_MAX_RANGES"] = str(max(ranges, 100_000))
             if gateways:
                 gw.token = gateways[0].token  # the database's admin token, shown to the first only
             gateways.append(stack.enter_context(gw))
