@@ -5,28 +5,12 @@ from __future__ import annotations
 
 from service.core.db import Database
 from service.core.jobs import FAILED, FATAL, FINISHED, READY, RUNNING, JobStore
-from vdata.ranges import EventRange
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def ranges(sizes: list[int]) -> list[EventRange]:
-    out, first = [], 0
-    for i, size in enumerate(sizes):
-        out.append(EventRange(i, first, first + size))
-        first += size
-    return out
+from job_helpers import FakeClock, make_ranges
 
 
 def test_events_per_state_of_a_job(db: Database) -> None:
-    store = JobStore(db, Clock())
-    job = store.create_job("r", ranges([10, 20, 30, 40, 50]), max_attempts=1)
+    store = JobStore(db, FakeClock())
+    job = store.create_job("r", make_ranges([10, 20, 30, 40, 50]), max_attempts=1)
     leased = [lease.index for lease in store.lease(job, "w1", 4)]
     assert leased == [0, 1, 2, 3]
     store.finish(job, 0, "w1")
@@ -37,15 +21,15 @@ def test_events_per_state_of_a_job(db: Database) -> None:
 
 
 def test_only_jobs_not_done_or_recent_and_at_most_limit(db: Database) -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = JobStore(db, clock)
-    done = store.create_job("r", ranges([5]))
+    done = store.create_job("r", make_ranges([5]))
     store.lease(done, "w1", 1)
     store.finish(done, 0, "w1")  # updated at t=1000
     clock.now = 2000.0
-    open_old = store.create_job("r", ranges([7]))  # not done: shown however old
+    open_old = store.create_job("r", make_ranges([7]))  # not done: shown however old
     clock.now = 3000.0
-    newest = store.create_job("r", ranges([9]))
+    newest = store.create_job("r", make_ranges([9]))
     assert set(store.events_by_state(since=1500.0, limit=5)) == {open_old, newest}  # `done` went quiet
     assert set(store.events_by_state(since=500.0, limit=5)) == {done, open_old, newest}
     assert set(store.events_by_state(since=500.0, limit=2)) == {open_old, newest}  # the newest two

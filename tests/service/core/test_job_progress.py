@@ -10,25 +10,7 @@ from service.core import db as db_module
 from service.core.db import Database
 from service.core.jobs import JobStore
 from service.core._job_rows import progress
-from vdata.ranges import EventRange
-
-LEASE = 60.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def ranges(sizes: list[int]) -> list[EventRange]:
-    out, first = [], 0
-    for i, size in enumerate(sizes):
-        out.append(EventRange(i, first, first + size))
-        first += size
-    return out
+from job_helpers import LEASE, FakeClock, make_ranges
 
 
 def test_progress_rate_and_eta() -> None:
@@ -44,7 +26,7 @@ def test_progress_rate_and_eta() -> None:
 def test_status_counts_events_rate_eta_and_failures_per_worker(db: Database) -> None:
     clock = FakeClock()
     store = JobStore(db, clock=clock)
-    job = store.create_job("recipe-a", ranges([100, 100, 100, 100]), max_attempts=3, lease_seconds=LEASE)
+    job = store.create_job("recipe-a", make_ranges([100, 100, 100, 100]), max_attempts=3, lease_seconds=LEASE)
     clock.now += 500  # created long before anyone leases: the rate starts at the first lease
     s = store.status(job)
     assert (s.started, s.events_per_second, s.eta_seconds, s.failures_per_worker) == (None, 0.0, None, {})
@@ -80,7 +62,7 @@ def test_a_database_made_before_job_workers_gets_it(db_url: str) -> None:
     before report no failures and no rate until their next lease."""
     with Database(db_url) as old:
         store = JobStore(old)
-        job = store.create_job("r", ranges([5, 5]))
+        job = store.create_job("r", make_ranges([5, 5]))
         with old.transaction() as conn:
             conn.execute("DROP TABLE job_workers")
     with Database(db_url) as db:

@@ -38,24 +38,7 @@ from service.core.jobs import (
 )
 from service.errors import JobError, JobNotFound, LeaseError, RangeNotFound
 from vdata.ranges import EventRange
-
-LEASE = 60.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_ranges(sizes: list[int]) -> list[EventRange]:
-    ranges, first = [], 0
-    for i, size in enumerate(sizes):
-        ranges.append(EventRange(i, first, first + size))
-        first += size
-    return ranges
+from job_helpers import LEASE, FakeClock, make_ranges
 
 
 @pytest.fixture
