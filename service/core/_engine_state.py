@@ -117,9 +117,13 @@ class EngineState:
     # -- submitting ------------------------------------------------------------------------------
 
     def next_batch(self) -> list[Queued]:
-        """Take from the queue, oldest first, what fits beside the running tasks."""
+        """Take from the queue what fits beside the running tasks: ranges a client waits for
+        first, then those made ahead of need (look-ahead, stage, read-ahead), each oldest first."""
         room = max(self.max_in_flight - len(self._running), 0)
-        batch, self._queue = self._queue[:room], self._queue[room:]
+        if not room:
+            return []
+        queue = sorted(self._queue, key=lambda queued: self._why.get(queued[0], WAIT) != WAIT)  # stable
+        batch, self._queue = queue[:room], queue[room:]
         return batch
 
     def started(self, ref: Hashable, running: Running) -> None:

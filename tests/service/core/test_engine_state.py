@@ -194,8 +194,23 @@ def test_why_a_range_is_made_follows_its_first_asker_until_a_client_waits() -> N
     assert state.join(key(1), "readahead") is not None and state.why(key(1)) == "stage"  # another policy: kept
     assert state.join(key(1)) is not None and state.why(key(1)) == "wait"  # a client waits: named so
     assert state.why(key(0)) == "lookahead" and state.join(key(5)) is None
-    [(k, _)] = state.next_batch()
-    state.started("t0", Running(k, None, "t0"))
+    assert submit_all(state) == [key(1)]  # the range a client waits for goes first
+    finish(state, "task-1")
+    assert submit_all(state) == [key(0)]
     assert state.why(key(0)) == "lookahead"
-    finish(state, "t0")
+    finish(state, "task-0")
     assert state.why(key(0)) == "wait"  # forgotten with its task (the default)
+
+
+def test_a_range_a_client_waits_for_is_submitted_before_ranges_made_ahead() -> None:
+    """Read-ahead and look-ahead queue ranges nobody waits for yet; a client's range goes first
+    (oldest first within each kind), also a look-ahead range a client then asks for."""
+    state = EngineState(max_in_flight=2, max_plans=4)
+    for i in range(4):
+        state.ask(key(i), "{}", why="readahead")
+    state.ask(key(9), "{}")  # a client waits for it
+    state.ask(key(2), "{}")  # queued ahead, now waited for
+    assert submit_all(state) == [key(2), key(9)]
+    finish(state, "task-2")
+    finish(state, "task-9")
+    assert submit_all(state) == [key(0), key(1)]

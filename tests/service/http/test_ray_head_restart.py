@@ -97,6 +97,12 @@ class Head:
         reap(self.mark, grace=2.0)
 
 
+# Ray's driver gives up on a lost GCS after gcs_rpc_server_reconnect_timeout_s (60 s by default)
+# and ends the whole process; the gateway must leave Ray before that. 10 s here keeps the test short.
+RECONNECT_SECONDS = 10
+RECONNECT = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(RECONNECT_SECONDS)}
+
+
 @pytest.fixture
 def head() -> Iterator[Head]:
     the_head = Head(free_port())
@@ -114,7 +120,8 @@ def test_the_gateway_answers_503_while_the_ray_head_is_away_and_recovers(head: H
     port = free_port()
     child = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "data"), str(port),
                               f"127.0.0.1:{head.port}"], cwd=PROJECT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", **head.auth))
+                             stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1", **head.auth, **RECONNECT))
     lines: list[str] = []
 
     def token() -> str | None:
@@ -148,7 +155,7 @@ def test_the_gateway_answers_503_while_the_ray_head_is_away_and_recovers(head: H
         assert http.get(f"/v1/recipes/{recipe_id}/ranges/0").content == cached.content  # the cache still serves
         lease = http.post(f"/v1/jobs/{job_id}/lease", json={"worker": "w1", "n": 1})
         assert lease.status_code == 200 and lease.json()[0]["index"] == 0, lease.text
-        time.sleep(65)  # past Ray's 60 s GCS reconnect timeout, which used to end the gateway's process
+        time.sleep(RECONNECT_SECONDS + 5)  # past the driver's GCS reconnect timeout, which used to end the process
         assert child.poll() is None, child.communicate()[0]
         assert _refused(http, f"/v1/recipes/{recipe_id}/ranges/1") is not None
 
