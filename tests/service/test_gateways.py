@@ -226,7 +226,7 @@ def test_a_range_asked_from_every_gateway_at_once_is_made_once(cluster: Cluster)
 
 WORKERS = 200
 RANGES = 200
-KILLS = 3
+KILLS = 2
 
 
 def test_200_workers_over_killed_gateways_finish_every_event_once(cluster: Cluster) -> None:
