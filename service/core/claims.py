@@ -254,7 +254,7 @@ class Claims:
             callback = self._on_cached if verdict is Verdict.CACHED else self._on_free
             if self._guard(callback, key) is not False:
                 return
-            verdict = None  # the callback failed: poll again
+            # the callback failed: poll again
         with self._lock:
             delay = next_delay(self._watched.get(key, FIRST_DELAY))
             self._watched[key] = delay

@@ -445,8 +445,9 @@ class Engine:
     def _claim(self, key: CacheKey, recipe_json: str, attempt: str) -> bool:
         """Whether this gateway makes ``key`` now (it claimed it); else the key is answered from
         the cache or watched until another gateway's claim on it ends."""
+        assert self.claims is not None
         try:
-            verdict = self.claims.claim(key) if self.claims is not None else Verdict.OURS
+            verdict = self.claims.claim(key)
         except Exception as exc:  # noqa: BLE001 - the database failed: the waiters hear it
             self._fail(key, None, attempt, exc)
             return False
@@ -456,7 +457,7 @@ class Engine:
             self._recipes[key] = recipe_json
         if verdict is Verdict.CACHED:
             self._made_elsewhere(key)
-        elif self.claims is not None:
+        else:
             self.claims.watch(key)
         return False
 
@@ -580,12 +581,13 @@ class Engine:
                 if task.temp is not None:
                     task.temp.unlink(missing_ok=True)
                 marker_path(task.attempt).unlink(missing_ok=True)
-                self._release(task.key)  # another gateway, still on Ray, may make it now
             self._node_retries.clear()
             log.warning("Ray's head (GCS at %s) cannot be reached (%s): %d ranges in flight failed; answering 503 "
                         "for what needs Ray, reconnecting at most every %g s (ray_retry_seconds)", self._where(), why,
                         len(running), self.config.ray_retry_seconds)
             ray.shutdown()
+        for task in running:  # outside the lock (a database call): another gateway may make them now
+            self._release(task.key)
 
     def _where(self) -> str:
         return f"{self._gcs[0]}:{self._gcs[1]}" if self._gcs is not None else "?"
