@@ -104,7 +104,7 @@ import numpy as np
 
 from ._expr_cache import load_kernel
 from ._expr_check import check, parse
-from ._expr_codegen import generate
+from ._expr_codegen import GENERATOR_VERSION, generate
 from ._expr_ir import KIND_DTYPE, Site, kind_of
 from ._expr_loops import lane_width
 from .columns import Column, ColumnType
@@ -112,7 +112,7 @@ from .errors import ExpressionError, KernelError
 
 __all__ = ["Expression", "compile_expression", "compile_filter", "normalise_expression"]
 
-LANGUAGE_VERSION = 1  # part of every cache key: bump when the meaning of an expression changes
+LANGUAGE_VERSION = 2  # part of every cache key: bump when the meaning of an expression changes (2: nulls)
 _MAX_CACHED = 4096
 _lock = threading.RLock()
 _kernels: dict[str, _Kernel] = {}
@@ -160,21 +160,26 @@ class Expression:
             if col.offsets is not None:
                 args.append(col.offsets)
                 widths[k] = lane_width(len(col.values) / n) if n else 0
+            if ctype.nullable:  # a column that may hold nulls but has none: all valid
+                args.append(col.valid if col.valid is not None else np.ones(len(col.values), dtype=np.bool_))
         err = np.zeros(2, dtype=np.int64)
         dtype = np.dtype(self.result_type.dtype)
+        nullable = self.result_type.nullable
         if self.result_type.jagged:
             cap = len(columns[self._kernel.capacity_column].values)  # type: ignore[index]
             # one spare slot: the lane form writes a dropped lane at the end (see _expr_loops)
             values, offsets = np.empty(cap + 1, dtype=dtype), np.empty(n + 1, dtype=np.int64)
-            status = self._kernel.function(n, err, values, offsets, widths, *args)
+            outs = [values, np.empty(cap + 1, dtype=np.bool_)] if nullable else [values]
+            status = self._kernel.function(n, err, *outs, offsets, widths, *args)
             if status < 0:
                 raise self._failure(err, columns)
             # A view keeps the whole buffer alive: copy only when that would waste most of it.
-            return Column(values[:status] if 2 * status >= cap else values[:status].copy(), offsets)
-        out = np.empty(n, dtype=dtype)
-        if self._kernel.function(n, err, out, widths, *args) < 0:
+            kept = [a[:status] if 2 * status >= cap else a[:status].copy() for a in outs]
+            return Column(kept[0], offsets, kept[1] if nullable else None)
+        outs = [np.empty(n, dtype=dtype)] + ([np.empty(n, dtype=np.bool_)] if nullable else [])
+        if self._kernel.function(n, err, *outs, widths, *args) < 0:
             raise self._failure(err, columns)
-        return Column(out)
+        return Column(outs[0], None, outs[1] if nullable else None)
 
     def _input(self, columns: Mapping[str, Column], name: str, ctype: ColumnType, n: int) -> Column:
         try:
@@ -183,7 +188,8 @@ class Expression:
             raise ExpressionError(self.text, f"column {name!r} was not given") from None
         if not isinstance(col, Column):
             raise TypeError(f"column {name!r} must be a transforms.columns.Column, got {type(col).__name__}")
-        if col.jagged != ctype.jagged or kind_of(col.type) != kind_of(ctype):
+        mismatch = col.jagged != ctype.jagged or kind_of(col.type) != kind_of(ctype)
+        if mismatch or (col.valid is not None and not ctype.nullable):
             reason = f"column {name!r} is {col.type}, but the expression was compiled for {ctype}"
             raise ExpressionError(self.text, reason)
         if len(col) != n:
@@ -229,7 +235,7 @@ def compile_expression(text: str, types: Mapping[str, ColumnType]) -> Expression
             _expressions.move_to_end(key)
             return cached
         normalised = ast.unparse(tree)
-        digest = json.dumps([LANGUAGE_VERSION, normalised, [(name, str(t)) for name, t in used]])
+        digest = json.dumps([LANGUAGE_VERSION, GENERATOR_VERSION, normalised, [(name, str(t)) for name, t in used]])
         sha = hashlib.sha256(digest.encode()).hexdigest()
         kernel = _kernels.get(sha)
         if kernel is None:
@@ -273,6 +279,6 @@ def _build(text: str, tree: ast.Expression, types: Mapping[str, ColumnType], nor
     program, result = check(text, tree, types)
     source = generate(program, result, normalised)
     path, function = load_kernel(source)
-    result_type = ColumnType(KIND_DTYPE[result.kind], result.jagged)
+    result_type = ColumnType(KIND_DTYPE[result.kind], result.jagged, result.valid is not None)
     capacity = result.group[0] if result.jagged else None
     return _Kernel(function, text, path, tuple(program.columns.items()), result_type, capacity, tuple(program.sites))
