@@ -99,7 +99,8 @@ def test_root_refuses_nulls_naming_the_column_and_takes_a_stated_fill(
     filled = _table(catalog, [*LEAD, {"define": {"lead_pt": "fill_null(lead_mu_pt, -1)"}}], ["lead_pt"])
     assert filled.schema.field("lead_pt").type == pa.float64() and not filled.schema.field("lead_pt").nullable
     back = read_table(write_table(filled, tmp_path / "filled.root", "root"), "root")
-    assert back["lead_pt"].to_pylist() == ak.to_list(ak.fill_none(ak.firsts(ak.values_astype(muons.Muon_pt, np.float64)), -1.0))
+    first = ak.firsts(ak.values_astype(muons.Muon_pt, np.float64))
+    assert back["lead_pt"].to_pylist() == ak.to_list(ak.fill_none(first, -1.0))
 
 
 def test_null_columns_through_later_steps(catalog: Catalog, muons: ak.Array) -> None:
