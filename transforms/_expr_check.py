@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import NoReturn
 
-from ._expr_ir import Val, cast, kind_of, promote
+from ._expr_ir import Val, cast, kind_of, promote, valid_of
 from ._expr_program import Program
 from .columns import ColumnType
 from .errors import ExpressionError
@@ -32,7 +32,8 @@ UNARY_MATH = {
 PREDICATES = {"isnan": "np.isnan", "isinf": "np.isinf", "isfinite": "np.isfinite"}
 BINARY_MATH = {"atan2": "np.arctan2", "hypot": "np.hypot", "pow": "np.power"}
 REDUCTIONS = ("sum", "count", "len", "any", "all", "mean")
-FUNCTIONS = sorted([*UNARY_MATH, *PREDICATES, *BINARY_MATH, *REDUCTIONS, "abs", "min", "max", "where"])
+NULLS = ("isnull", "fill_null")
+FUNCTIONS = sorted([*UNARY_MATH, *PREDICATES, *BINARY_MATH, *REDUCTIONS, *NULLS, "abs", "min", "max", "where"])
 
 _ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
 _COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
@@ -182,9 +183,10 @@ class _Checker:
         if name.startswith("_"):
             self.fail(node, f"name {name!r} is not allowed (names starting with '_' are reserved)")
         if name in self.types:
-            jagged = self.types[name].jagged
-            code = self.program.load(name, jagged)
-            return Val(kind_of(self.types[name]), code, (name,) if jagged else ())
+            ctype = self.types[name]
+            code = self.program.load(name, ctype.jagged)
+            valid = self.program.load_valid(name, ctype.jagged) if ctype.nullable else None
+            return Val(kind_of(ctype), code, (name,) if ctype.jagged else (), valid=valid)
         if name in CONSTANTS:
             return Val("f", _float_code(CONSTANTS[name]))
         if name in FUNCTIONS:
@@ -205,7 +207,10 @@ class _Checker:
             why = "& | ^ combine booleans (bitwise operations on numbers are not supported)"
             self.need(node.left, left, "b", why)
             self.need(node.right, right, "b", why)
-            return Val("b", f"({left.code} {_LOGICAL[op]} {right.code})", group, mask, at)
+            if op is ast.BitXor:
+                return Val("b", f"({left.code} != {right.code})", group, mask, at, valid_of(left, right))
+            code, valid = _kleene(_LOGICAL[op], [(left.code, left.valid), (right.code, right.valid)])
+            return Val("b", code, group, mask, at, valid)
         if op is ast.Div:
             kind, sym = "f", "/"
         elif op is ast.Pow:
@@ -215,17 +220,17 @@ class _Checker:
             kind, sym = promote("i", left.kind, right.kind), _ARITH[op]
         else:
             self.fail(node, f"{_REFUSED.get(op, op.__name__)} is not allowed in expressions")
-        return Val(kind, f"({cast(left, kind)} {sym} {cast(right, kind)})", group, mask, at)
+        return Val(kind, f"({cast(left, kind)} {sym} {cast(right, kind)})", group, mask, at, valid_of(left, right))
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Val:
         val = self.visit(node.operand)
         if isinstance(node.op, ast.Not | ast.Invert):
             word = "not" if isinstance(node.op, ast.Not) else "~"
             self.need(node.operand, val, "b", f"'{word}' needs a boolean (compare first, e.g. not (x > 0))")
-            return Val("b", f"(not {val.code})", val.group, val.mask, val.at)
+            return Val("b", f"(not {val.code})", val.group, val.mask, val.at, val.valid)
         kind = promote("i", val.kind)
         sym = "-" if isinstance(node.op, ast.USub) else "+"
-        return Val(kind, f"({sym}{cast(val, kind)})", val.group, val.mask, val.at)
+        return Val(kind, f"({sym}{cast(val, kind)})", val.group, val.mask, val.at, val.valid)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> Val:
         vals = [self.visit(v) for v in node.values]
@@ -233,7 +238,8 @@ class _Checker:
         for sub, val in zip(node.values, vals, strict=True):
             self.need(sub, val, "b", f"'{word}' needs booleans (compare first, e.g. x > 0 {word} y > 0)")
         group, mask, at = self.align(node, vals)
-        return Val("b", "(" + f" {word} ".join(v.code for v in vals) + ")", group, mask, at)
+        code, valid = _kleene(word, [(v.code, v.valid) for v in vals])
+        return Val("b", code, group, mask, at, valid)
 
     def visit_Compare(self, node: ast.Compare) -> Val:
         vals = [self.visit(node.left), *(self.visit(c) for c in node.comparators)]
@@ -243,9 +249,9 @@ class _Checker:
             if type(op) not in _COMPARE:
                 self.fail(node, f"{_REFUSED.get(type(op), type(op).__name__)} is not allowed in expressions")
             kind = promote(left.kind, right.kind)
-            parts.append(f"({cast(left, kind)} {_COMPARE[type(op)]} {cast(right, kind)})")
-        code = parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
-        return Val("b", code, group, mask, at)
+            parts.append((f"({cast(left, kind)} {_COMPARE[type(op)]} {cast(right, kind)})", valid_of(left, right)))
+        code, valid = parts[0] if len(parts) == 1 else _kleene("and", parts)  # a < b < c is a < b and b < c
+        return Val("b", code, group, mask, at, valid)
 
     def visit_IfExp(self, node: ast.IfExp) -> Val:
         return self.where(node, node.test, node.body, node.orelse)
@@ -255,7 +261,12 @@ class _Checker:
         self.need(test, cond, "b", "the condition of where(c, a, b) must be a boolean")
         group, mask, at = self.align(node, [cond, yes, no])
         kind = promote(yes.kind, no.kind)
-        return Val(kind, f"({cast(yes, kind)} if {cond.code} else {cast(no, kind)})", group, mask, at)
+        valid = None  # the validity of the branch taken, and null where the condition is
+        if yes.valid is not None or no.valid is not None:
+            valid = f"({yes.valid or 'True'} if {cond.code} else {no.valid or 'True'})"
+        if cond.valid is not None:
+            valid = f"({cond.valid} and {valid})" if valid else cond.valid
+        return Val(kind, f"({cast(yes, kind)} if {cond.code} else {cast(no, kind)})", group, mask, at, valid)
 
     def visit_Subscript(self, node: ast.Subscript) -> Val:
         val = self.visit(node.value)
@@ -281,8 +292,9 @@ class _Checker:
             self.fail(index, "the mask was computed on a different selection than the list it selects from")
         unmasked = [Val(v.kind, v.code, v.group, None, v.at) for v in (val, sel)]
         group, _, at = self.align(node, unmasked)
-        mask = sel.code if val.mask is None else f"({val.mask} and {sel.code})"
-        return Val(val.kind, val.code, group, mask, at)
+        selected = sel.code if sel.valid is None else f"({sel.valid} and {sel.code})"  # null: not selected
+        mask = selected if val.mask is None else f"({val.mask} and {selected})"
+        return Val(val.kind, val.code, group, mask, at, val.valid)
 
     def visit_Call(self, node: ast.Call) -> Val:
         func = node.func
@@ -328,8 +340,8 @@ class _Checker:
             while len(codes) > 1:
                 pairs = [f"_{name}2({a}, {b})" for a, b in zip(codes[::2], codes[1::2], strict=False)]
                 codes = pairs + (codes[-1:] if len(codes) % 2 else [])
-            return Val(kind, codes[0], group, mask, at)
-        arity(2, 2) if name in BINARY_MATH else arity(1, 1)
+            return Val(kind, codes[0], group, mask, at, valid_of(*vals))
+        arity(2, 2) if name in BINARY_MATH or name == "fill_null" else arity(1, 1)
         vals = [self.visit(a) for a in args]
         if name in REDUCTIONS or name in ("min", "max"):
             val = vals[0]
@@ -340,15 +352,45 @@ class _Checker:
                 self.need(args[0], val, "b", f"{name}() needs booleans, e.g. {name}(Muon_pt > 20)")
             return self.program.reduce(name, val)
         group, mask, at = self.align(node, vals)
+        if name in NULLS:
+            return _nulls(name, vals, group, mask, at)
+        valid = valid_of(*vals)
         if name == "abs":
             kind = promote("i", vals[0].kind)
-            return Val(kind, f"abs({cast(vals[0], kind)})", group, mask, at)
+            return Val(kind, f"abs({cast(vals[0], kind)})", group, mask, at, valid)
         if name in UNARY_MATH:
-            return Val("f", f"{UNARY_MATH[name]}({cast(vals[0], 'f')})", group, mask, at)
+            return Val("f", f"{UNARY_MATH[name]}({cast(vals[0], 'f')})", group, mask, at, valid)
         if name in PREDICATES:
-            return Val("b", f"{PREDICATES[name]}({cast(vals[0], 'f')})", group, mask, at)
+            return Val("b", f"{PREDICATES[name]}({cast(vals[0], 'f')})", group, mask, at, valid)
         fn = BINARY_MATH[name]
-        return Val("f", f"{fn}({cast(vals[0], 'f')}, {cast(vals[1], 'f')})", group, mask, at)
+        return Val("f", f"{fn}({cast(vals[0], 'f')}, {cast(vals[1], 'f')})", group, mask, at, valid)
+
+
+def _nulls(name: str, vals: list[Val], group: tuple[str, ...], mask: str | None, at: int | None) -> Val:
+    """``isnull(x)`` (never null itself) or ``fill_null(x, v)``: ``v`` where ``x`` is null."""
+    x = vals[0]
+    if name == "isnull":
+        return Val("b", "False" if x.valid is None else f"(not {x.valid})", group, mask, at)
+    fill = vals[1]
+    kind = promote(x.kind, fill.kind)
+    if x.valid is None:
+        return Val(kind, cast(x, kind), group, mask, at)
+    code = f"({cast(x, kind)} if {x.valid} else {cast(fill, kind)})"
+    return Val(kind, code, group, mask, at, None if fill.valid is None else f"({x.valid} or {fill.valid})")
+
+
+def _kleene(word: str, parts: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+    """``and``/``or`` of (code, validity) pairs in three-valued logic, as SQL has it: false and
+    null is false, true or null is true, otherwise a null operand makes the result null."""
+    if all(valid is None for _, valid in parts):
+        return "(" + f" {word} ".join(code for code, _ in parts) + ")", None
+    known = [code if valid is None else f"({valid} and {code})" for code, valid in parts]  # known true
+    if word == "and":
+        deciding = [f"(not {code})" if valid is None else f"({valid} and not {code})" for code, valid in parts]
+    else:
+        deciding = known
+    every = " and ".join(valid for _, valid in parts if valid is not None)
+    return "(" + f" {word} ".join(known) + ")", f"(({every}) or " + " or ".join(deciding) + ")"
 
 
 def _int_constant(node: ast.AST) -> int | None:

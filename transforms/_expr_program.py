@@ -4,7 +4,8 @@
 Names inside the kernel: ``i`` event, ``j``/``q`` element (plain/lane loop), ``a<k>``/``o<k>``
 values/offsets of input column ``k``, ``f<k>`` a flat input's value this event, ``s<k>``/``c<k>``
 start/count of a jagged input's list this event, ``l<k>`` its last valid index, ``m<k>`` its
-lane width (:mod:`transforms._expr_loops`), ``t<n>`` per-event temporaries.
+lane width (:mod:`transforms._expr_loops`), ``v<k>`` the validity of a nullable input (``g<k>``
+a flat one's this event), ``t<n>`` per-event temporaries (``t<n>_ok`` the validity of ``x[k]``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._expr_ir import Site, Val, cast
+from ._expr_ir import Site, Val
 from ._expr_loops import reduced_kind, reduction
 from .columns import ColumnType
 
 __all__ = ["Program"]
 
 _CASTS = {"i": "np.int64", "f": "np.float64"}
+_NULL_VALUE = {"b": "False", "i": "np.int64(0)", "f": "np.nan"}  # what a null holds in the buffers
 
 
 @dataclass
@@ -40,6 +42,11 @@ class Program:
         kind = np.dtype(self.columns[name].dtype).kind
         raw = f"a{k}[s{k} + j]"
         return raw if kind == "b" else f"{_CASTS['f' if kind == 'f' else 'i']}({raw})"
+
+    def load_valid(self, name: str, jagged: bool) -> str:
+        """Code reading the validity of one value of nullable column ``name``."""
+        k = self.index(name)
+        return f"v{k}[s{k} + j]" if jagged else f"g{k}"  # g<k>: read once per event
 
     def site(self, site: Site) -> int:
         if site not in self.sites:
@@ -68,7 +75,11 @@ class Program:
         return f"t{len(self._temps)}"
 
     def reduce(self, fn: str, val: Val) -> Val:
-        """A per-event reduction over ``val``'s (selected) elements."""
+        """A per-event reduction over ``val``'s (selected) elements; null elements are skipped
+        (as SQL's aggregates and awkward's reducers do), except by ``len``, which counts entries."""
+        if val.valid is not None and fn != "len":
+            mask = val.valid if val.mask is None else f"({val.mask} and {val.valid})"
+            val = Val(val.kind, val.code, val.group, mask, val.at)
         key = f"{fn}|{val.code}|{val.group}|{val.mask}"
         t = self._temps.get(key) or self._fresh()
         checks, count, width = self.loop_start(val)
@@ -76,16 +87,17 @@ class Program:
         return Val(reduced_kind(fn, val.kind), self._temp(key, lines, t))
 
     def index_at(self, val: Val, position: int) -> Val:
-        """``val[position]`` as float64: NaN where the (selected) list is too short."""
-        key = f"index{position}|{val.code}|{val.group}|{val.mask}"
+        """``val[position]``, of ``val``'s own kind: null where the (selected) list is too short
+        (the value is then 0, False or NaN), or where that element is null."""
+        key = f"index{position}|{val.code}|{val.group}|{val.mask}|{val.valid}"
         t = self._temps.get(key) or self._fresh()
         checks, count, _ = self.loop_start(val)
-        value = cast(val, "f")
-        lines = [*checks, f"{t} = np.nan"]
+        value, ok = val.code, val.valid or "True"
+        lines = [*checks, f"{t} = {_NULL_VALUE[val.kind]}", f"{t}_ok = False"]
         if val.mask is None:
             first = str(position) if position >= 0 else f"{count} - {-position}"
             cond = f"{position} < {count}" if position >= 0 else f"{-position} <= {count}"
-            lines += [f"if {cond}:", f"    j = {first}", f"    {t} = {value}"]
+            lines += [f"if {cond}:", f"    j = {first}", f"    {t} = {value}", f"    {t}_ok = {ok}"]
         else:
             wanted = position if position >= 0 else -position - 1
             loop = f"range({count})" if position >= 0 else f"range({count} - 1, -1, -1)"
@@ -95,7 +107,9 @@ class Program:
                 f"    if {val.mask}:",
                 f"        if {t}_q == {wanted}:",
                 f"            {t} = {value}",
+                f"            {t}_ok = {ok}",
                 "            break",
                 f"        {t}_q += 1",
             ]
-        return Val("f", self._temp(key, lines, t))
+        name = self._temp(key, lines, t)
+        return Val(val.kind, name, valid=f"{name}_ok")

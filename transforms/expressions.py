@@ -5,7 +5,7 @@ compiled to Numba kernels over column buffers (values + offsets): no Python runs
 
     expr = compile_expression("sum(Muon_pt[Muon_pt > 20])", {"Muon_pt": ColumnType("float32", True)})
     expr.columns        # ('Muon_pt',)
-    expr.result_type    # ColumnType(dtype='float64', jagged=False)
+    expr.result_type    # ColumnType(dtype='float64', jagged=False, nullable=False)
     expr({"Muon_pt": column}, num_events)   # -> Column, one float64 per event
 
 The language
@@ -27,20 +27,39 @@ Functions
     sinh cosh tanh asinh acosh atanh floor ceil``, ``atan2(y, x) hypot(x, y) pow(x, y)``;
     ``isnan isinf isfinite`` (booleans); ``abs(x)``; ``min(a, b, ...)``/``max(a, b, ...)``
     with two or more arguments are elementwise (NaN propagates, like numpy.minimum);
-    ``where(c, a, b)`` is elementwise ``a if c else b``.
+    ``where(c, a, b)`` is elementwise ``a if c else b``; ``isnull(x)`` and ``fill_null(x, v)``
+    (see *Nulls*).
 Reductions (one jagged argument, one value per event)
     ``sum count len any all mean min max``; ``min``/``max`` with *one* jagged argument reduce.
     On an empty (or fully masked) list: ``sum`` -> 0, ``count``/``len`` -> 0, ``any`` -> False,
     ``all`` -> True, ``min``/``max``/``mean`` -> NaN. ``count(x)`` counts entries (selected
     ones for ``count(x[m])``); ``sum(x > 20)`` counts true entries. ``any``/``all`` need booleans.
+    Null entries are skipped, as SQL's aggregates and awkward's reducers skip them (a list of
+    nulls reduces like an empty one), except by ``len``, which counts every entry.
 Masks
     ``x[m]`` with ``m`` a jagged boolean aligned with ``x``, e.g. ``Muon_pt[Muon_pt > 20]``;
     masks chain: ``x[m1][x[m1] > 3]``. A flat boolean cannot mask a list (use a filter).
 Indexing
     ``x[k]`` with ``k`` an integer constant; negative ``k`` counts from the end, and it works on
     masked lists too (``Muon_pt[Muon_pt > 20][0]`` is the first selected muon). **Rule for lists
-    that are too short: the result is NaN, so indexing always gives float64** (test with
-    ``isnan(x[1])`` or guard with ``count(x) > 1``).
+    that are too short: the result is null** (awkward's ``None``, SQL's ``NULL``), and it keeps
+    the element's type: ``Muon_charge[0]`` is an int64 that can be null (test with
+    ``isnull(x[1])``, or fill with ``fill_null(x[1], -1)``).
+Nulls
+    A value that can be null has a type shown with ``?`` (``?float64``, ``var * ?float64``).
+    Nulls come from ``x[k]`` past the end of a list and from input columns that hold them
+    (a define that can be null, used by a later step). Arithmetic, comparisons, functions and
+    ``not`` give null where any operand is null. ``and``/``or`` (and ``&``/``|``) follow SQL's
+    three-valued logic: false and null is false, true or null is true, otherwise null.
+    ``where(c, a, b)`` (and ``a if c else b``) gives the branch taken, null where it is null
+    or where ``c`` is. A flat null used with a jagged list gives a list of nulls (awkward would
+    make the whole list None): ``sum(Muon_pt - Muon_pt[1])`` is 0 for an event with one muon.
+    A null in a mask selects nothing (``x[x > x[0]]``). ``isnull(x)`` is true where ``x`` is
+    null (never null itself); ``fill_null(x, v)`` is ``v`` where ``x`` is null (promoted like
+    ``where``; never null unless ``v`` can be). A **filter** whose value is null drops the
+    event, as SQL's ``WHERE`` does. A result that can be null is a :class:`Column` with a
+    ``valid`` mask, and an Arrow column with a validity bitmap where it has a null; one that
+    cannot be null has neither. A null holds 0, False or NaN in the values buffer.
 
 Types
     Values are computed as bool, int64 or float64: every integer column is read as int64 (a
@@ -51,7 +70,7 @@ Types
     (``1/0`` is inf, ``0/0`` NaN); math functions outside their domain give NaN, not errors.
     Comparisons and ``and``/``or``/``not`` give booleans and need booleans where stated.
     ``sum`` keeps int for bool/int lists; ``count``/``len`` give int64; ``mean``, ``min``,
-    ``max`` (reductions) and indexing give float64.
+    ``max`` (reductions) give float64; indexing gives the element's kind (bool, int64, float64).
 Broadcasting
     flat op jagged: the per-event value is used for every entry of the event's list
     (``Muon_pt / sum(Muon_pt)``, ``Jet_pt > MET_pt``). jagged op jagged: the lists must have
@@ -68,8 +87,9 @@ Limits
     (split it into several defines). These bound the stack the parser needs and Numba's
     compile time (a few seconds at the limits).
 
-Filters (:func:`compile_filter`) must give one boolean per event; a jagged boolean result is
-refused ("reduce the jagged comparison with any() or all()").
+Filters (:func:`compile_filter`) must give one boolean per event (which may be null: the
+caller drops those events); a jagged boolean result is refused ("reduce the jagged comparison
+with any() or all()").
 
 Compilation and caching
 -----------------------
@@ -82,7 +102,9 @@ The source is written to ``$VDATA_KERNEL_CACHE`` (default ``~/.cache/vdata/kerne
 ``expr_<sha256 of the source>.py`` and imported from there, so that Numba keeps its machine
 code for other processes (see :mod:`transforms._expr_cache`). Numba compiles once per input
 dtype signature, on the first call. Compiled kernels are kept in memory, keyed by the sha256
-of the normalised expression (``ast.unparse``) and the types of the columns it uses; calling
+of the normalised expression (``ast.unparse``), the language and code generator versions and
+the types of the columns it uses (a kernel file holds the generator version too, so a new
+generator never reuses an old cached kernel); calling
 :func:`compile_expression` again with the same text and types returns the same object.
 Expressions pickle by (text, types) and recompile (from the caches) where they are unpickled.
 """
@@ -104,7 +126,7 @@ import numpy as np
 
 from ._expr_cache import load_kernel
 from ._expr_check import check, parse
-from ._expr_codegen import generate
+from ._expr_codegen import GENERATOR_VERSION, generate
 from ._expr_ir import KIND_DTYPE, Site, kind_of
 from ._expr_loops import lane_width
 from .columns import Column, ColumnType
@@ -112,7 +134,7 @@ from .errors import ExpressionError, KernelError
 
 __all__ = ["Expression", "compile_expression", "compile_filter", "normalise_expression"]
 
-LANGUAGE_VERSION = 1  # part of every cache key: bump when the meaning of an expression changes
+LANGUAGE_VERSION = 2  # part of every cache key: bump when the meaning of an expression changes (2: nulls)
 _MAX_CACHED = 4096
 _lock = threading.RLock()
 _kernels: dict[str, _Kernel] = {}
@@ -160,21 +182,26 @@ class Expression:
             if col.offsets is not None:
                 args.append(col.offsets)
                 widths[k] = lane_width(len(col.values) / n) if n else 0
+            if ctype.nullable:  # a column that may hold nulls but has none: all valid
+                args.append(col.valid if col.valid is not None else np.ones(len(col.values), dtype=np.bool_))
         err = np.zeros(2, dtype=np.int64)
         dtype = np.dtype(self.result_type.dtype)
+        nullable = self.result_type.nullable
         if self.result_type.jagged:
             cap = len(columns[self._kernel.capacity_column].values)  # type: ignore[index]
             # one spare slot: the lane form writes a dropped lane at the end (see _expr_loops)
             values, offsets = np.empty(cap + 1, dtype=dtype), np.empty(n + 1, dtype=np.int64)
-            status = self._kernel.function(n, err, values, offsets, widths, *args)
+            outs = [values, np.empty(cap + 1, dtype=np.bool_)] if nullable else [values]
+            status = self._kernel.function(n, err, *outs, offsets, widths, *args)
             if status < 0:
                 raise self._failure(err, columns)
             # A view keeps the whole buffer alive: copy only when that would waste most of it.
-            return Column(values[:status] if 2 * status >= cap else values[:status].copy(), offsets)
-        out = np.empty(n, dtype=dtype)
-        if self._kernel.function(n, err, out, widths, *args) < 0:
+            kept = [a[:status] if 2 * status >= cap else a[:status].copy() for a in outs]
+            return Column(kept[0], offsets, kept[1] if nullable else None)
+        outs = [np.empty(n, dtype=dtype)] + ([np.empty(n, dtype=np.bool_)] if nullable else [])
+        if self._kernel.function(n, err, *outs, widths, *args) < 0:
             raise self._failure(err, columns)
-        return Column(out)
+        return Column(outs[0], None, outs[1] if nullable else None)
 
     def _input(self, columns: Mapping[str, Column], name: str, ctype: ColumnType, n: int) -> Column:
         try:
@@ -183,7 +210,8 @@ class Expression:
             raise ExpressionError(self.text, f"column {name!r} was not given") from None
         if not isinstance(col, Column):
             raise TypeError(f"column {name!r} must be a transforms.columns.Column, got {type(col).__name__}")
-        if col.jagged != ctype.jagged or kind_of(col.type) != kind_of(ctype):
+        mismatch = col.jagged != ctype.jagged or kind_of(col.type) != kind_of(ctype)
+        if mismatch or (col.valid is not None and not ctype.nullable):
             reason = f"column {name!r} is {col.type}, but the expression was compiled for {ctype}"
             raise ExpressionError(self.text, reason)
         if len(col) != n:
@@ -229,7 +257,7 @@ def compile_expression(text: str, types: Mapping[str, ColumnType]) -> Expression
             _expressions.move_to_end(key)
             return cached
         normalised = ast.unparse(tree)
-        digest = json.dumps([LANGUAGE_VERSION, normalised, [(name, str(t)) for name, t in used]])
+        digest = json.dumps([LANGUAGE_VERSION, GENERATOR_VERSION, normalised, [(name, str(t)) for name, t in used]])
         sha = hashlib.sha256(digest.encode()).hexdigest()
         kernel = _kernels.get(sha)
         if kernel is None:
@@ -273,6 +301,6 @@ def _build(text: str, tree: ast.Expression, types: Mapping[str, ColumnType], nor
     program, result = check(text, tree, types)
     source = generate(program, result, normalised)
     path, function = load_kernel(source)
-    result_type = ColumnType(KIND_DTYPE[result.kind], result.jagged)
+    result_type = ColumnType(KIND_DTYPE[result.kind], result.jagged, result.valid is not None)
     capacity = result.group[0] if result.jagged else None
     return _Kernel(function, text, path, tuple(program.columns.items()), result_type, capacity, tuple(program.sites))

@@ -200,7 +200,9 @@ def _write_root(table: pa.Table, path: Path) -> None:
         if name in counters:
             continue  # uproot writes the counter from the list lengths
         if _has_nulls(table[name]):
-            raise FormatError(f"column {name!r} has missing values, which a ROOT TTree cannot hold")
+            raise FormatError(f"column {name!r} has missing values (nulls), which a ROOT TTree cannot hold: "
+                              f"write arrow or parquet, or state a fill value in the recipe, e.g. "
+                              f"fill_null(x, -1)")
         # nullable Arrow fields without nulls come back as option types; ROOT has none.
         # (awkward's drop_none handles 64-bit list offsets only: widen 32-bit lists first.)
         arrow_column = table[name]

@@ -87,24 +87,41 @@ def run(ds: Dataset, text: str) -> Column:
 
 
 def assert_matches(actual: Column, expected: Any, n: int) -> None:
-    """NaN-aware comparison of a Column with an awkward/NumPy reference."""
+    """NaN- and null-aware comparison of a Column with an awkward/NumPy reference: the nulls
+    (None) must be where the reference has them, and the other values equal."""
     expected = ak.Array(expected) if not isinstance(expected, np.ndarray) else expected
     if actual.jagged:
         assert isinstance(expected, ak.Array) and expected.ndim == 2
         np.testing.assert_array_equal(actual.counts(), ak.to_numpy(ak.num(expected)))
-        flat = ak.to_numpy(ak.flatten(expected))
+        expected = ak.flatten(expected)
     else:
         assert len(actual) == n
-        flat = expected if isinstance(expected, np.ndarray) else ak.to_numpy(ak.fill_none(expected, np.nan))
-    if actual.values.dtype == np.bool_ or np.asarray(flat).dtype.kind in "biu":
-        np.testing.assert_array_equal(actual.values, flat)
+    if isinstance(expected, np.ndarray):
+        flat, valid = expected, np.ones(len(expected), dtype=np.bool_)
     else:
-        np.testing.assert_allclose(actual.values, flat, rtol=1e-9, atol=1e-12, equal_nan=True)
+        valid = ~ak.to_numpy(ak.is_none(expected, axis=0))
+        flat = ak.to_numpy(ak.fill_none(expected, 0))
+    got_valid = actual.valid if actual.valid is not None else np.ones(len(actual.values), dtype=np.bool_)
+    np.testing.assert_array_equal(got_valid, valid, err_msg="nulls differ")
+    got, flat = actual.values[valid], np.asarray(flat)[valid]
+    if actual.values.dtype == np.bool_ or flat.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, flat)
+    else:
+        np.testing.assert_allclose(got, flat, rtol=1e-9, atol=1e-12, equal_nan=True)
 
 
-def at(x: ak.Array, k: int) -> np.ndarray:
-    """x[k] per event, NaN where the list is too short (the documented rule), by a plain loop."""
-    return np.array([lst[k] if -len(lst) <= k < len(lst) else math.nan for lst in ak.to_list(x)], dtype=float)
+def at(x: ak.Array, k: int) -> ak.Array:
+    """x[k] per event, None where the list is too short (the documented rule), by a plain loop."""
+    return ak.Array([lst[k] if -len(lst) <= k < len(lst) else None for lst in ak.to_list(x)])
+
+
+def spread(x: ak.Array, v: ak.Array, op: Callable[[Any, Any], Any]) -> ak.Array:
+    """``op(x, v)`` with the per-event ``v`` used for every entry of ``x``'s list; a null ``v``
+    gives a list of nulls (awkward would make the whole list None), by a plain loop."""
+    pairs = [(a, b) for xs, b in zip(ak.to_list(x), ak.to_list(v), strict=True) for a in xs]
+    flat = np.array([math.nan if b is None else op(a, b) for a, b in pairs], dtype=np.float64)
+    valid = np.array([b is not None for _, b in pairs], dtype=np.bool_)
+    return ak.unflatten(ak.mask(ak.Array(flat), valid), ak.num(x))
 
 
 def red(fn: Callable[..., Any], x: ak.Array) -> np.ndarray:
@@ -112,12 +129,12 @@ def red(fn: Callable[..., Any], x: ak.Array) -> np.ndarray:
         return ak.to_numpy(ak.fill_none(fn(x, axis=1), np.nan))
 
 
-def _mass_of_leading_pair(A: dict[str, ak.Array]) -> np.ndarray:
+def _mass_of_leading_pair(A: dict[str, ak.Array]) -> ak.Array:
     e, px, py, pz = ((at(A[f"Muon_{c}"], 0) + at(A[f"Muon_{c}"], 1)) for c in ("E", "Px", "Py", "Pz"))
     return np.sqrt(e**2 - px**2 - py**2 - pz**2)
 
 
-def _mass_from_pt_eta_phi(A: dict[str, ak.Array]) -> np.ndarray:
+def _mass_from_pt_eta_phi(A: dict[str, ak.Array]) -> ak.Array:
     pt, eta, phi = ([at(A[f"Muon_{c}"], k) for k in (0, 1)] for c in ("pt", "eta", "phi"))
     return np.sqrt(2 * pt[0] * pt[1] * (np.cosh(eta[0] - eta[1]) - np.cos(phi[0] - phi[1])))
 
@@ -174,17 +191,18 @@ CASES: list[tuple[str, str, Callable[[dict[str, ak.Array]], Any], str]] = [
     ("hzz", "max(Jet_Pz[Jet_Pz < 0])", lambda A: red(ak.max, A["Jet_Pz"][A["Jet_Pz"] < 0]), "float64"),
     ("nano", "any(Muon_pt > 20) and nMuon >= 1", lambda A: red(ak.any, A["Muon_pt"] > 20) & (A["nMuon"] >= 1), "bool"),
     ("nano", "event % 2 == 0", lambda A: ak.to_numpy(A["event"]) % 2 == 0, "bool"),
-    # indexing, lists too short -> NaN
-    ("hzz", "Muon_Px[0]", lambda A: at(A["Muon_Px"], 0), "float64"),
-    ("hzz", "Muon_Px[-1] + Muon_Py[-2]", lambda A: at(A["Muon_Px"], -1) + at(A["Muon_Py"], -2), "float64"),
-    ("hzz", "Muon_Charge[3]", lambda A: at(A["Muon_Charge"], 3), "float64"),
-    ("hzz", "Jet_Px[Jet_Px > 0][1]", lambda A: at(A["Jet_Px"][A["Jet_Px"] > 0], 1), "float64"),
-    ("hzz", "Jet_Px[Jet_Px > 0][-1]", lambda A: at(A["Jet_Px"][A["Jet_Px"] > 0], -1), "float64"),
-    ("hzz", "isnan(Muon_Px[1])", lambda A: np.isnan(at(A["Muon_Px"], 1)), "bool"),
+    # indexing, lists too short -> null, the element's own type
+    ("hzz", "Muon_Px[0]", lambda A: at(A["Muon_Px"], 0), "?float64"),
+    ("hzz", "Muon_Px[-1] + Muon_Py[-2]", lambda A: at(A["Muon_Px"], -1) + at(A["Muon_Py"], -2), "?float64"),
+    ("hzz", "Muon_Charge[3]", lambda A: at(A["Muon_Charge"], 3), "?int64"),
+    ("hzz", "Jet_Px[Jet_Px > 0][1]", lambda A: at(A["Jet_Px"][A["Jet_Px"] > 0], 1), "?float64"),
+    ("hzz", "Jet_Px[Jet_Px > 0][-1]", lambda A: at(A["Jet_Px"][A["Jet_Px"] > 0], -1), "?float64"),
+    ("hzz", "isnull(Muon_Px[1])", lambda A: ak.to_numpy(ak.num(A["Muon_Px"]) < 2), "bool"),
+    ("hzz", "fill_null(Muon_Px[1], -1)", lambda A: ak.to_numpy(ak.fill_none(at(A["Muon_Px"], 1), -1.0)), "float64"),
     ("hzz", "sqrt((Muon_E[0] + Muon_E[1]) ** 2 - (Muon_Px[0] + Muon_Px[1]) ** 2 - (Muon_Py[0] + Muon_Py[1]) ** 2"
-            " - (Muon_Pz[0] + Muon_Pz[1]) ** 2)", lambda A: _mass_of_leading_pair(A), "float64"),
+            " - (Muon_Pz[0] + Muon_Pz[1]) ** 2)", lambda A: _mass_of_leading_pair(A), "?float64"),
     ("nano", "sqrt(2 * Muon_pt[0] * Muon_pt[1] * (cosh(Muon_eta[0] - Muon_eta[1]) - cos(Muon_phi[0] - Muon_phi[1])))",
-     lambda A: _mass_from_pt_eta_phi(A), "float64"),
+     lambda A: _mass_from_pt_eta_phi(A), "?float64"),
 ]
 # fmt: on
 
@@ -300,6 +318,7 @@ def test_broken_offsets_are_caught_before_any_read() -> None:
     broken = object.__new__(Column)  # bypasses Column's own check of the offsets' ends
     object.__setattr__(broken, "values", np.ones(5, dtype=np.float32))
     object.__setattr__(broken, "offsets", np.array([0, 10, 5], dtype=np.int64))
+    object.__setattr__(broken, "valid", None)
     types = {"x": ColumnType("float32", True)}
     for text in ("sum(x)", "x[x > 0]"):
         with pytest.raises(KernelError, match="column 'x' has offsets that decrease or pass the end of its values"):
@@ -369,6 +388,9 @@ HYPOTHESIS_CASES: dict[str, Callable[[ak.Array, ak.Array, np.ndarray], Any]] = {
     "count(x[x > z]) + len(y)": lambda x, y, z: red(ak.count, x[x > z]) + ak.to_numpy(ak.num(y)),
     "max(x) - min(y)": lambda x, y, z: red(ak.max, x) - red(ak.min, y),
     "x[-1] * z": lambda x, y, z: at(x, -1) * z,
+    "x - y[1]": lambda x, y, z: spread(x, at(y, 1), lambda a, b: a - b),
+    "sum(x * y[0]) + count(y - x[-1])": lambda x, y, z: red(ak.sum, spread(x, at(y, 0), lambda a, b: a * b))
+    + red(ak.count, spread(y, at(x, -1), lambda a, b: a - b)),
     "where(x > y, x, y - z)[x < 3]": lambda x, y, z: ak.where(x > y, x, y - z)[x < 3],
     "mean(x[y > 0]) + sum(k)": lambda x, y, z: red(ak.mean, x[y > 0]) + z * 0,  # k: all-zero ints
 }

@@ -66,12 +66,14 @@ class _Env:
         """Keep the events where ``mask`` is true, in every column."""
         for name, col in self.kernel.items():
             if col.offsets is None:
-                self.kernel[name] = Column(col.values[mask])
+                self.kernel[name] = Column(col.values[mask], None, None if col.valid is None else col.valid[mask])
             else:
                 counts = np.diff(col.offsets)[mask]
                 offsets = np.zeros(len(counts) + 1, dtype=np.int64)
                 np.cumsum(counts, out=offsets[1:])
-                self.kernel[name] = Column(col.values[np.repeat(mask, np.diff(col.offsets))], offsets)
+                entries = np.repeat(mask, np.diff(col.offsets))
+                valid = None if col.valid is None else col.valid[entries]
+                self.kernel[name] = Column(col.values[entries], offsets, valid)
         arrow_mask = pa.array(mask)
         for name in list(self.arrow):
             if name in self.kernel:
@@ -226,7 +228,8 @@ def _filter(i: int, step: Step, types: dict[str, Kind], catalog: Catalog, ops: l
 
     def run(env: _Env) -> None:
         mask = expr({c: env.column(c) for c in expr.columns}, env.num_events)
-        env.keep(np.asarray(mask.values, dtype=np.bool_))
+        keep = np.asarray(mask.values, dtype=np.bool_)
+        env.keep(keep if mask.valid is None else keep & mask.valid)  # null: dropped, as SQL's WHERE
 
     ops.append(_Op(f"filter {text!r}", run))
 
@@ -279,6 +282,9 @@ def _transform(i: int, step: Step, types: dict[str, Kind], catalog: Catalog, ops
             problems.append(f"{where}.inputs.{param}: column {column!r} of type {t} is not numeric")
         elif t.jagged != (tf.inputs[param] == "jagged"):
             problems.append(f"{where}.inputs.{param}: {step.name!r} wants a {tf.inputs[param]} column, {column!r} is {t}")
+        elif t.nullable:
+            problems.append(f"{where}.inputs.{param}: column {column!r} ({t}) can be null, which transforms do not "
+                            f"take; define a filled copy first, e.g. fill_null(x, 0)")
         else:
             jagged_in |= t.jagged
     unknown_out = sorted(set(step.outputs) - set(tf.outputs))
@@ -312,8 +318,8 @@ def _builtin_names() -> list[str]:
 
 
 def _field(name: str, kind: Kind) -> pa.Field:
-    if isinstance(kind, ColumnType):
-        return pa.field(name, kind.arrow_type(), nullable=False)
+    if isinstance(kind, ColumnType):  # a jagged column's entries may be null, its lists never
+        return pa.field(name, kind.arrow_type(), nullable=kind.nullable and not kind.jagged)
     return pa.field(name, kind, nullable=False)
 
 

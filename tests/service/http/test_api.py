@@ -140,6 +140,23 @@ def test_range_bytes(admin: Client, recipe_id: str) -> None:
     assert again.content == r.content and int(again.headers["content-length"]) == len(r.content)
 
 
+def test_root_range_with_nulls_is_a_4xx_naming_the_column(admin: Client, recipe_id: str) -> None:
+    lead = {"source": {"dataset": "opendata:hzz"}, "steps": [{"define": {"lead_mu_px": "Muon_Px[1]"}}],
+            "columns": ["lead_mu_px"], "range_events": 400}  # fmt: skip
+    r = admin.post("/v1/recipes", json=lead)
+    assert r.status_code == 201, r.text
+    ranges = f"/v1/recipes/{r.json()['id']}/ranges/0"
+    detail = error_of(admin.get(ranges, params={"format": "root"}), 400, "bad_format")
+    assert "'lead_mu_px' has missing values" in detail and "fill_null" in detail
+    arrow = admin.get(ranges, params={"format": "arrow"})
+    assert arrow.status_code == 200, arrow.text
+    assert pa.ipc.open_stream(io.BytesIO(arrow.content)).read_all()["lead_mu_px"].null_count > 0
+    filled = dict(lead, steps=[{"define": {"lead_mu_px": "fill_null(Muon_Px[1], -1)"}}])
+    r = admin.post("/v1/recipes", json=filled)
+    assert r.status_code == 201, r.text
+    assert admin.get(f"/v1/recipes/{r.json()['id']}/ranges/0", params={"format": "root"}).status_code == 200
+
+
 def test_recipe_errors(admin: Client, recipe_id: str) -> None:
     assert "vds-000" in error_of(admin.get("/v1/recipes/vds-000"), 404, "recipe_not_found")
     error_of(admin.get("/v1/recipes/vds-000/ranges"), 404, "recipe_not_found")
