@@ -16,16 +16,16 @@ HZZ_RECIPE = {
     "source": {"dataset": "opendata:hzz"},
     "steps": [
         {"filter": "NMuon >= 2"},
-        {"define": {"sum_pt2": "sum(Muon_Px**2 + Muon_Py**2)", "lead_px": "Muon_Px[0]"}},
+        {"define": {"sumPt2": "sum(Muon_Px**2 + Muon_Py**2)", "leadPx": "Muon_Px[0]"}},
         {
             "transform": {
                 "name": "leading_pair_mass",
                 "inputs": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"},
-                "outputs": {"mass": "m_mumu"},
+                "outputs": {"mass": "mMuMu"},
             }
         },
     ],
-    "columns": ["m_mumu", "sum_pt2", "lead_px"],
+    "columns": ["mMuMu", "sumPt2", "leadPx"],
     "range_events": 1000,
 }
 
@@ -33,14 +33,14 @@ ZMUMU = {"source": {"generator": "zmumu", "events": 10_000, "seed": 7}, "columns
 
 HZZ_YAML = """
 range_events: 1.0e+3
-columns: [m_mumu, sum_pt2, lead_px]
+columns: [mMuMu, sumPt2, leadPx]
 steps:
   - filter: "NMuon>=2"
   - define:
-      lead_px: "Muon_Px[ 0 ]"
-      sum_pt2: "sum(Muon_Px ** 2 + Muon_Py ** 2)"
+      leadPx: "Muon_Px[ 0 ]"
+      sumPt2: "sum(Muon_Px ** 2 + Muon_Py ** 2)"
   - transform:
-      outputs: {mass: m_mumu}
+      outputs: {mass: mMuMu}
       name: leading_pair_mass
       inputs: {e: Muon_E, pz: Muon_Pz, py: Muon_Py, px: Muon_Px}
 source: {dataset: "opendata:hzz"}
@@ -76,9 +76,9 @@ def test_same_recipe_written_differently_has_the_same_id(catalog: Catalog, tmp_p
     "change",
     [
         lambda r: r["steps"].__setitem__(0, {"filter": "NMuon >= 3"}),
-        lambda r: r.__setitem__("columns", ["m_mumu", "sum_pt2"]),
+        lambda r: r.__setitem__("columns", ["mMuMu", "sumPt2"]),
         lambda r: r.__setitem__("range_events", 999),
-        lambda r: r["steps"][1]["define"].__setitem__("lead_px", "Muon_Px[1]"),
+        lambda r: r["steps"][1]["define"].__setitem__("leadPx", "Muon_Px[1]"),
         lambda r: r["steps"].pop(0),
     ],
 )
