@@ -97,6 +97,18 @@ def test_seed_params_and_generator_version_change_the_id(monkeypatch: pytest.Mon
     assert Recipe.from_dict(ZMUMU).id != base
 
 
+def test_more_events_than_uint32_luminosity_blocks_hold_are_refused() -> None:
+    source = {**ZMUMU["source"], "events": 2**42}
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_dict({**ZMUMU, "source": source})
+    [problem] = info.value.problems
+    assert problem.startswith("source.params: events_per_lumi=1000 numbers event 4398046511103 in luminosityBlock")
+    assert problem.endswith("use events_per_lumi >= 1025")
+    with pytest.raises(RecipeError, match="events_per_lumi >= 1025"):
+        Recipe.from_dict({**ZMUMU, "source": {**source, "params": {"events_per_lumi": 1024}}})
+    assert Recipe.from_dict({**ZMUMU, "source": {**source, "params": {"events_per_lumi": 1025}}}).source["events"] == 2**42
+
+
 def test_transform_code_changes_the_id(catalog: Catalog) -> None:
     source = "def scaled(pt):\n    return pt * 2.0\n"
     recipe = {
