@@ -325,10 +325,12 @@ def recipes_submit(
     client: Client,
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML or JSON).", exists=True, dir_okay=False)],
 ) -> None:
-    """Submit a recipe; prints its id, size and schema."""
+    """Submit a recipe; prints its id, size and schema, and the service's warnings (on stderr)."""
     info = client.submit(recipe)
     console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)
     _print_json(info.schema)
+    for warning in info.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @recipes_app.command("show")

@@ -51,16 +51,17 @@ def demo_recipe(events: int, range_events: int, seed: int = 2026) -> dict[str, o
     return {
         "source": {"generator": "zmumu", "events": events, "seed": seed},
         "steps": [
+            {"filter": "nMuon == 2"},  # both muons inside the detector's acceptance
             {
                 "transform": {
                     "name": "leading_pair_mass_ptetaphim",
                     "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"},
-                    "outputs": {"mass": "m_mumu"},
+                    "outputs": {"mass": "mMuMu"},
                 }
             },
-            {"define": {"pt_ll": "sum(Muon_pt)"}},
+            {"define": {"sumMuonPt": "sum(Muon_pt)"}},
         ],
-        "columns": ["m_mumu", "pt_ll"],
+        "columns": ["mMuMu", "sumMuonPt"],
         "range_events": range_events,
     }
 
@@ -175,7 +176,7 @@ def _run(settings: Settings, events: int, range_events: int, dashboard: bool, sa
             masses: list[np.ndarray] = []
 
             def payload(table: pa.Table) -> None:
-                masses.append(table.column("m_mumu").to_numpy())
+                masses.append(table.column("mMuMu").to_numpy())
 
             start = time.perf_counter()
             summary = client.run_worker(job, payload, n=1)
@@ -218,7 +219,7 @@ def _histogram(mass: np.ndarray, out: Path) -> float:
     ax.stairs(counts, edges, fill=True, alpha=0.6)
     ax.set_xlabel(r"$m_{\mu\mu}$ [GeV]")
     ax.set_ylabel("events / 0.25 GeV")
-    ax.set_title(f"vdata zmumu virtual dataset: {len(mass):,} events")
+    ax.set_title(f"vdata zmumu virtual dataset: {len(mass):,} events with two muons")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -175,6 +175,10 @@ class RecipeOut(BaseModel):
     num_ranges: int
     schema_: list[ColumnOut] = Field(alias="schema")
     recipe: dict[str, Any] = Field(description="The canonical form the id is the hash of")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What does not stop the recipe but may surprise: derived column names that coffea's "
+                    "NanoAODSchema would misread (e.g. 'm_mumu' as a collection 'm')")
 
 
 class RangeOut(BaseModel):

@@ -24,8 +24,8 @@ source: {dataset: "opendata:hzz"}
 steps:
   - filter: "NMuon >= 2"
   - transform: {name: leading_pair_mass, inputs: {px: Muon_Px, py: Muon_Py, pz: Muon_Pz, e: Muon_E},
-                outputs: {mass: m_mumu}}
-columns: [m_mumu, NMuon]
+                outputs: {mass: mMuMu}}
+columns: [mMuMu, NMuon]
 range_events: 1000
 """
 
@@ -76,8 +76,13 @@ def test_the_whole_command_line(server: tuple[BackgroundServer, Path], shared_da
     assert code == 0, out
     recipe_id = out.split(":")[0].strip()
     assert recipe_id.startswith("vds-") and "2,421 events in 3 ranges" in out
+    assert "warning:" not in out
+    recipe_file.write_text(RECIPE_YAML.replace("mMuMu", "m_mumu"))
+    code, out = run("recipes", "submit", str(recipe_file), token=scientist, url=url)
+    assert code == 0 and "warning: steps[1].transform.outputs.mass: coffea's NanoAODSchema would read 'm_mumu'" in out, out
+    recipe_file.write_text(RECIPE_YAML)
     code, out = run("recipes", "show", recipe_id, token=scientist, url=url)
-    assert code == 0 and "m_mumu" in out and "0: [0, 807)" in out
+    assert code == 0 and "mMuMu" in out and "0: [0, 807)" in out
     code, out = run("recipes", "stage", recipe_id, "--first", "1", "--count", "5", "-f", "root", token=scientist, url=url)
     assert code == 0 and f"staging ranges 1..2 of {recipe_id} as root" in out, out
     code, out = run("recipes", "stage", recipe_id, "--first", "3", token=scientist, url=url)

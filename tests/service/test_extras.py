@@ -59,14 +59,14 @@ def test_the_worker_library_imports_without_the_server_packages() -> None:
 def test_a_local_materialization_runs_without_the_server_packages(shared_data: Path) -> None:
     recipe = {"source": {"dataset": "opendata:hzz"},
               "steps": [{"filter": "NMuon >= 2"},
-                        {"transform": {"name": "leading_pair_mass", "outputs": {"mass": "m_mumu"},
+                        {"transform": {"name": "leading_pair_mass", "outputs": {"mass": "mMuMu"},
                                        "inputs": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"}}}],
-              "columns": ["m_mumu"], "range_events": 1000}
+              "columns": ["mMuMu"], "range_events": 1000}
     done = python_without_server(
         "from vdata import Catalog, Recipe, materialize\n"
         f"catalog = Catalog()\ncatalog.add_dataset('opendata:hzz', {str(shared_data / 'uproot-HZZ.root')!r}, 'events')\n"
         f"table = materialize(Recipe.from_dict({recipe!r}, catalog), 0, catalog)\n"
-        "print(table.num_rows, round(float(table['m_mumu'].to_numpy().mean())))\n"
+        "print(table.num_rows, round(float(table['mMuMu'].to_numpy().mean())))\n"
     )
     assert done.returncode == 0, done.stderr
     rows, mean_mass = map(int, done.stdout.strip().splitlines()[-1].split())

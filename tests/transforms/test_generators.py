@@ -14,6 +14,7 @@ from transforms.errors import GeneratorParamError, UnknownName
 from transforms.generators import GENERATORS, Generator, get_generator
 
 JETS_ON = {"zmumu": {"extra_jets": 2.5}, "multijet": {}}
+OPEN = {"muon_pt_min": 0.0, "muon_eta_max": 1000.0}  # no acceptance: both muons of every Z
 Z_MASS = 91.1876
 
 
@@ -82,10 +83,13 @@ def peak(masses: np.ndarray, bin_width: float = 0.05, half_window: float = 1.0) 
 )
 def test_any_split_gives_the_same_bytes(name: str, seed: int, first: int, n: int, cuts: list[float]) -> None:
     gen = get_generator(name)
-    whole = gen.generate(seed, first, first + n, JETS_ON[name])
+    # luminosity blocks of 7 events where the ids fit in a uint32 (block boundaries inside ranges)
+    params = JETS_ON[name] | {"events_per_lumi": max(7, (first + n) // 2**31 + 1)}
+    whole = gen.generate(seed, first, first + n, params)
     points = sorted({first, first + n, *(first + int(c * n) for c in cuts)})
-    pieces = [gen.generate(seed, a, b, JETS_ON[name]) for a, b in zip(points[:-1], points[1:], strict=True)]
+    pieces = [gen.generate(seed, a, b, params) for a, b in zip(points[:-1], points[1:], strict=True)]
     assert_same_bytes(concat(pieces) if pieces else whole, whole)
+    assert (whole["event"].values == np.arange(first, first + n, dtype=np.uint64)).all()
     if name == "zmumu" and n >= 20:
         assert set(whole["Jet_pt"].counts()) != {0}, "extra jets were not exercised"
 
@@ -128,11 +132,46 @@ def test_schema_matches_the_columns(name: str) -> None:
     assert list(empty) == list(schema) and all(len(c) == 0 for c in empty.values())
 
 
-def test_zmumu_column_order_is_nanoaod() -> None:
-    assert list(get_generator("zmumu").schema()) == [
+def test_zmumu_column_order_and_types_are_nanoaod() -> None:
+    schema = get_generator("zmumu").schema()
+    assert list(schema) == [
+        "run", "luminosityBlock", "event",
         "nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge",
         "nJet", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass",
     ]  # fmt: skip
+    flat = {name: str(t) for name, t in schema.items() if not t.jagged}
+    assert flat == {"run": "uint32", "luminosityBlock": "uint32", "event": "uint64", "nMuon": "uint32", "nJet": "uint32"}
+    assert {str(t) for name, t in schema.items() if t.jagged and name != "Muon_charge"} == {"var * float32"}
+    assert str(schema["Muon_charge"]) == "var * int32"
+    assert list(get_generator("multijet").schema())[:4] == ["run", "luminosityBlock", "event", "nJet"]
+
+
+# ---------------------------------------------------------------- event ids
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_event_ids(name: str) -> None:
+    gen = get_generator(name)
+    ids = gen.generate(5, 995, 1012, {"run": 362_104, "events_per_lumi": 10})
+    assert (ids["event"].values == np.arange(995, 1012)).all()
+    assert ids["luminosityBlock"].values.tolist() == [100] * 5 + [101] * 10 + [102] * 2  # 1 + event // 10
+    assert (ids["run"].values == 362_104).all()
+    default = gen.generate(5, 998, 1001)  # 1,000 events per block, run 1
+    assert default["luminosityBlock"].values.tolist() == [1, 1, 2] and (default["run"].values == 1).all()
+    other = get_generator("zmumu" if name == "multijet" else "multijet").generate(6, 995, 1012)
+    assert (other["event"].values == ids["event"].values).all()  # the index, not a random number
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_luminosity_blocks_beyond_uint32_are_refused(name: str) -> None:
+    gen = get_generator(name)
+    last_fitting = (2**32 - 1) * 1000  # event 2**32 - 2 blocks of 1,000 events, then block 2**32 - 1
+    assert gen.event_problems(last_fitting, gen.validate()) == []
+    assert gen.generate(1, last_fitting - 1, last_fitting)["luminosityBlock"].values[0] == 2**32 - 1
+    with pytest.raises(GeneratorParamError) as info:
+        gen.generate(1, last_fitting, last_fitting + 1)
+    assert "events_per_lumi=1000" in str(info.value) and "use events_per_lumi >= 1001" in str(info.value)
+    assert gen.generate(1, last_fitting, last_fitting + 1, {"events_per_lumi": 1001})["luminosityBlock"].values[0] > 0
 
 
 # ---------------------------------------------------------------- physics
@@ -140,7 +179,7 @@ def test_zmumu_column_order_is_nanoaod() -> None:
 
 @pytest.fixture(scope="module")
 def zmumu_events() -> dict[str, Column]:
-    return get_generator("zmumu").generate(2024, 0, 1_000_000, {})
+    return get_generator("zmumu").generate(2024, 0, 1_000_000, OPEN)
 
 
 def test_dimuon_mass_peaks_at_the_z_mass(zmumu_events: dict[str, Column]) -> None:
@@ -154,14 +193,14 @@ def test_dimuon_mass_peaks_at_the_z_mass(zmumu_events: dict[str, Column]) -> Non
 
 
 def test_dimuon_mass_peak_follows_the_mass_parameter() -> None:
-    masses = dimuon(get_generator("zmumu").generate(2024, 0, 1_000_000, {"mass": 91.5}))[0]
+    masses = dimuon(get_generator("zmumu").generate(2024, 0, 1_000_000, OPEN | {"mass": 91.5}))[0]
     assert abs(peak(masses) - 91.5) < 0.1
     assert abs(peak(masses) - Z_MASS) > 0.2  # so the test above can fail
 
 
 def test_zmumu_muons(zmumu_events: dict[str, Column]) -> None:
     n = len(zmumu_events["nMuon"])
-    assert (zmumu_events["nMuon"].values == 2).all()
+    assert (zmumu_events["nMuon"].values == 2).all() and zmumu_events["nMuon"].values.dtype == np.uint32
     assert (zmumu_events["Muon_pt"].offsets == np.arange(0, 2 * n + 1, 2)).all()
     charge = zmumu_events["Muon_charge"].values.reshape(-1, 2)
     assert (charge.sum(axis=1) == 0).all() and set(np.unique(charge)) == {-1, 1}
@@ -176,10 +215,60 @@ def test_zmumu_muons(zmumu_events: dict[str, Column]) -> None:
     assert (zmumu_events["nJet"].values == 0).all() and len(zmumu_events["Jet_pt"].values) == 0
 
 
+@pytest.fixture(scope="module")
+def accepted_events() -> dict[str, Column]:
+    return get_generator("zmumu").generate(2024, 0, 1_000_000, {})
+
+
+def test_zmumu_acceptance_drops_muons_outside_it(zmumu_events: dict[str, Column], accepted_events: dict[str, Column]) -> None:
+    """The default acceptance keeps exactly the muons of the same events (same seed, all
+    muons kept) with pT > 3 GeV and |eta| < 2.4, in the same order; event ids are untouched."""
+    pt, eta = (zmumu_events[f"Muon_{v}"].values.reshape(-1, 2) for v in ("pt", "eta"))
+    inside = (pt > 3.0) & (np.abs(eta) < 2.4)
+    assert 0.3 < inside.mean() < 0.9  # the cuts matter, and keep most muons
+    counts = accepted_events["nMuon"].values
+    assert (counts == inside.sum(axis=1)).all() and (accepted_events["Muon_pt"].counts() == counts).all()
+    assert {int(c) for c in np.unique(counts)} == {0, 1, 2}
+    for v in ("pt", "eta", "phi", "mass", "charge"):
+        kept = zmumu_events[f"Muon_{v}"].values[inside.ravel()]
+        assert accepted_events[f"Muon_{v}"].values.tobytes() == kept.tobytes(), v
+    assert accepted_events["event"].values.tobytes() == zmumu_events["event"].values.tobytes()
+    assert np.abs(accepted_events["Muon_eta"].values).max() < 2.4 and accepted_events["Muon_pt"].values.min() > 3.0
+
+
+def test_zmumu_acceptance_parameters() -> None:
+    events = get_generator("zmumu").generate(9, 0, 100_000, {"muon_pt_min": 20.0, "muon_eta_max": 1.0})
+    pt, eta = events["Muon_pt"].values, events["Muon_eta"].values
+    assert pt.min() > 20.0 and np.abs(eta).max() < 1.0
+    assert pt.min() < 20.2 and np.abs(eta).max() > 0.99  # the cuts, not something tighter
+
+
+def float32_dimuon_mass(columns: dict[str, Column]) -> tuple[np.ndarray, np.ndarray]:
+    """(float32, float64) masses of the events with two muons, computed as coffea's vector does."""
+    two = np.repeat(columns["nMuon"].values == 2, columns["nMuon"].values.astype(np.int64))
+    masses = []
+    for dtype in (np.float32, np.float64):
+        pt, eta, phi, m = (columns[f"Muon_{v}"].values[two].astype(dtype) for v in ("pt", "eta", "phi", "mass"))
+        px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+        e = np.sqrt(px * px + py * py + pz * pz + m * m)
+        e, px, py, pz = (x[0::2] + x[1::2] for x in (e, px, py, pz))
+        masses.append(np.sqrt(np.maximum(e * e - px * px - py * py - pz * pz, dtype(0))))
+    return masses[0], masses[1]
+
+
+def test_float32_dimuon_mass_is_exact_to_1e_4_inside_the_acceptance(
+    zmumu_events: dict[str, Column], accepted_events: dict[str, Column],
+) -> None:
+    single, double = float32_dimuon_mass(accepted_events)
+    assert np.max(np.abs(single - double) / double) < 1e-4
+    single, double = float32_dimuon_mass(zmumu_events)  # the forward muons of an open acceptance
+    assert np.max(np.abs(single - double) / double) > 1e-2
+
+
 def test_smearing_widens_the_peak() -> None:
     zmumu = get_generator("zmumu")
-    sharp = dimuon(zmumu.generate(5, 0, 200_000, {"smearing": 0.0}))[0]
-    blurred = dimuon(zmumu.generate(5, 0, 200_000, {"smearing": 0.05}))[0]
+    sharp = dimuon(zmumu.generate(5, 0, 200_000, OPEN | {"smearing": 0.0}))[0]
+    blurred = dimuon(zmumu.generate(5, 0, 200_000, OPEN | {"smearing": 0.05}))[0]
 
     def core(m: np.ndarray) -> float:
         return float(np.mean(np.abs(m - Z_MASS) < 1.0))
@@ -251,6 +340,9 @@ def test_every_problem_is_reported_at_once() -> None:
         ("zmumu", {"mass_min": 100.0, "mass_max": 90.0}, ["mass_min must be < mass_max"]),
         ("zmumu", {"mass": 130.0}, ["mass must lie in"]),
         ("zmumu", {"extra_jets": 1e9, "jet_pt_power": 0.5}, ["extra_jets", "jet_pt_power"]),
+        ("zmumu", {"muon_pt_min": -1.0, "muon_eta_max": 0.0}, ["muon_pt_min", "muon_eta_max"]),
+        ("multijet", {"run": 0, "events_per_lumi": 0}, ["run must be >= 1", "events_per_lumi must be >= 1"]),
+        ("multijet", {"run": 2**32, "events_per_lumi": 2.5}, ["run must be <= 4294967295", "events_per_lumi must be an integer"]),
     ],
 )
 def test_bad_parameters(name: str, params: dict[str, object], words: list[str]) -> None:

@@ -75,16 +75,19 @@ RecipeLike: TypeAlias = Recipe | Mapping[str, Any] | str | os.PathLike[str]
 
 @dataclass(frozen=True, slots=True)
 class RecipeInfo:
-    """A submitted recipe: its id, events, ranges and output schema (as the service describes it)."""
+    """A submitted recipe: its id, events, ranges and output schema (as the service describes it),
+    and the service's warnings about it (derived column names coffea would misread)."""
 
     id: str
     num_events: int
     num_ranges: int
     schema: Any
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RecipeInfo:
-        return cls(str(data["id"]), int(data["num_events"]), int(data["num_ranges"]), data.get("schema"))
+        return cls(str(data["id"]), int(data["num_events"]), int(data["num_ranges"]), data.get("schema"),
+                   tuple(str(w) for w in data.get("warnings") or ()))
 
 
 def _load_recipe(recipe: RecipeLike) -> dict[str, Any]:

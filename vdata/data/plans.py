@@ -9,7 +9,7 @@ same bytes every time, anywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from transforms.generators import get_generator
 from transforms.registry import Transform
 
 from vdata.data.catalog import Catalog
+from vdata.data.naming import naming_warnings
 from vdata.errors import RangeOutOfBounds, RecipeError, TaskLimitExceeded, TransformError, VdataError, array_error
 from vdata.ranges import EventRange, RegularRanges
 from vdata.data.recipes import Recipe, Step
@@ -85,7 +86,8 @@ class _Env:
 
 @dataclass
 class Plan:
-    """A recipe checked against the catalog: sizes, ranges, output schema, compiled steps."""
+    """A recipe checked against the catalog: sizes, ranges, output schema, compiled steps, and
+    warnings that do not stop it (derived names coffea would misread: :mod:`vdata.data.naming`)."""
 
     recipe: Recipe
     num_events: int
@@ -93,6 +95,7 @@ class Plan:
     schema: pa.Schema
     source_columns: list[str]
     ops: list[_Op]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -128,7 +131,8 @@ def plan(recipe: Recipe, catalog: Catalog, dry_run: bool = True) -> Plan:
         raise RecipeError(problems)
     schema = pa.schema([_field(name, types[name]) for name in columns])
     source_columns = [c for c in source_types if c in used or c in columns]
-    result = Plan(recipe, num_events, ranges, schema, source_columns, ops)
+    warnings = naming_warnings(recipe.steps, source_types, types)
+    result = Plan(recipe, num_events, ranges, schema, source_columns, ops, warnings)
     if dry_run:
         _dry_run(result, catalog)
     return result

@@ -6,11 +6,11 @@ steps (``filter``, ``define``, ``transform``) and output columns::
     source: {dataset: "opendata:hzz"}     # or {generator: zmumu, events: 1000000, seed: 7, params: {...}}
     steps:
       - filter: "NMuon >= 2"
-      - define: {sum_pt2: "sum(Muon_Px**2 + Muon_Py**2)"}
+      - define: {sumPt2: "sum(Muon_Px**2 + Muon_Py**2)"}
       - transform: {name: leading_pair_mass,
                     inputs: {px: Muon_Px, py: Muon_Py, pz: Muon_Pz, e: Muon_E},
-                    outputs: {mass: m_mumu}}
-    columns: [m_mumu, sum_pt2]
+                    outputs: {mass: mMuMu}}
+    columns: [mMuMu, sumPt2]
     range_events: 100000                    # optional
 
 The canonical form has sorted keys, expressions re-printed by ``ast`` (so spacing does not
@@ -18,7 +18,9 @@ matter), integral numbers as integers, every default filled in, and what the out
 but the text does not say: the generator's version, the content hash of each transform's code
 and the fingerprint of the dataset's files. ``recipe.id`` is ``"vds-"`` and the first 24 hex
 digits of the sha256 of that canonical JSON. Parsing reports every structural problem at
-once; :func:`vdata.data.plans.plan` checks the recipe against the catalog.
+once; :func:`vdata.data.plans.plan` checks the recipe against the catalog. Derived columns
+follow NanoAOD naming (per-event ``mMuMu``, per-object ``Muon_px``; the rule is in
+:mod:`vdata.data.naming`), and the plan warns where coffea would misread a name.
 """
 
 from __future__ import annotations
@@ -227,6 +229,9 @@ class _Parser:
             out["params"] = dict(sorted(generator.validate(dict(params)).items()))
         except GeneratorParamError as exc:
             self.problems.extend(f"source.params: {p}" for p in exc.problems)
+        else:
+            if out["events"] is not None:  # e.g. too many events for a uint32 luminosityBlock
+                self.problems.extend(f"source.params: {p}" for p in generator.event_problems(out["events"], out["params"]))
         out["version"] = generator.version
         return out
 

@@ -31,7 +31,7 @@ RECIPE_EXAMPLE = {
 def recipe_out(plan: Plan) -> RecipeOut:
     schema = [ColumnOut(name=f.name, type=str(f.type)) for f in plan.schema]
     return RecipeOut(id=plan.id, num_events=plan.num_events, num_ranges=len(plan.ranges), schema=schema,
-                     recipe=plan.recipe.to_dict())
+                     recipe=plan.recipe.to_dict(), warnings=plan.warnings)
 
 
 @router.post("", status_code=201, response_model=RecipeOut)

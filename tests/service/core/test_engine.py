@@ -31,8 +31,8 @@ def zmumu(events: int = 40_000, seed: int = 5, range_events: int = 10_000) -> Re
     return Recipe.from_dict(
         {
             "source": {"generator": "zmumu", "events": events, "seed": seed},
-            "steps": [{"transform": {"name": "leading_pair_mass_ptetaphim", "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"}, "outputs": {"mass": "m_mumu"}}}],
-            "columns": ["m_mumu", "Muon_pt"],
+            "steps": [{"transform": {"name": "leading_pair_mass_ptetaphim", "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"}, "outputs": {"mass": "mMuMu"}}}],
+            "columns": ["mMuMu", "Muon_pt"],
             "range_events": range_events,
         }
     )

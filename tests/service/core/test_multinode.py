@@ -39,8 +39,8 @@ def zmumu(events: int, seed: int, range_events: int) -> Recipe:
         "source": {"generator": "zmumu", "events": events, "seed": seed},
         "steps": [{"transform": {"name": "leading_pair_mass_ptetaphim",
                                  "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"},
-                                 "outputs": {"mass": "m_mumu"}}}],
-        "columns": ["m_mumu", "Muon_pt"],
+                                 "outputs": {"mass": "mMuMu"}}}],
+        "columns": ["mMuMu", "Muon_pt"],
         "range_events": range_events,
     })
 

@@ -33,8 +33,8 @@ def zmumu(seed: int) -> dict[str, Any]:
         "source": {"generator": "zmumu", "events": 4000, "seed": seed},
         "steps": [{"transform": {"name": "leading_pair_mass_ptetaphim",
                                  "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"},
-                                 "outputs": {"mass": "m_mumu"}}}],
-        "columns": ["m_mumu"],
+                                 "outputs": {"mass": "mMuMu"}}}],
+        "columns": ["mMuMu"],
         "range_events": 1000,
     }
 

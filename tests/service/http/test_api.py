@@ -122,6 +122,12 @@ def test_recipe_plan_and_ranges(admin: Client, recipe_id: str) -> None:
     assert body["id"] == recipe_id and body["num_events"] == 2421 and body["num_ranges"] == 7
     assert body["schema"] == [{"name": "met_px2", "type": "double"}, {"name": "NMuon", "type": "int32"},
                               {"name": "Muon_Px", "type": "large_list<item: float not null>"}]
+    [warning] = body["warnings"]  # HZZ's collection is MET, not met: coffea would see a collection met
+    assert warning.startswith("steps[0].transform.outputs.y: ") and "collection 'met' that the data do not have" in warning
+    fine = admin.post("/v1/recipes", json=dict(RECIPE, steps=[{"transform": {**RECIPE["steps"][0]["transform"],
+                                                                             "outputs": {"y": "metPx2"}}}],
+                                               columns=["metPx2"]))
+    assert fine.status_code == 201 and fine.json()["warnings"] == []
     ranges = admin.get(f"/v1/recipes/{recipe_id}/ranges").json()
     assert len(ranges) == 7 and ranges[0]["first"] == 0 and ranges[-1]["stop"] == 2421
     assert all(set(r) == {"index", "first", "stop"} for r in ranges)

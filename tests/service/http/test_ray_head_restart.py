@@ -49,8 +49,8 @@ RECIPE = {
     "source": {"generator": "zmumu", "events": 20_000, "seed": 3},
     "steps": [{"transform": {"name": "leading_pair_mass_ptetaphim",
                              "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"},
-                             "outputs": {"mass": "m_mumu"}}}],
-    "columns": ["m_mumu"],
+                             "outputs": {"mass": "mMuMu"}}}],
+    "columns": ["mMuMu"],
     "range_events": 2_000,
 }
 

@@ -31,10 +31,10 @@ def test_hzz_recipe_equals_an_awkward_reference(catalog: Catalog, shared_data: P
             "source": {"dataset": "opendata:hzz"},
             "steps": [
                 {"filter": "NMuon >= 2"},
-                {"define": {"sum_pt2": "sum(Muon_Px**2 + Muon_Py**2)", "lead_px": "Muon_Px[0]"}},
-                {"transform": {"name": "leading_pair_mass", "inputs": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"}, "outputs": {"mass": "m_mumu"}}},
+                {"define": {"sumPt2": "sum(Muon_Px**2 + Muon_Py**2)", "leadPx": "Muon_Px[0]"}},
+                {"transform": {"name": "leading_pair_mass", "inputs": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"}, "outputs": {"mass": "mMuMu"}}},
             ],
-            "columns": ["m_mumu", "sum_pt2", "lead_px", "NMuon"],
+            "columns": ["mMuMu", "sumPt2", "leadPx", "NMuon"],
             "range_events": 1000,
         },
         catalog,
@@ -48,9 +48,9 @@ def test_hzz_recipe_equals_an_awkward_reference(catalog: Catalog, shared_data: P
     px, py, pz, e = (ak.values_astype(ev[c], np.float64) for c in ("Muon_Px", "Muon_Py", "Muon_Pz", "Muon_E"))
     m2 = (e[:, 0] + e[:, 1]) ** 2 - (px[:, 0] + px[:, 1]) ** 2 - (py[:, 0] + py[:, 1]) ** 2 - (pz[:, 0] + pz[:, 1]) ** 2
     assert table.num_rows == len(ev)
-    np.testing.assert_allclose(table["m_mumu"].to_numpy(), np.sqrt(np.maximum(ak.to_numpy(m2), 0)), rtol=1e-5)
-    np.testing.assert_allclose(table["sum_pt2"].to_numpy(), ak.to_numpy(ak.sum(ev.Muon_Px**2 + ev.Muon_Py**2, axis=1)), rtol=1e-5)
-    np.testing.assert_allclose(table["lead_px"].to_numpy(), ak.to_numpy(ev.Muon_Px[:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(table["mMuMu"].to_numpy(), np.sqrt(np.maximum(ak.to_numpy(m2), 0)), rtol=1e-5)
+    np.testing.assert_allclose(table["sumPt2"].to_numpy(), ak.to_numpy(ak.sum(ev.Muon_Px**2 + ev.Muon_Py**2, axis=1)), rtol=1e-5)
+    np.testing.assert_allclose(table["leadPx"].to_numpy(), ak.to_numpy(ev.Muon_Px[:, 0]), rtol=1e-6)
     assert table["NMuon"].to_pylist() == ak.to_list(ev.NMuon)
     assert table.schema.field("NMuon").type == pa.int32()
 
@@ -78,11 +78,11 @@ def test_nanoaod_passthrough_of_jagged_columns(catalog: Catalog) -> None:
 ZMUMU = {
     "source": {"generator": "zmumu", "events": 20_000, "seed": 11},
     "steps": [
-        {"define": {"pt_sum": "sum(Muon_pt)"}},
-        {"filter": "pt_sum > 60"},
-        {"transform": {"name": "leading_pair_mass_ptetaphim", "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"}, "outputs": {"mass": "m_mumu"}}},
+        {"define": {"sumPt": "sum(Muon_pt)"}},
+        {"filter": "sumPt > 60"},
+        {"transform": {"name": "leading_pair_mass_ptetaphim", "inputs": {"pt": "Muon_pt", "eta": "Muon_eta", "phi": "Muon_phi", "m": "Muon_mass"}, "outputs": {"mass": "mMuMu"}}},
     ],
-    "columns": ["m_mumu", "pt_sum", "Muon_pt", "Muon_charge"],
+    "columns": ["mMuMu", "sumPt", "Muon_pt", "Muon_charge"],
 }
 
 

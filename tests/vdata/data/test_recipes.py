@@ -16,16 +16,16 @@ HZZ_RECIPE = {
     "source": {"dataset": "opendata:hzz"},
     "steps": [
         {"filter": "NMuon >= 2"},
-        {"define": {"sum_pt2": "sum(Muon_Px**2 + Muon_Py**2)", "lead_px": "Muon_Px[0]"}},
+        {"define": {"sumPt2": "sum(Muon_Px**2 + Muon_Py**2)", "leadPx": "Muon_Px[0]"}},
         {
             "transform": {
                 "name": "leading_pair_mass",
                 "inputs": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"},
-                "outputs": {"mass": "m_mumu"},
+                "outputs": {"mass": "mMuMu"},
             }
         },
     ],
-    "columns": ["m_mumu", "sum_pt2", "lead_px"],
+    "columns": ["mMuMu", "sumPt2", "leadPx"],
     "range_events": 1000,
 }
 
@@ -33,14 +33,14 @@ ZMUMU = {"source": {"generator": "zmumu", "events": 10_000, "seed": 7}, "columns
 
 HZZ_YAML = """
 range_events: 1.0e+3
-columns: [m_mumu, sum_pt2, lead_px]
+columns: [mMuMu, sumPt2, leadPx]
 steps:
   - filter: "NMuon>=2"
   - define:
-      lead_px: "Muon_Px[ 0 ]"
-      sum_pt2: "sum(Muon_Px ** 2 + Muon_Py ** 2)"
+      leadPx: "Muon_Px[ 0 ]"
+      sumPt2: "sum(Muon_Px ** 2 + Muon_Py ** 2)"
   - transform:
-      outputs: {mass: m_mumu}
+      outputs: {mass: mMuMu}
       name: leading_pair_mass
       inputs: {e: Muon_E, pz: Muon_Pz, py: Muon_Py, px: Muon_Px}
 source: {dataset: "opendata:hzz"}
@@ -76,9 +76,9 @@ def test_same_recipe_written_differently_has_the_same_id(catalog: Catalog, tmp_p
     "change",
     [
         lambda r: r["steps"].__setitem__(0, {"filter": "NMuon >= 3"}),
-        lambda r: r.__setitem__("columns", ["m_mumu", "sum_pt2"]),
+        lambda r: r.__setitem__("columns", ["mMuMu", "sumPt2"]),
         lambda r: r.__setitem__("range_events", 999),
-        lambda r: r["steps"][1]["define"].__setitem__("lead_px", "Muon_Px[1]"),
+        lambda r: r["steps"][1]["define"].__setitem__("leadPx", "Muon_Px[1]"),
         lambda r: r["steps"].pop(0),
     ],
 )
@@ -95,6 +95,18 @@ def test_seed_params_and_generator_version_change_the_id(monkeypatch: pytest.Mon
     zmumu = generators.get_generator("zmumu")
     monkeypatch.setitem(generators.GENERATORS, "zmumu", dataclasses.replace(zmumu, version=zmumu.version + ".next"))
     assert Recipe.from_dict(ZMUMU).id != base
+
+
+def test_more_events_than_uint32_luminosity_blocks_hold_are_refused() -> None:
+    source = {**ZMUMU["source"], "events": 2**42}
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_dict({**ZMUMU, "source": source})
+    [problem] = info.value.problems
+    assert problem.startswith("source.params: events_per_lumi=1000 numbers event 4398046511103 in luminosityBlock")
+    assert problem.endswith("use events_per_lumi >= 1025")
+    with pytest.raises(RecipeError, match="events_per_lumi >= 1025"):
+        Recipe.from_dict({**ZMUMU, "source": {**source, "params": {"events_per_lumi": 1024}}})
+    assert Recipe.from_dict({**ZMUMU, "source": {**source, "params": {"events_per_lumi": 1025}}}).source["events"] == 2**42
 
 
 def test_transform_code_changes_the_id(catalog: Catalog) -> None:
