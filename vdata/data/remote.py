@@ -1,4 +1,4 @@
-"""How remote (http, https) source files are opened, and what their failures become.
+"""How remote (http, https, root) source files are opened, and what their failures become.
 
 uproot reads http(s) files through fsspec's ``HTTPFileSystem`` over aiohttp
 (``uproot.source.fsspec.FSSpecSource``); :meth:`RemoteOptions.uproot_options` are the
@@ -16,8 +16,19 @@ uproot reads http(s) files through fsspec's ``HTTPFileSystem`` over aiohttp
   ``sock_connect`` and ``sock_read``; no limit on the total, so big reads at a steady pace
   pass). Without them a stalled source held a request for aiohttp's 300 s default.
 
-Every network failure (connection refused, DNS, HTTP 4xx/5xx, truncated bodies, timeouts, the
-refusals above) becomes a :class:`~vdata.errors.RemoteReadError` naming the URL, through
+XRootD (``root://host//path``) files are read the way uproot documents it: its fsspec source
+over ``fsspec-xrootd`` and the ``xrootd`` bindings (the ``xrootd`` extra; :func:`require_xrootd`
+says how to install it). An XRootD request (open, stat, a vector read) is bounded as a whole,
+not per phase: it gets ``connect_timeout + read_timeout`` seconds, rounded up (XRootD's timeouts
+are whole seconds). Two settings of the XRootD client are process-wide (its environment, the
+same for every file, set by :func:`require_xrootd`): timeouts are checked every second (the
+default, 15 s, would stretch a 3 s timeout to 15 s), and a refused connection fails at once
+rather than being retried for up to two minutes (as an HTTP connection is not retried either).
+The XRootD client follows an XRootD redirect (federations and redirectors rely on them); the
+``allowed_url_prefixes`` check is on the URL registered.
+
+Every network failure (connection refused, DNS, HTTP 4xx/5xx, XRootD errors, truncated bodies,
+timeouts, the refusals above) becomes a :class:`~vdata.errors.RemoteReadError` naming the URL, through
 :func:`network_error` — the service answers it with 502. The options travel with each
 :class:`~vdata.data.sources.SourceDataset` (and the catalog), so Ray workers that reopen a file use
 the same ones; nothing here is a process global.
@@ -26,6 +37,8 @@ the same ones; nothing here is a process global.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +48,14 @@ import uproot.source.fsspec
 
 from vdata.errors import RemoteReadError
 
-__all__ = ["NETWORK_ERRORS", "RemoteOptions", "network_error"]
+__all__ = ["NETWORK_ERRORS", "RemoteOptions", "is_not_found", "network_error", "require_xrootd"]
 
 HTTP_SCHEMES = ("http://", "https://")
+XROOTD_SCHEME = "root://"
+XROOTD_INSTALL = "pip install 'vdata[xrootd]'"
+# XRootD protocol error codes (XProtocol.hh), as fsspec-xrootd's OSError messages quote them
+_XROOTD_NOT_FOUND = "[3011]"  # kXR_NotFound
+_XROOTD_TIMED_OUT = ("Operation expired", "Socket timeout")
 
 # What a remote read may raise when the network or the server fails (TimeoutError and
 # ConnectionError are OSErrors; aiohttp's response, payload and timeout errors are not all).
@@ -57,8 +75,16 @@ class RemoteOptions:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"RemoteOptions.{name} must be a positive number of seconds, got {value!r}")
 
+    @property
+    def xrootd_timeout(self) -> int:
+        """Seconds an XRootD request may take in all: connecting and the answer."""
+        return math.ceil(self.connect_timeout + self.read_timeout)
+
     def uproot_options(self, path: str) -> dict[str, Any]:
-        """Options of ``uproot.open(path, ...)``: none for local files (and root:// URLs)."""
+        """Options of ``uproot.open(path, ...)``: none for local files."""
+        if path.startswith(XROOTD_SCHEME):
+            require_xrootd()
+            return {"timeout": self.xrootd_timeout}  # passed by fsspec to XRootDFileSystem
         if not path.startswith(HTTP_SCHEMES):
             return {}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
@@ -69,6 +95,19 @@ class RemoteOptions:
             # passed by fsspec to its aiohttp.ClientSession
             "client_kwargs": {"timeout": timeout, "raise_for_status": _check_response},
         }
+
+
+def require_xrootd() -> None:
+    """Make sure root:// URLs can be read here, and set the XRootD client's process-wide settings
+    (module docstring); a :class:`ModuleNotFoundError` saying how to install it if they cannot."""
+    absent = [name for name in ("XRootD", "fsspec_xrootd") if importlib.util.find_spec(name) is None]
+    if absent:
+        raise ModuleNotFoundError(f"root:// sources need the XRootD client (missing here: "
+                                  f"{', '.join(absent)}): {XROOTD_INSTALL}", name=absent[0])
+    import XRootD.client  # here: only root:// reads need it
+
+    XRootD.client.EnvPutInt("TimeoutResolution", 1)
+    XRootD.client.EnvPutInt("ConnectionRetry", 1)
 
 
 class _RangesRaise:
@@ -134,24 +173,34 @@ def _describe(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}: {exc.message}"
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)) or _xrootd_timed_out(exc):
         return f"timed out: no connection or no data within the connect/read timeout ({str(exc) or type(exc).__name__})"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _xrootd_timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and any(f"] {words}" in str(exc) for words in _XROOTD_TIMED_OUT)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """The server says the file does not exist: HTTP 404 (fsspec's ``FileNotFoundError``) or
+    XRootD's ``kXR_NotFound`` (an ``OSError`` from fsspec-xrootd that quotes the code)."""
+    return (isinstance(exc, FileNotFoundError)
+            or (isinstance(exc, aiohttp.ClientResponseError) and exc.status == 404)
+            or (isinstance(exc, OSError) and _XROOTD_NOT_FOUND in str(exc)))
 
 
 def network_error(path: str, exc: BaseException, doing: str = "") -> RemoteReadError | None:
     """A RemoteReadError naming ``path`` for a network failure anywhere in ``exc``'s chain
     (fsspec re-raises some as ``FileNotFoundError``), or None if there is none.
 
-    A 404 (``FileNotFoundError``) is not a network failure: the caller decides."""
+    A missing file (:func:`is_not_found`) is not a network failure: the caller decides."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        not_found = isinstance(current, FileNotFoundError) or (
-            isinstance(current, aiohttp.ClientResponseError) and current.status == 404)
-        if isinstance(current, NETWORK_ERRORS) and not not_found:
+        if isinstance(current, NETWORK_ERRORS) and not is_not_found(current):
             where = f"{path}: {doing}" if doing else path
             return RemoteReadError(f"{where}: {_describe(current)}")
         current = current.__cause__ or current.__context__
