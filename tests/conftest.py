@@ -1,5 +1,5 @@
 """Fixtures shared by the whole suite: the real ROOT files in ../shared/data, a loopback HTTP
-file server with range support, and the one way a test gets Ray (:func:`embedded_ray`)."""
+file server with range support, a real XRootD server serving them, and the one way a test gets Ray (:func:`embedded_ray`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from realdata import SHARED_DATA, require
 
-from vdata.testing import RangeFileServer
+from vdata.testing import XROOTD_BINARY, RangeFileServer, XRootDServer
 
 
 # The longest test files, started first: with two xdist workers (make test), a long file left
@@ -41,6 +41,23 @@ def shared_data() -> Path:
 def file_server(shared_data: Path) -> Iterator[RangeFileServer]:
     """../shared/data served over HTTP with range requests on a loopback port."""
     with RangeFileServer(shared_data) as server:
+        yield server
+
+
+def require_xrootd_server() -> None:
+    """Debian's xrootd-server, or fail under CI=true (make test installs it), else skip."""
+    if not Path(XROOTD_BINARY).exists():
+        message = f"XRootD's server is not installed ({XROOTD_BINARY}; apt-get install xrootd-server; make test does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def xrootd_server(shared_data: Path) -> Iterator[XRootDServer]:
+    """../shared/data served read-only by a real XRootD server on a loopback port (root://)."""
+    require_xrootd_server()
+    with XRootDServer(shared_data) as server:
         yield server
 
 

@@ -53,14 +53,14 @@ def _free_port() -> int:
 class XRootDServer:
     """xrootd serving ``root`` (read-only) on a free loopback port; ``url`` is
     ``root://127.0.0.1:PORT/``, so ``f"{server.url}/{name}"`` is the root:// URL of
-    ``root/name``. A context manager; stopped (SIGTERM, then SIGKILL) on exit, also after a
+    ``root/name``. ``port``: a given one (say, to restart a server where it was). A context manager; stopped (SIGTERM, then SIGKILL) on exit, also after a
     failed start, and its run folder removed."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], port: int | None = None) -> None:
         if not Path(XROOTD_BINARY).exists():
             raise FileNotFoundError(f"xrootd not found ({XROOTD_BINARY}): apt-get install -y xrootd-server")
         self.root = Path(root).resolve()
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"root://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen[bytes] | None = None
         self._run: Path | None = None

@@ -31,10 +31,10 @@ from typing import BinaryIO, Self, TypeVar
 import awkward as ak
 import pyarrow as pa
 
-from vdata._xrootd_server import XRootDServer
+from vdata._xrootd_server import XROOTD_BINARY, XRootDServer
 
-__all__ = ["HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "XRootDServer", "assert_tables_equal", "free_port",
-           "wait_until"]
+__all__ = ["XROOTD_BINARY", "HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "XRootDServer",
+           "assert_tables_equal", "free_port", "wait_until"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
 T = TypeVar("T")

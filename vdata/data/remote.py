@@ -22,8 +22,10 @@ says how to install it). An XRootD request (open, stat, a vector read) is bounde
 not per phase: it gets ``connect_timeout + read_timeout`` seconds, rounded up (XRootD's timeouts
 are whole seconds). Two settings of the XRootD client are process-wide (its environment, the
 same for every file, set by :func:`require_xrootd`): timeouts are checked every second (the
-default, 15 s, would stretch a 3 s timeout to 15 s), and a refused connection fails at once
-rather than being retried for up to two minutes (as an HTTP connection is not retried either).
+default, 15 s, would stretch a 3 s timeout to 15 s); a refused connection fails at once
+rather than being retried for up to two minutes (as an HTTP connection is not retried either);
+and a server that failed is tried again by the next request, not refused by the client for 30
+minutes (``StreamErrorWindow``): a source that restarts is readable again at once.
 The XRootD client follows an XRootD redirect (federations and redirectors rely on them); the
 ``allowed_url_prefixes`` check is on the URL registered.
 
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import fsspec.asyn
 import fsspec.implementations.cached
 import uproot.source.fsspec
 
@@ -84,7 +87,8 @@ class RemoteOptions:
         """Options of ``uproot.open(path, ...)``: none for local files."""
         if path.startswith(XROOTD_SCHEME):
             require_xrootd()
-            return {"timeout": self.xrootd_timeout}  # passed by fsspec to XRootDFileSystem
+            # timeout: passed by fsspec to XRootDFileSystem, which gives it to every request
+            return {"handler": _XRootDSource, "timeout": self.xrootd_timeout}
         if not path.startswith(HTTP_SCHEMES):
             return {}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
@@ -100,7 +104,7 @@ class RemoteOptions:
 def require_xrootd() -> None:
     """Make sure root:// URLs can be read here, and set the XRootD client's process-wide settings
     (module docstring); a :class:`ModuleNotFoundError` saying how to install it if they cannot."""
-    absent = [name for name in ("XRootD", "fsspec_xrootd") if importlib.util.find_spec(name) is None]
+    absent = [name for name in ("XRootD", "fsspec_xrootd") if not _installed(name)]
     if absent:
         raise ModuleNotFoundError(f"root:// sources need the XRootD client (missing here: "
                                   f"{', '.join(absent)}): {XROOTD_INSTALL}", name=absent[0])
@@ -108,6 +112,15 @@ def require_xrootd() -> None:
 
     XRootD.client.EnvPutInt("TimeoutResolution", 1)
     XRootD.client.EnvPutInt("ConnectionRetry", 1)
+    XRootD.client.EnvPutInt("StreamErrorWindow", 0)
+
+
+def _installed(name: str) -> bool:
+    """Found without importing it (ValueError: ``sys.modules[name]`` is None, i.e. blocked)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class _RangesRaise:
@@ -146,6 +159,51 @@ class _HTTPSource(uproot.source.fsspec.FSSpecSource):
         # uproot reads a caching filesystem (its WebDAV work-around) through another path
         if not isinstance(self._fs, fsspec.implementations.cached.CachingFileSystem):
             self._fs = _RangesRaise(self._fs)
+
+
+class _FreshHandles:
+    """fsspec-xrootd's filesystem, made to drop a file's handle when a read of it failed.
+
+    fsspec-xrootd keeps one open XRootD handle per file (its ``ReadonlyFileHandleCache``) and
+    hands it out again after a failure: once the server had gone away and come back, every
+    later read raised ``ValueError: I/O operation on closed file``, which read as an
+    uninterpretable column. Dropping the handle makes the next read open the file afresh. (The
+    cache has no public way to drop one entry from inside its event loop.)"""
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)
+
+    async def _forget(self, path: str) -> None:
+        try:
+            await self._fs._readonly_filehandle_cache._close(self._fs.unstrip_protocol(path), 1)
+        except OSError:
+            pass  # the server is gone: the handle is out of the cache all the same
+
+    async def _cat_ranges(self, paths: list[str], *args: Any, **kwargs: Any) -> list[bytes]:
+        try:
+            return list(await self._fs._cat_ranges(paths, *args, **kwargs))
+        except (OSError, ValueError):
+            for path in set(paths):
+                await self._forget(path)
+            raise
+
+    def cat_file(self, path: str, *args: Any, **kwargs: Any) -> bytes:
+        try:
+            return bytes(self._fs.cat_file(path, *args, **kwargs))
+        except (OSError, ValueError):
+            fsspec.asyn.sync(self._fs.loop, self._forget, path)
+            raise
+
+
+class _XRootDSource(uproot.source.fsspec.FSSpecSource):
+    """uproot's fsspec source over fsspec-xrootd, with a failed file's handle dropped (:class:`_FreshHandles`)."""
+
+    def _open(self) -> None:
+        super()._open()
+        self._fs = _FreshHandles(self._fs)
 
 
 async def _check_response(response: aiohttp.ClientResponse) -> None:
