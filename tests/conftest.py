@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realdata import SHARED_DATA, require
+from realdata import SHARED_DATA, XROOTD_BIG, require
 
 from vdata.testing import XROOTD_BINARY, RangeFileServer, XRootDServer
 
@@ -58,6 +60,30 @@ def xrootd_server(shared_data: Path) -> Iterator[XRootDServer]:
     """../shared/data served read-only by a real XRootD server on a loopback port (root://)."""
     require_xrootd_server()
     with XRootDServer(shared_data) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def xrootd_root(shared_data: Path) -> Iterator[Path]:
+    """A folder for a test's own XRootD server: ``locked.root``, a file nobody may read (mode
+    000), and a link to :data:`XROOTD_BIG` of ../shared/data. Made with tempfile, not tmp_path:
+    xrootd runs as ``nobody`` under root and must be able to enter it."""
+    root = Path(tempfile.mkdtemp(prefix="vdata-xrd-test-"))
+    try:
+        root.chmod(0o755)
+        shutil.copyfile(shared_data / "uproot-HZZ.root", root / "locked.root")
+        (root / "locked.root").chmod(0o000)
+        (root / XROOTD_BIG).symlink_to(shared_data / XROOTD_BIG)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def xrootd_own_server(xrootd_root: Path) -> Iterator[XRootDServer]:
+    """An XRootD server of one test alone, serving :func:`xrootd_root` (the test may stop it)."""
+    require_xrootd_server()
+    with XRootDServer(xrootd_root) as server:
         yield server
 
 

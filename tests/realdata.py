@@ -35,6 +35,10 @@ REMOTE_CASES = [
     ("uproot-physlite-rntuple_v1-0-0-0.root", "EventTag"),
 ]
 
+# A big file (1,000,000 entries in many baskets: a read fetches only its own) that a test's own
+# XRootD server serves through a link (tests/conftest.py, xrootd_root).
+XROOTD_BIG = "uproot-issue412.root"
+
 
 def require(path: Path = SHARED_DATA / "uproot-HZZ.root") -> Path:
     """``path`` (a file of ../shared/data); if it is missing, fail under CI=true, else skip."""

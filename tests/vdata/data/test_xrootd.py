@@ -6,16 +6,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_xrootd_server
 from realdata import REMOTE_CASES
+from realdata import XROOTD_BIG as BIG
 
 import vdata
 from vdata.data.remote import RemoteOptions
@@ -23,31 +20,6 @@ from vdata.testing import XRootDServer, assert_tables_equal
 
 # A bound on a failure's wait on 2 shared, busy cores, not a speed measurement.
 SLACK = 20.0
-BIG = "uproot-issue412.root"  # 1,000,000 entries in many baskets: a read fetches only its own
-
-
-@pytest.fixture(scope="module")
-def own_root(shared_data: Path) -> Iterator[Path]:
-    """A folder the test's own servers serve: a file nobody may read (mode 000) and a link to a
-    big file of ../shared/data. Made with tempfile, not tmp_path: xrootd runs as ``nobody`` under
-    root and must be able to enter it."""
-    root = Path(tempfile.mkdtemp(prefix="vdata-xrd-test-"))
-    try:
-        root.chmod(0o755)
-        shutil.copyfile(shared_data / "uproot-HZZ.root", root / "locked.root")
-        (root / "locked.root").chmod(0o000)
-        (root / BIG).symlink_to(shared_data / BIG)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def own_server(own_root: Path) -> Iterator[XRootDServer]:
-    """An xrootd of this test alone (a test may stop it)."""
-    require_xrootd_server()
-    with XRootDServer(own_root) as server:
-        yield server
 
 
 @pytest.mark.parametrize(("name", "tree"), REMOTE_CASES)
@@ -78,8 +50,8 @@ def test_a_missing_file_is_source_file_not_found(xrootd_server: XRootDServer) ->
         vdata.open_dataset(url, "events")
 
 
-def test_a_file_the_server_may_not_read_is_a_remote_read_error(own_server: XRootDServer) -> None:
-    url = f"{own_server.url}/locked.root"
+def test_a_file_the_server_may_not_read_is_a_remote_read_error(xrootd_own_server: XRootDServer) -> None:
+    url = f"{xrootd_own_server.url}/locked.root"
     with pytest.raises(vdata.RemoteReadError, match=re.escape(url)) as caught:
         vdata.open_dataset(url, "events")
     assert "permission denied" in str(caught.value)
@@ -113,18 +85,18 @@ def test_a_server_that_never_answers_times_out_within_the_settings() -> None:
 
 
 def test_reading_after_the_server_stopped_is_a_remote_read_error_until_it_is_back(
-    shared_data: Path, own_root: Path, own_server: XRootDServer
+    shared_data: Path, xrootd_root: Path, xrootd_own_server: XRootDServer
 ) -> None:
     """The dataset was opened and one range read; then the server stops while the file is open
     (a worker keeps it open across tasks), and later comes back at the same address: the open
     dataset reads again (XRootD's client would refuse that host for 30 minutes after the error,
     and fsspec-xrootd would hand out the dead handle again: neither is left to do so)."""
-    url = f"{own_server.url}/{BIG}"
+    url = f"{xrootd_own_server.url}/{BIG}"
     ds = vdata.open_dataset(url, "test", RemoteOptions(connect_timeout=3, read_timeout=3))
     ranges = ds.ranges(10_000)
     first = ds.read(ranges[0])
     assert_tables_equal(first, vdata.open_dataset(shared_data / BIG, "test").read(ranges[0]))
-    own_server.stop()
+    xrootd_own_server.stop()
     later = ranges[50]
     start = time.monotonic()
     with pytest.raises(vdata.RemoteReadError, match=re.escape(url)) as caught:
@@ -132,7 +104,7 @@ def test_reading_after_the_server_stopped_is_a_remote_read_error_until_it_is_bac
     assert time.monotonic() - start < 6 + SLACK
     assert f"reading entries [{later.first}, {later.stop})" in str(caught.value)
     local = vdata.open_dataset(shared_data / BIG, "test")
-    with XRootDServer(own_root, port=own_server.port):
+    with XRootDServer(xrootd_root, port=xrootd_own_server.port):
         for r in (later, ranges[60]):
             assert_tables_equal(ds.read(r), local.read(r), what=f"{r} after the server came back")
     ds.close()
