@@ -20,8 +20,8 @@ XRootD (``root://host//path``) files are read the way uproot documents it: its f
 over ``fsspec-xrootd`` and the ``xrootd`` bindings (the ``xrootd`` extra; :func:`require_xrootd`
 says how to install it). An XRootD request (open, stat, a vector read) is bounded as a whole,
 not per phase: it gets ``connect_timeout + read_timeout`` seconds, rounded up (XRootD's timeouts
-are whole seconds). Two settings of the XRootD client are process-wide (its environment, the
-same for every file, set by :func:`require_xrootd`): timeouts are checked every second (the
+are whole seconds). Three settings of the XRootD client are process-wide (its environment,
+fixed, the same for every file; set by :func:`require_xrootd`): timeouts are checked every second (the
 default, 15 s, would stretch a 3 s timeout to 15 s); a refused connection fails at once
 rather than being retried for up to two minutes (as an HTTP connection is not retried either);
 and a server that failed is tried again by the next request, not refused by the client for 30
@@ -33,7 +33,7 @@ Every network failure (connection refused, DNS, HTTP 4xx/5xx, XRootD errors, tru
 timeouts, the refusals above) becomes a :class:`~vdata.errors.RemoteReadError` naming the URL, through
 :func:`network_error` — the service answers it with 502. The options travel with each
 :class:`~vdata.data.sources.SourceDataset` (and the catalog), so Ray workers that reopen a file use
-the same ones; nothing here is a process global.
+the same ones; nothing here is a process global but those three fixed XRootD client settings.
 """
 
 from __future__ import annotations
