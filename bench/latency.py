@@ -388,7 +388,8 @@ def plot(rows: list[dict[str, Any]], payloads: list[float], modes: list[str], pa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(payloads), figsize=(5.5 * len(payloads), 4.2), sharey=True, squeeze=False)
-    styles = {"local": "k--", "direct": "o-", "direct-xrootd": "D-", "stream": "s-", "file": "^-", "stream+stage": "s:", "file+stage": "^:"}
+    styles = {"local": "k--", "direct": "o-", "direct-xrootd": "D-", "stream": "s-", "file": "^-",
+              "stream+stage": "s:", "file+stage": "^:"}
     for ax, us in zip(axes[0], payloads):
         for m in modes:
             pts = sorted((r["rtt_ms"], r["eff"]) for r in rows if r["mode"] == m and r["us_per_event"] == us)

@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: the real ROOT files in ../shared/data, a loopback HTTP
-file server with range support, a real XRootD server serving them, and the one way a test gets Ray (:func:`embedded_ray`)."""
+file server with range support, a real XRootD server serving them, and the one way a test gets
+Ray (:func:`embedded_ray`)."""
 
 from __future__ import annotations
 

@@ -51,10 +51,10 @@ def _free_port() -> int:
 
 
 class XRootDServer:
-    """xrootd serving ``root`` (read-only) on a free loopback port; ``url`` is
-    ``root://127.0.0.1:PORT/``, so ``f"{server.url}/{name}"`` is the root:// URL of
-    ``root/name``. ``port``: a given one (say, to restart a server where it was). A context manager; stopped (SIGTERM, then SIGKILL) on exit, also after a
-    failed start, and its run folder removed."""
+    """xrootd serving ``root`` (read-only) on a free loopback port, or on ``port`` (say, to
+    restart a server where it was); ``url`` is ``root://127.0.0.1:PORT/``, so
+    ``f"{server.url}/{name}"`` is the root:// URL of ``root/name``. A context manager; stopped
+    (SIGTERM, then SIGKILL) on exit, also after a failed start, and its run folder removed."""
 
     def __init__(self, root: str | os.PathLike[str], port: int | None = None) -> None:
         if not Path(XROOTD_BINARY).exists():
