@@ -36,7 +36,7 @@ def test_xrootd_reads_equal_local_reads(shared_data: Path, xrootd_server: XRootD
     assert remote.files[0].remote and remote.files[0].adler32 is None
 
 
-def test_local_http_and_xrootd_files_mix_in_one_dataset(shared_data: Path, xrootd_server: XRootDServer) -> None:
+def test_local_and_xrootd_files_mix_in_one_dataset(shared_data: Path, xrootd_server: XRootDServer) -> None:
     ds = vdata.open_dataset([shared_data / "uproot-HZZ.root", f"{xrootd_server.url}/uproot-HZZ-lz4.root"], "events")
     assert ds.num_events == 2 * 2421
     last = ds.ranges(5000)[-1]
