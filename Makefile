@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean nginx postgresql prometheus wheel
+.PHONY: run test bench clean nginx postgresql prometheus xrootd wheel
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,10 @@ run: $(STAMP)
 		$(VENV)/bin/vdata demo --data-dir data/demo
 
 # Some tests start a real nginx, the database tests a real PostgreSQL server and the monitoring
-# tests a real Prometheus, each in a temporary folder (Debian's packages; root installs them here and in CI).
+# tests a real Prometheus, the root:// tests a real XRootD server, each in a temporary folder (Debian's
+# packages; root installs them here and in CI).
 # Two workers, one test file each at a time (module fixtures stay per file); about 11 minutes.
-test: $(STAMP) nginx postgresql prometheus
+test: $(STAMP) nginx postgresql prometheus xrootd
 	$(PY) -m pytest -n 2 --dist loadfile
 
 nginx:
@@ -36,8 +37,13 @@ prometheus:
 	@command -v prometheus >/dev/null 2>&1 || test -x /usr/bin/prometheus || \
 		(apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)
 
+# The server binary only (the package's own service is not used; vdata.testing.XRootDServer runs it).
+xrootd:
+	@command -v xrootd >/dev/null 2>&1 || test -x /usr/bin/xrootd || \
+		(apt-get update -qq && apt-get install -y -qq xrootd-server >/dev/null)
+
 # The warm-delivery comparison needs nginx (Debian's package; root installs it here).
-bench: $(STAMP) nginx postgresql
+bench: $(STAMP) nginx postgresql xrootd
 	$(PY) bench/read.py
 	$(PY) bench/virtual.py
 	$(PY) bench/throughput.py

@@ -1,6 +1,7 @@
 """The remote side of the latency experiment (see bench/latency.py), in its own process: the
 range-request file server (the "site") behind a shaped proxy, the vdata service reading the site,
-and a second shaped proxy in front of the gateway (the payload's link).
+and a second shaped proxy in front of the gateway (the payload's link); and, for the ``direct-xrootd``
+mode, a real XRootD server serving the same file behind a third shaped proxy of the same RTT and rate.
 
 ``Remote`` starts this file as a script and talks to it over stdin/stdout.
 """
@@ -46,7 +47,7 @@ def serve_main(argv: list[str]) -> None:
 
     from service.http.server import BackgroundServer
     from service.settings import Settings
-    from vdata.testing import RangeFileServer
+    from vdata.testing import RangeFileServer, XRootDServer
 
     from _shaping import ShapedProxy
 
@@ -56,6 +57,9 @@ def serve_main(argv: list[str]) -> None:
         files = stack.enter_context(RangeFileServer(file.parent))
         fport = int(files.url.rsplit(":", 1)[1])
         site = stack.enter_context(ShapedProxy("127.0.0.1", fport, rtt, rate, "site"))
+        file.chmod(file.stat().st_mode | 0o444)  # xrootd runs as nobody under root (written 0600)
+        xrootd = stack.enter_context(XRootDServer(file.parent))
+        xsite = stack.enter_context(ShapedProxy("127.0.0.1", xrootd.port, rtt, rate, "xrootd-site"))
         settings = Settings(
             data_dir=Path(a.data_dir), port=0, num_cpus=a.num_cpus, object_store_bytes=300 * 1024**2,
             allowed_url_prefixes=[site.url], max_in_flight=a.max_in_flight, log_level="warning",
@@ -63,7 +67,8 @@ def serve_main(argv: list[str]) -> None:
         )
         server = stack.enter_context(BackgroundServer(settings))
         gateway = stack.enter_context(ShapedProxy("127.0.0.1", server.port, rtt, rate, "gateway"))
-        proto.write(json.dumps({"file_url": f"{site.url}/{file.name}", "gateway": gateway.url,
+        xrootd_url = f"root://127.0.0.1:{xsite.url.rsplit(':', 1)[1]}//{file.name}"
+        proto.write(json.dumps({"file_url": f"{site.url}/{file.name}", "xrootd_url": xrootd_url, "gateway": gateway.url,
                                 "gateway_direct": server.url, "token": server.admin_token}) + "\n")
         for line in sys.stdin:
             cmd = line.strip()
@@ -71,7 +76,9 @@ def serve_main(argv: list[str]) -> None:
                 proto.write(json.dumps({
                     "site_up": site.bytes_up, "site_down": site.bytes_down, "site_conns": site.connections,
                     "gw_up": gateway.bytes_up, "gw_down": gateway.bytes_down, "gw_conns": gateway.connections,
-                    "file_requests": files.requests}) + "\n")
+                    "file_requests": files.requests,
+                    "xsite_up": xsite.bytes_up, "xsite_down": xsite.bytes_down, "xsite_conns": xsite.connections,
+                }) + "\n")
             elif cmd == "quit":
                 break
 

@@ -19,6 +19,9 @@ Modes
 -----
 * ``local``  -- uproot ``iterate`` over the local file (the limit: the payload never waits);
 * ``direct`` -- the same over HTTP from the remote site (through the site proxy);
+* ``direct-xrootd`` -- the same over XRootD (``root://``; uproot's fsspec-xrootd source) from a real
+  XRootD server (Debian's ``xrootd-server``, ``vdata.testing.XRootDServer``) serving the same file
+  behind its own shaped proxy (same RTT and rate);
 * ``stream`` -- ``Client.stream(recipe, prefetch=P)``: the service reads the site, the payload
   gets Arrow record batches over its own shaped link;
 * ``file``   -- ``Client.fetch(recipe, dir, format="root")`` in a background thread writes one
@@ -81,7 +84,8 @@ from _lat_remote import Remote  # after the path set-up
 TREE = "Events"
 COLUMNS = ["nMuon", "Muon_pt", "Muon_eta", "Jet_pt"]
 VDATA_MODES = ["stream", "file", "stream+stage", "file+stage"]
-MODES = ["local", "direct", *VDATA_MODES]
+DIRECT_MODES = {"direct": "file_url", "direct-xrootd": "xrootd_url"}  # mode -> the URL it reads
+MODES = ["local", *DIRECT_MODES, *VDATA_MODES]
 TARGET = 0.97
 OUTPUT_JSON = ROOT / "bench" / "results" / "latency.json"
 OUTPUT_PNG = ROOT / "bench" / "results" / "latency.png"
@@ -300,8 +304,8 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     before = remote.stats()
     if mode == "local":
         run_uproot(str(file), payload, range_events)
-    elif mode == "direct":
-        run_uproot(remote.info["file_url"], payload, range_events)
+    elif mode in DIRECT_MODES:
+        run_uproot(remote.info[DIRECT_MODES[mode]], payload, range_events)
     else:
         with Client(remote.info["gateway"], remote.info["token"]) as client:
             staged = setup_s if mode != base else None
@@ -317,12 +321,14 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     after = remote.stats()
     if admin is not None:
         admin.close()
-    site = (after["site_up"] - before["site_up"]) + (after["site_down"] - before["site_down"])
+    prefix = "xsite" if mode == "direct-xrootd" else "site"
+    site = (after[f"{prefix}_up"] - before[f"{prefix}_up"]) + (after[f"{prefix}_down"] - before[f"{prefix}_down"])
     link = (after["gw_up"] - before["gw_up"]) + (after["gw_down"] - before["gw_down"])
-    if mode == "direct":
+    if mode in DIRECT_MODES:
         link = site
-    extra["site_connections"] = after["site_conns"] - before["site_conns"]
-    extra["site_requests"] = after["file_requests"] - before["file_requests"]
+    extra["site_connections"] = after[f"{prefix}_conns"] - before[f"{prefix}_conns"]
+    if prefix == "site":  # the XRootD server counts no requests
+        extra["site_requests"] = after["file_requests"] - before["file_requests"]
     extra["nmuon"] = payload.nmuon
     return Run(mode, rtt, us, rep, wall, payload.cpu, payload.busy, payload.first_batch or 0.0,
                payload.events, site, link, extra)
@@ -357,7 +363,7 @@ def summarize(runs: list[Run], rtts: list[float], payloads: list[float], modes: 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'payload':>8} {'RTT':>5} {'mode':>12} {'eff':>6} {'busy':>6} {'eff_ss':>6} {'wall s':>7} "
+    head = (f"{'payload':>8} {'RTT':>5} {'mode':>13} {'eff':>6} {'busy':>6} {'eff_ss':>6} {'wall s':>7} "
             f"{'1st s':>6} {'site MB':>8} {'link MB':>8} {'dir/vd':>7} {'target':>7}")
     print(head)
     print("-" * len(head))
@@ -369,7 +375,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         last = key
         ratio = r.get("direct_over_vdata_wall")
         target = "" if "meets_target" not in r else ("met" if r["meets_target"] else "MISSED")
-        print(f"{r['us_per_event']:>6g}us {r['rtt_ms']:>3g}ms {r['mode']:>12} {r['eff']:>6.3f} {r['eff_busy']:>6.3f} "
+        print(f"{r['us_per_event']:>6g}us {r['rtt_ms']:>3g}ms {r['mode']:>13} {r['eff']:>6.3f} {r['eff_busy']:>6.3f} "
               f"{r['eff_ss']:>6.3f} {r['wall_s']:>7.2f} {r['first_batch_s']:>6.2f} {r['site_mb']:>8.1f} "
               f"{r['link_mb']:>8.1f} {'' if ratio is None else f'{ratio:.2f}':>7} {target:>7}")
 
@@ -382,7 +388,8 @@ def plot(rows: list[dict[str, Any]], payloads: list[float], modes: list[str], pa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(payloads), figsize=(5.5 * len(payloads), 4.2), sharey=True, squeeze=False)
-    styles = {"local": "k--", "direct": "o-", "stream": "s-", "file": "^-", "stream+stage": "s:", "file+stage": "^:"}
+    styles = {"local": "k--", "direct": "o-", "direct-xrootd": "D-", "stream": "s-", "file": "^-",
+              "stream+stage": "s:", "file+stage": "^:"}
     for ax, us in zip(axes[0], payloads):
         for m in modes:
             pts = sorted((r["rtt_ms"], r["eff"]) for r in rows if r["mode"] == m and r["us_per_event"] == us)
@@ -451,7 +458,7 @@ def main(argv: list[str]) -> int:
                                 raise AssertionError(f"{mode} RTT {rtt} {us} us: {run.events} events, nMuon "
                                                      f"{run.extra['nmuon']}; expected {a.events}, {nmuon_total}")
                             runs.append(run)
-                            print(f"  {us:g} us {mode:>11}: eff {run.eff:.3f} (busy {run.eff_busy:.3f}, steady "
+                            print(f"  {us:g} us {mode:>13}: eff {run.eff:.3f} (busy {run.eff_busy:.3f}, steady "
                                   f"{run.eff_ss:.3f}) wall {run.wall:.2f} s first batch {run.first_batch:.2f} s "
                                   f"site {run.site_bytes / 1e6:.1f} MB link {run.link_bytes / 1e6:.1f} MB", flush=True)
     finally:

@@ -36,6 +36,8 @@ SERVER_PACKAGES = {
     "pydantic_settings": "pydantic-settings",
     "prometheus_client": "prometheus-client",
     "matplotlib": "matplotlib",
+    "XRootD": "xrootd",  # root:// sources, read in the Ray workers (also ``vdata[xrootd]``)
+    "fsspec_xrootd": "fsspec-xrootd",
 }
 # What each subpackage imports of it (a Ray worker node runs service.core, not the gateway).
 CORE = ("ray", "filelock", "psutil", "psycopg", "psycopg_pool")

@@ -76,8 +76,8 @@ class Settings(BaseSettings):
 
     # what datasets may be
     allowed_roots: list[Path] | None = Field(default=None, description="Local dataset files must lie under one of these (default: [data_dir]).")
-    allowed_url_prefixes: list[str] = Field(default_factory=list, description="Remote dataset URLs must start with one of these. HTTP redirects are never followed (502), so no URL leads outside them.")
-    remote_connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Connecting to a remote source's server (502 naming the URL after).")
+    allowed_url_prefixes: list[str] = Field(default_factory=list, description="Remote dataset URLs (http, https, root) must start with one of these. HTTP redirects are never followed (502), so no http(s) URL leads outside them; XRootD redirects (EOS, redirectors) are followed.")
+    remote_connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Connecting to a remote source's server (502 naming the URL after). XRootD: a request may take connect + read timeout in all, rounded up to whole seconds.")
     remote_read_timeout_seconds: float = Field(default=30.0, gt=0, description="Longest wait for a remote source's answer or its next bytes (502 naming the URL after).")
     max_dataset_paths: int = Field(default=1000, ge=1, description="Most paths (files) of one dataset (400 above); a path may appear once.")
 

@@ -1,17 +1,20 @@
 """Fixtures shared by the whole suite: the real ROOT files in ../shared/data, a loopback HTTP
-file server with range support, and the one way a test gets Ray (:func:`embedded_ray`)."""
+file server with range support, a real XRootD server serving them, and the one way a test gets
+Ray (:func:`embedded_ray`)."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realdata import SHARED_DATA, require
+from realdata import SHARED_DATA, XROOTD_BIG, require
 
-from vdata.testing import RangeFileServer
+from vdata.testing import XROOTD_BINARY, RangeFileServer, XRootDServer
 
 
 # The longest test files, started first: with two xdist workers (make test), a long file left
@@ -41,6 +44,47 @@ def shared_data() -> Path:
 def file_server(shared_data: Path) -> Iterator[RangeFileServer]:
     """../shared/data served over HTTP with range requests on a loopback port."""
     with RangeFileServer(shared_data) as server:
+        yield server
+
+
+def require_xrootd_server() -> None:
+    """Debian's xrootd-server, or fail under CI=true (make test installs it), else skip."""
+    if not Path(XROOTD_BINARY).exists():
+        message = f"XRootD's server is not installed ({XROOTD_BINARY}; apt-get install xrootd-server; make test does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def xrootd_server(shared_data: Path) -> Iterator[XRootDServer]:
+    """../shared/data served read-only by a real XRootD server on a loopback port (root://)."""
+    require_xrootd_server()
+    with XRootDServer(shared_data) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def xrootd_root(shared_data: Path) -> Iterator[Path]:
+    """A folder for a test's own XRootD server: ``locked.root``, a file nobody may read (mode
+    000), and a link to :data:`XROOTD_BIG` of ../shared/data. Made with tempfile, not tmp_path:
+    xrootd runs as ``nobody`` under root and must be able to enter it."""
+    root = Path(tempfile.mkdtemp(prefix="vdata-xrd-test-"))
+    try:
+        root.chmod(0o755)
+        shutil.copyfile(shared_data / "uproot-HZZ.root", root / "locked.root")
+        (root / "locked.root").chmod(0o000)
+        (root / XROOTD_BIG).symlink_to(shared_data / XROOTD_BIG)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def xrootd_own_server(xrootd_root: Path) -> Iterator[XRootDServer]:
+    """An XRootD server of one test alone, serving :func:`xrootd_root` (the test may stop it)."""
+    require_xrootd_server()
+    with XRootDServer(xrootd_root) as server:
         yield server
 
 

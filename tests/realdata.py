@@ -25,6 +25,20 @@ EVENT_TREES = [
     ("uproot-physlite-rntuple_v1-0-0-0.root", "EventTag", 100),
 ]
 
+# One tree of each kind of file (codecs, NanoAOD, nested folders, RNTuple): what the remote
+# exactness tests (http and root://) read through a server and compare with local reads.
+REMOTE_CASES = [
+    ("uproot-HZZ.root", "events"),
+    ("uproot-HZZ-zstd.root", "events"),
+    ("nanoAOD_2015_CMS_Open_Data_ttbar.root", "Events"),
+    ("uproot-nesteddirs.root", "one/two/tree"),
+    ("uproot-physlite-rntuple_v1-0-0-0.root", "EventTag"),
+]
+
+# A big file (1,000,000 entries in many baskets: a read fetches only its own) that a test's own
+# XRootD server serves through a link (tests/conftest.py, xrootd_root).
+XROOTD_BIG = "uproot-issue412.root"
+
 
 def require(path: Path = SHARED_DATA / "uproot-HZZ.root") -> Path:
     """``path`` (a file of ../shared/data); if it is missing, fail under CI=true, else skip."""

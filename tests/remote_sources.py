@@ -1,13 +1,13 @@
 """A real gateway (uvicorn on a loopback port, its own core built from its settings like
 ``vdata serve``, on the module's Ray: the ``embedded_ray`` fixture) in front of misbehaving
-loopback HTTP sources: the shared helper of tests/security/test_hostile_sources.py and
-tests/reliability/test_remote_failures.py.
+loopback HTTP sources: the shared helper of tests/security/test_hostile_sources.py,
+tests/reliability/test_remote_failures.py and tests/reliability/test_xrootd_sources.py.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +40,12 @@ class Gateway:
     gone_url: str  # under the allowed prefixes, nothing listens there
     closable: RangeFileServer  # under the allowed prefixes; a test may stop it
 
-    def register(self, name: str, url: str) -> httpx.Response:
-        return self.http.post("/v1/datasets", json={"name": name, "paths": [url], "tree": "events"})
+    def register(self, name: str, url: str, tree: str = "events") -> httpx.Response:
+        return self.http.post("/v1/datasets", json={"name": name, "paths": [url], "tree": tree})
 
-    def recipe(self, dataset: str, columns: list[str]) -> str:
+    def recipe(self, dataset: str, columns: list[str], range_events: int = 1000) -> str:
         r = self.http.post("/v1/recipes", json={"source": {"dataset": dataset}, "columns": columns,
-                                                "range_events": 1000})
+                                                "range_events": range_events})
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
@@ -56,9 +56,9 @@ class Gateway:
 
 
 @contextmanager
-def gateway(tmp: Path, shared_data: Path) -> Iterator[Gateway]:
-    """Servers first (the allowed prefixes name their ports), then the gateway (its core joins
-    the caller's ``embedded_ray``); all stopped on exit, also after a failure."""
+def gateway(tmp: Path, shared_data: Path, url_prefixes: Sequence[str] = ()) -> Iterator[Gateway]:
+    """Servers first (the allowed prefixes name their ports; ``url_prefixes`` adds more), then
+    the gateway (its core joins the caller's ``embedded_ray``); all stopped on exit, also after a failure."""
     with ExitStack() as stack:
         hostile = stack.enter_context(HostileFileServer(shared_data))
         internal = stack.enter_context(RangeFileServer(shared_data))
@@ -66,7 +66,7 @@ def gateway(tmp: Path, shared_data: Path) -> Iterator[Gateway]:
         gone_url = f"http://127.0.0.1:{free_port()}"
         settings = Settings(
             data_dir=tmp / "data", allowed_roots=[tmp / "data"], port=0,
-            allowed_url_prefixes=[f"{hostile.url}/", f"{gone_url}/", f"{closable.url}/"],
+            allowed_url_prefixes=[f"{hostile.url}/", f"{gone_url}/", f"{closable.url}/", *url_prefixes],
             remote_connect_timeout_seconds=CONNECT_TIMEOUT, remote_read_timeout_seconds=READ_TIMEOUT,
             max_in_flight=2, lookahead=0, readahead=0,
             log_level="warning",

@@ -1,6 +1,7 @@
 """Helpers for tests and benchmarks: a loopback HTTP file server that honours ``Range`` (and one
 that misbehaves on demand: stalls, 500s, truncated bodies, redirects, no ``Range``), nginx
-on loopback (for the gateway's X-Accel-Redirect mode and the warm-delivery comparison), and
+on loopback (for the gateway's X-Accel-Redirect mode and the warm-delivery comparison), a real
+XRootD server on loopback (:class:`XRootDServer`, for root:// sources), and
 NaN-aware comparison of Arrow tables, and :func:`wait_until`, the one way tests wait for something
 to happen in another thread or process.
 
@@ -30,7 +31,10 @@ from typing import BinaryIO, Self, TypeVar
 import awkward as ak
 import pyarrow as pa
 
-__all__ = ["HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "assert_tables_equal", "free_port", "wait_until"]
+from vdata._xrootd_server import XROOTD_BINARY, XRootDServer
+
+__all__ = ["XROOTD_BINARY", "HostileFileServer", "KillOnce", "Nginx", "RangeFileServer", "XRootDServer",
+           "assert_tables_equal", "free_port", "wait_until"]
 
 _RANGE = re.compile(r"(\d*)-(\d*)")
 T = TypeVar("T")

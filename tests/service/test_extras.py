@@ -22,7 +22,7 @@ PYPROJECT = tomllib.loads((PROJECT / "pyproject.toml").read_text())
 # What `pip install vdata` (no extras) does not bring: the [server] extra's packages and what
 # only they bring (starlette comes with fastapi). Not pydantic: typer (the CLI) depends on it.
 SERVER_ONLY = ("ray", "fastapi", "starlette", "uvicorn", "pydantic_settings", "prometheus_client",
-               "matplotlib", "psutil", "filelock", "psycopg", "psycopg_pool")
+               "matplotlib", "psutil", "filelock", "psycopg", "psycopg_pool", "XRootD", "fsspec_xrootd")
 
 WITHOUT_SERVER = f"""
 import importlib.abc, sys
@@ -54,6 +54,17 @@ def test_the_worker_library_imports_without_the_server_packages() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_root_url_without_the_xrootd_client_says_how_to_install_it() -> None:
+    """The light install reads http(s) and local files; root:// needs the xrootd extra, and says so."""
+    done = python_without_server(
+        "import vdata\n"
+        "try:\n    vdata.open_dataset('root://127.0.0.1:1//data/x.root', 'events')\n"
+        "except ModuleNotFoundError as exc:\n    print(exc)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'vdata[xrootd]'" in done.stdout and "XRootD" in done.stdout, done.stdout
 
 
 def test_a_local_materialization_runs_without_the_server_packages(shared_data: Path) -> None:
@@ -115,7 +126,7 @@ def test_client_commands_work_without_the_server_packages() -> None:
 
 # -- pyproject: the extras declare what the code imports -----------------------------------------------
 
-IMPORT_TO_DIST = {"yaml": "pyyaml", "zlib_ng": "zlib-ng"}
+IMPORT_TO_DIST = {"yaml": "pyyaml", "zlib_ng": "zlib-ng", "XRootD": "xrootd"}
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
@@ -138,12 +149,15 @@ def third_party_imports(package: str) -> set[str]:
 
 BASE = requirement_names(PYPROJECT["project"]["dependencies"])
 SERVER = requirement_names(PYPROJECT["project"]["optional-dependencies"].get("server", []))
+XROOTD = requirement_names(PYPROJECT["project"]["optional-dependencies"].get("xrootd", []))
 # Packages the service imports that come with one it declares.
 BROUGHT = {"starlette": "fastapi", "anyio": "fastapi"}
 
 
 def test_the_base_install_declares_what_vdata_and_transforms_import() -> None:
-    assert third_party_imports("vdata") | third_party_imports("transforms") <= BASE
+    """Only the XRootD client is optional (the xrootd extra, imported for root:// reads alone)."""
+    assert third_party_imports("vdata") | third_party_imports("transforms") <= BASE | XROOTD
+    assert XROOTD and not XROOTD & BASE and XROOTD <= SERVER  # Ray workers read root:// sources
     assert not SERVER & BASE
 
 

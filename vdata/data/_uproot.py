@@ -26,7 +26,7 @@ from vdata.errors import (
     TreeNotFound,
     UninterpretableColumn,
 )
-from vdata.data.remote import NETWORK_ERRORS, RemoteOptions, network_error
+from vdata.data.remote import NETWORK_ERRORS, RemoteOptions, is_not_found, network_error
 
 REMOTE_SCHEMES = ("http://", "https://", "root://")
 TREE_CLASSES = ("TTree", "ROOT::RNTuple")
@@ -61,12 +61,12 @@ def file_checksum(path: str) -> tuple[int, int]:
 
 
 def open_file(path: str, remote: RemoteOptions | None = None) -> Any:
-    """``uproot.open`` with errors that name the path; http(s) URLs with ``remote``'s options
-    (no redirects, timeouts: :mod:`vdata.data.remote`)."""
+    """``uproot.open`` with errors that name the path; http(s) and root:// URLs with ``remote``'s
+    options (no redirects, timeouts: :mod:`vdata.data.remote`)."""
     if not is_remote(path) and not os.path.isfile(path):
         reason = "is a directory, not a file" if os.path.isdir(path) else "no such file"
         raise SourceFileNotFound(path, reason)
-    options = (remote or RemoteOptions()).uproot_options(path)
+    options = (remote or RemoteOptions()).uproot_options(path)  # may say how to install XRootD
     try:
         return uproot.open(path, array_cache=None, **options)
     except Exception as exc:
@@ -80,7 +80,7 @@ def _open_error(path: str, exc: Exception) -> Exception:
     """The vdata error for what ``uproot.open`` raised (``exc`` itself if none fits)."""
     if is_remote(path) and (network := network_error(path, exc)) is not None:
         return network
-    if isinstance(exc, FileNotFoundError):
+    if is_not_found(exc):
         return SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file")
     # uproot's words for bytes it cannot parse as ROOT
     if isinstance(exc, (ValueError, uproot.deserialization.DeserializationError)):

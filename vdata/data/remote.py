@@ -1,4 +1,4 @@
-"""How remote (http, https) source files are opened, and what their failures become.
+"""How remote (http, https, root) source files are opened, and what their failures become.
 
 uproot reads http(s) files through fsspec's ``HTTPFileSystem`` over aiohttp
 (``uproot.source.fsspec.FSSpecSource``); :meth:`RemoteOptions.uproot_options` are the
@@ -16,28 +16,49 @@ uproot reads http(s) files through fsspec's ``HTTPFileSystem`` over aiohttp
   ``sock_connect`` and ``sock_read``; no limit on the total, so big reads at a steady pace
   pass). Without them a stalled source held a request for aiohttp's 300 s default.
 
-Every network failure (connection refused, DNS, HTTP 4xx/5xx, truncated bodies, timeouts, the
-refusals above) becomes a :class:`~vdata.errors.RemoteReadError` naming the URL, through
+XRootD (``root://host//path``) files are read the way uproot documents it: its fsspec source
+over ``fsspec-xrootd`` and the ``xrootd`` bindings (the ``xrootd`` extra; :func:`require_xrootd`
+says how to install it). An XRootD request (open, stat, a vector read) is bounded as a whole,
+not per phase: it gets ``connect_timeout + read_timeout`` seconds, rounded up (XRootD's timeouts
+are whole seconds). Three settings of the XRootD client are process-wide (its environment,
+fixed, the same for every file; set by :func:`require_xrootd`): timeouts are checked every second (the
+default, 15 s, would stretch a 3 s timeout to 15 s); a refused connection fails at once
+rather than being retried for up to two minutes (as an HTTP connection is not retried either);
+and a server that failed is tried again by the next request, not refused by the client for 30
+minutes (``StreamErrorWindow``): a source that restarts is readable again at once.
+The XRootD client follows an XRootD redirect (federations and redirectors rely on them); the
+``allowed_url_prefixes`` check is on the URL registered.
+
+Every network failure (connection refused, DNS, HTTP 4xx/5xx, XRootD errors, truncated bodies,
+timeouts, the refusals above) becomes a :class:`~vdata.errors.RemoteReadError` naming the URL, through
 :func:`network_error` — the service answers it with 502. The options travel with each
 :class:`~vdata.data.sources.SourceDataset` (and the catalog), so Ray workers that reopen a file use
-the same ones; nothing here is a process global.
+the same ones; nothing here is a process global but those three fixed XRootD client settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import fsspec.asyn
 import fsspec.implementations.cached
 import uproot.source.fsspec
 
 from vdata.errors import RemoteReadError
 
-__all__ = ["NETWORK_ERRORS", "RemoteOptions", "network_error"]
+__all__ = ["NETWORK_ERRORS", "RemoteOptions", "is_not_found", "network_error", "require_xrootd"]
 
 HTTP_SCHEMES = ("http://", "https://")
+XROOTD_SCHEME = "root://"
+XROOTD_INSTALL = "pip install 'vdata[xrootd]'"
+# XRootD protocol error codes (XProtocol.hh), as fsspec-xrootd's OSError messages quote them
+_XROOTD_NOT_FOUND = "[3011]"  # kXR_NotFound
+_XROOTD_TIMED_OUT = ("Operation expired", "Socket timeout")
 
 # What a remote read may raise when the network or the server fails (TimeoutError and
 # ConnectionError are OSErrors; aiohttp's response, payload and timeout errors are not all).
@@ -57,8 +78,17 @@ class RemoteOptions:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"RemoteOptions.{name} must be a positive number of seconds, got {value!r}")
 
+    @property
+    def xrootd_timeout(self) -> int:
+        """Seconds an XRootD request may take in all: connecting and the answer."""
+        return math.ceil(self.connect_timeout + self.read_timeout)
+
     def uproot_options(self, path: str) -> dict[str, Any]:
-        """Options of ``uproot.open(path, ...)``: none for local files (and root:// URLs)."""
+        """Options of ``uproot.open(path, ...)``: none for local files."""
+        if path.startswith(XROOTD_SCHEME):
+            require_xrootd()
+            # timeout: passed by fsspec to XRootDFileSystem, which gives it to every request
+            return {"handler": _XRootDSource, "timeout": self.xrootd_timeout}
         if not path.startswith(HTTP_SCHEMES):
             return {}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
@@ -69,6 +99,28 @@ class RemoteOptions:
             # passed by fsspec to its aiohttp.ClientSession
             "client_kwargs": {"timeout": timeout, "raise_for_status": _check_response},
         }
+
+
+def require_xrootd() -> None:
+    """Make sure root:// URLs can be read here, and set the XRootD client's process-wide settings
+    (module docstring); a :class:`ModuleNotFoundError` saying how to install it if they cannot."""
+    absent = [name for name in ("XRootD", "fsspec_xrootd") if not _installed(name)]
+    if absent:
+        raise ModuleNotFoundError(f"root:// sources need the XRootD client (missing here: "
+                                  f"{', '.join(absent)}): {XROOTD_INSTALL}", name=absent[0])
+    import XRootD.client  # here: only root:// reads need it
+
+    XRootD.client.EnvPutInt("TimeoutResolution", 1)
+    XRootD.client.EnvPutInt("ConnectionRetry", 1)
+    XRootD.client.EnvPutInt("StreamErrorWindow", 0)
+
+
+def _installed(name: str) -> bool:
+    """Found without importing it (ValueError: ``sys.modules[name]`` is None, i.e. blocked)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class _RangesRaise:
@@ -109,6 +161,51 @@ class _HTTPSource(uproot.source.fsspec.FSSpecSource):
             self._fs = _RangesRaise(self._fs)
 
 
+class _FreshHandles:
+    """fsspec-xrootd's filesystem, made to drop a file's handle when a read of it failed.
+
+    fsspec-xrootd keeps one open XRootD handle per file (its ``ReadonlyFileHandleCache``) and
+    hands it out again after a failure: once the server had gone away and come back, every
+    later read raised ``ValueError: I/O operation on closed file``, which read as an
+    uninterpretable column. Dropping the handle makes the next read open the file afresh. (The
+    cache has no public way to drop one entry from inside its event loop.)"""
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)
+
+    async def _forget(self, path: str) -> None:
+        try:
+            await self._fs._readonly_filehandle_cache._close(self._fs.unstrip_protocol(path), 1)
+        except OSError:
+            pass  # the server is gone: the handle is out of the cache all the same
+
+    async def _cat_ranges(self, paths: list[str], *args: Any, **kwargs: Any) -> list[bytes]:
+        try:
+            return list(await self._fs._cat_ranges(paths, *args, **kwargs))
+        except (OSError, ValueError):
+            for path in set(paths):
+                await self._forget(path)
+            raise
+
+    def cat_file(self, path: str, *args: Any, **kwargs: Any) -> bytes:
+        try:
+            return bytes(self._fs.cat_file(path, *args, **kwargs))
+        except (OSError, ValueError):
+            fsspec.asyn.sync(self._fs.loop, self._forget, path)
+            raise
+
+
+class _XRootDSource(uproot.source.fsspec.FSSpecSource):
+    """uproot's fsspec source over fsspec-xrootd, with a failed file's handle dropped (:class:`_FreshHandles`)."""
+
+    def _open(self) -> None:
+        super()._open()
+        self._fs = _FreshHandles(self._fs)
+
+
 async def _check_response(response: aiohttp.ClientResponse) -> None:
     """Refuse redirects and ignored ranges (aiohttp calls this for every response of the
     session); fsspec itself raises for 4xx/5xx (404: FileNotFoundError)."""
@@ -134,24 +231,34 @@ def _describe(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}: {exc.message}"
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)) or _xrootd_timed_out(exc):
         return f"timed out: no connection or no data within the connect/read timeout ({str(exc) or type(exc).__name__})"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _xrootd_timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and any(f"] {words}" in str(exc) for words in _XROOTD_TIMED_OUT)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """The server says the file does not exist: HTTP 404 (fsspec's ``FileNotFoundError``) or
+    XRootD's ``kXR_NotFound`` (an ``OSError`` from fsspec-xrootd that quotes the code)."""
+    return (isinstance(exc, FileNotFoundError)
+            or (isinstance(exc, aiohttp.ClientResponseError) and exc.status == 404)
+            or (isinstance(exc, OSError) and _XROOTD_NOT_FOUND in str(exc)))
 
 
 def network_error(path: str, exc: BaseException, doing: str = "") -> RemoteReadError | None:
     """A RemoteReadError naming ``path`` for a network failure anywhere in ``exc``'s chain
     (fsspec re-raises some as ``FileNotFoundError``), or None if there is none.
 
-    A 404 (``FileNotFoundError``) is not a network failure: the caller decides."""
+    A missing file (:func:`is_not_found`) is not a network failure: the caller decides."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        not_found = isinstance(current, FileNotFoundError) or (
-            isinstance(current, aiohttp.ClientResponseError) and current.status == 404)
-        if isinstance(current, NETWORK_ERRORS) and not not_found:
+        if isinstance(current, NETWORK_ERRORS) and not is_not_found(current):
             where = f"{path}: {doing}" if doing else path
             return RemoteReadError(f"{where}: {_describe(current)}")
         current = current.__cause__ or current.__context__

@@ -6,18 +6,11 @@ import pickle
 from pathlib import Path
 
 import pytest
+from realdata import REMOTE_CASES
 
 import vdata
 from vdata.data.remote import RemoteOptions
 from vdata.testing import HostileFileServer, RangeFileServer, assert_tables_equal
-
-REMOTE_CASES = [
-    ("uproot-HZZ.root", "events"),
-    ("uproot-HZZ-zstd.root", "events"),
-    ("nanoAOD_2015_CMS_Open_Data_ttbar.root", "Events"),
-    ("uproot-nesteddirs.root", "one/two/tree"),
-    ("uproot-physlite-rntuple_v1-0-0-0.root", "EventTag"),
-]
 
 
 @pytest.mark.parametrize(("name", "tree"), REMOTE_CASES)
