@@ -54,6 +54,7 @@ __all__ = [
     "NotARootFile",
     "RangeOutOfBounds",
     "RecipeError",
+    "RemoteFileNotFound",
     "RemoteReadError",
     "SchemaMismatch",
     "SourceError",
@@ -138,6 +139,15 @@ class SchemaMismatch(SourceError, ValueError):
 
 class RemoteReadError(SourceError, OSError):
     """Reading a remote file failed (connection, HTTP status, range support)."""
+
+
+class RemoteFileNotFound(RemoteReadError, SourceFileNotFound):
+    """A remote URL (http(s):// 404, root:// ``kXR_NotFound``) names no file: a
+    :class:`RemoteReadError` naming the URL, and a :class:`SourceFileNotFound` (the gateway answers
+    400 ``source_file_not_found``, as for a missing local file: the client named it)."""
+
+    def __init__(self, path: str, reason: str = "not found on the server") -> None:
+        SourceFileNotFound.__init__(self, path, reason)
 
 
 class RangeOutOfBounds(VdataError, IndexError):

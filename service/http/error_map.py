@@ -48,6 +48,7 @@ from vdata.errors import (
     FormatError,
     RangeOutOfBounds,
     RecipeError,
+    RemoteFileNotFound,
     RemoteReadError,
     SourceError,
     TaskLimitExceeded,
@@ -93,6 +94,7 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (RayUnavailable, 503, "ray_unavailable"),
     (EngineError, 503, "engine_unavailable"),
     (DatabaseUnavailable, 503, "database_unavailable"),
+    (RemoteFileNotFound, 400, "source_file_not_found"),  # the URL names no file: the client's mistake
     (RemoteReadError, 502, "remote_read_error"),  # the source failed us, not the client
     (SourceError, 400, None),  # SourceFileNotFound, TreeNotFound, ...: the class name says which
     (UnknownName, 404, "unknown_name"),

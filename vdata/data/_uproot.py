@@ -22,6 +22,7 @@ from vdata.errors import (
     NotARootFile,
     RemoteReadError,
     SourceError,
+    RemoteFileNotFound,
     SourceFileNotFound,
     TreeNotFound,
     UninterpretableColumn,
@@ -81,7 +82,7 @@ def _open_error(path: str, exc: Exception) -> Exception:
     if is_remote(path) and (network := network_error(path, exc)) is not None:
         return network
     if is_not_found(exc):
-        return SourceFileNotFound(path, "not found on the server" if is_remote(path) else "no such file")
+        return RemoteFileNotFound(path) if is_remote(path) else SourceFileNotFound(path, "no such file")
     # uproot's words for bytes it cannot parse as ROOT
     if isinstance(exc, (ValueError, uproot.deserialization.DeserializationError)):
         return NotARootFile(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

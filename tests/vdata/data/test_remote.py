@@ -45,8 +45,9 @@ def test_local_and_remote_files_mix_in_one_dataset(shared_data: Path, file_serve
 
 
 def test_missing_remote_file(file_server: RangeFileServer) -> None:
-    with pytest.raises(vdata.SourceFileNotFound, match="nope.root"):
+    with pytest.raises(vdata.RemoteFileNotFound, match="nope.root") as caught:
         vdata.open_dataset(f"{file_server.url}/nope.root", "events")
+    assert isinstance(caught.value, vdata.RemoteReadError) and isinstance(caught.value, vdata.SourceFileNotFound)
 
 
 def test_server_that_is_gone() -> None:

@@ -44,10 +44,11 @@ def test_local_and_xrootd_files_mix_in_one_dataset(shared_data: Path, xrootd_ser
     assert_tables_equal(ds.read(last), expected)
 
 
-def test_a_missing_file_is_source_file_not_found(xrootd_server: XRootDServer) -> None:
+def test_a_missing_file_is_a_remote_read_error_and_source_file_not_found(xrootd_server: XRootDServer) -> None:
     url = f"{xrootd_server.url}/nope.root"
-    with pytest.raises(vdata.SourceFileNotFound, match=re.escape(url)):
+    with pytest.raises(vdata.RemoteFileNotFound, match=re.escape(url)) as caught:
         vdata.open_dataset(url, "events")
+    assert isinstance(caught.value, vdata.RemoteReadError) and isinstance(caught.value, vdata.SourceFileNotFound)
 
 
 def test_a_file_the_server_may_not_read_is_a_remote_read_error(xrootd_own_server: XRootDServer) -> None:
