@@ -234,6 +234,10 @@ def read_window(
                 raise UninterpretableColumn(name, root_type(tree, name), path, _one_line(inner)) from inner
         raise
     table = to_arrow(arrays)
+    for name in names:
+        if paths.get(name, name) not in table.column_names:  # e.g. a base-class branch without data
+            reason = "uproot's arrays() gives no field for it"
+            raise UninterpretableColumn(name, root_type(tree, paths.get(name, name)), path, reason)
     fields = [table.schema.field(paths.get(n, n)).with_name(n) for n in names]
     return pa.Table.from_arrays([table[paths.get(n, n)] for n in names], schema=pa.schema(fields))
 
