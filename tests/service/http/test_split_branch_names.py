@@ -29,7 +29,8 @@ def test_range_keeps_the_full_path_as_the_column_name(admin: Client, shared_data
     r = admin.post("/v1/recipes", json={"source": {"dataset": "nested"}, "columns": ["evt/I32", "I32", "evt/P3/P3.Px"]})
     assert r.status_code == 201, r.text
     recipe_id = r.json()["id"]
-    assert [f["name"] for f in admin.get(f"/v1/recipes/{recipe_id}").json()["schema"]] == ["evt/I32", "I32", "evt/P3/P3.Px"]
+    schema = admin.get(f"/v1/recipes/{recipe_id}").json()["schema"]
+    assert [f["name"] for f in schema] == ["evt/I32", "I32", "evt/P3/P3.Px"]
     r = admin.get(f"/v1/recipes/{recipe_id}/ranges/0", params={"format": "arrow"})
     assert r.status_code == 200, r.text
     table = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import uproot
 
@@ -120,7 +121,8 @@ def test_both_names_give_two_columns(nested: vdata.SourceDataset) -> None:
 def test_pattern_with_a_slash_matches_full_paths(nested: vdata.SourceDataset) -> None:
     assert nested.resolve("evt/Array*") == [f"evt/Array{t}[10]" for t in
                                              ("I16", "I32", "I64", "U16", "U32", "U64", "F32", "F64")]
-    assert nested.resolve("Array*") == [f"Array{t}[10]" for t in ("I16", "I32", "I64", "U16", "U32", "U64", "F32", "F64")]
+    assert nested.resolve("Array*") == [f"Array{t}[10]" for t in
+                                         ("I16", "I32", "I64", "U16", "U32", "U64", "F32", "F64")]
 
 
 def test_misspelt_full_path_names_close_matches(nested: vdata.SourceDataset) -> None:
@@ -151,7 +153,7 @@ def test_recipe_columns_and_inputs_take_full_paths(catalog: vdata.Catalog, tmp_p
     assert plan.schema.names == ["evt/I32", "I32", "m", "evt/StlVecF64"]
     table = vdata.materialize(plan, 0, catalog)
     source = catalog.dataset("nested").read(plan.range(0), ["I32", "StlVecF64"])
-    keep = pa.compute.equal(pa.compute.bit_wise_and(source["I32"], 1), 0)
+    keep = pc.equal(pc.bit_wise_and(source["I32"], 1), 0)
     assert table["evt/I32"].equals(source["I32"].filter(keep)) and table["evt/I32"].equals(table["I32"])
     assert table["evt/StlVecF64"].equals(source["StlVecF64"].filter(keep))
     # ROOT output: uproot writes and reads back a branch named with a '/'
