@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import awkward as ak
@@ -144,6 +145,20 @@ class ColumnSurvey:
     schema: pa.Schema
     unreadable: dict[str, str]  # column -> ROOT type
     groups: list[str]  # TTree branches that hold sub-branches; readable only by name
+    aliases: dict[str, str] = field(default_factory=dict)  # uproot's full path -> column name
+
+
+def aliases(tree: Any) -> dict[str, str]:
+    """uproot's full paths of split sub-branches, as ``tree.keys()`` lists them (``evt/Beg``,
+    ``evt/P3/P3.Px``), -> the name ``arrays()`` gives their field (``Beg``, ``P3.Px``). Only
+    paths that differ from the name; none for RNTuples (their top-level field names are the columns)."""
+    if is_rntuple(tree):
+        return {}
+    return {
+        path: branch.name
+        for path, branch in tree.iteritems(recursive=True, full_paths=True)
+        if path != branch.name
+    }
 
 
 def _candidates(tree: Any) -> tuple[list[str], list[str]]:
@@ -192,26 +207,40 @@ def survey(tree: Any, path: str) -> ColumnSurvey:
         empty = _read(tree, candidates, 0, 0)
     table = to_arrow(empty)
     columns = [c for c in candidates if c in table.column_names]
-    return ColumnSurvey(columns, table.select(columns).schema, unreadable, groups)
+    named = set(columns) | set(unreadable) | set(groups)
+    paths = {a: c for a, c in aliases(tree).items() if c in named and a not in named}
+    return ColumnSurvey(columns, table.select(columns).schema, unreadable, groups, paths)
 
 
-def read_window(tree: Any, path: str, names: list[str], start: int, stop: int) -> pa.Table:
-    """Entries ``[start, stop)`` of the named columns of one tree, as Arrow, in ``names`` order."""
+def read_window(
+    tree: Any, path: str, names: list[str], start: int, stop: int, paths: Mapping[str, str] | None = None
+) -> pa.Table:
+    """Entries ``[start, stop)`` of the named columns of one tree, as Arrow, in ``names`` order.
+
+    A name in ``paths`` (uproot's full path of a sub-branch, see :func:`aliases`) reads the
+    column it denotes and keeps the name asked for; a column asked twice is read once."""
+    paths = paths or {}
     try:
-        arrays = _read(tree, names, start, stop)
+        arrays = _read(tree, [paths.get(n, n) for n in names], start, stop)
     except NETWORK_ERRORS as exc:
         raise _remote_error(path, exc, f"reading entries [{start}, {stop})") from exc
     except INTERPRETATION_ERRORS as exc:
         # find the culprit column and name it
         for name in names:
             try:
-                _read(tree, [name], start, min(stop, start + 1))
+                _read(tree, [paths.get(name, name)], start, min(stop, start + 1))
             except NETWORK_ERRORS as inner:
                 raise _remote_error(path, inner, f"reading column {name!r}") from exc
             except INTERPRETATION_ERRORS as inner:
                 raise UninterpretableColumn(name, root_type(tree, name), path, _one_line(inner)) from inner
         raise
-    return to_arrow(arrays).select(names)
+    table = to_arrow(arrays)
+    for name in names:
+        if paths.get(name, name) not in table.column_names:  # e.g. a base-class branch without data
+            reason = "uproot's arrays() gives no field for it"
+            raise UninterpretableColumn(name, root_type(tree, paths.get(name, name)), path, reason)
+    fields = [table.schema.field(paths.get(n, n)).with_name(n) for n in names]
+    return pa.Table.from_arrays([table[paths.get(n, n)] for n in names], schema=pa.schema(fields))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -224,31 +253,37 @@ def resolve_columns(
     columns: list[str],
     also_known: set[str],
     where: str,
+    paths: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Turn requested names and glob patterns into column names, in a stable order.
 
     ``None`` means every readable column. An exact name wins over a pattern reading of it
     (``ArrayI16[10]`` is a column name, not a character class). Names in ``also_known``
     (unreadable columns, parent branches) are passed through so that reading them can say
-    why they fail. A name or pattern that matches nothing raises :class:`ColumnNotFound`.
+    why they fail. uproot's full paths (``paths``: ``evt/Beg`` -> ``Beg``) are accepted as
+    they are asked and kept (:func:`read_window` reads the column they denote); a pattern
+    with a ``/`` matches full paths, any other pattern matches column names. A name or
+    pattern that matches nothing raises :class:`ColumnNotFound`.
     """
     if requested is None:
         return list(columns)
     if isinstance(requested, str):
         requested = [requested]
+    paths = paths or {}
     known = set(columns)
     out: list[str] = []
     for item in requested:
         if not isinstance(item, str):
             raise ColumnNotFound(repr(item), where, [])
-        if item in known or item in also_known:
+        if item in known or item in also_known or item in paths:
             matches = [item]
         elif _GLOB_CHARS & set(item):
-            matches = [c for c in columns if fnmatch.fnmatchcase(c, item)]
+            pool = list(paths) if "/" in item else columns
+            matches = [c for c in pool if fnmatch.fnmatchcase(c, item)]
         else:
             matches = []
         if not matches:
-            close = difflib.get_close_matches(item, columns + sorted(also_known), n=5, cutoff=0.6)
+            close = difflib.get_close_matches(item, columns + sorted(also_known) + list(paths), n=5, cutoff=0.6)
             raise ColumnNotFound(item, where, close)
         out.extend(m for m in matches if m not in out)
     return out

@@ -8,6 +8,7 @@ same bytes every time, anywhere.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,15 +119,21 @@ def plan(recipe: Recipe, catalog: Catalog, dry_run: bool = True) -> Plan:
     if types is None:
         raise RecipeError(problems)
     source_types = dict(types)
+    paths = _Paths(_source_paths(recipe, catalog), source_types, types)
     ops: list[_Op] = []
     used: set[str] = set()
     for i, step in enumerate(recipe.steps):
         builder = {"filter": _filter, "define": _define, "transform": _transform}[step.kind]
+        paths.refuse_new(i, step, problems)
+        paths.admit(step.inputs.values())
         builder(i, step, types, catalog, ops, used, problems)
-    columns = list(recipe.columns) if recipe.columns is not None else list(types)
+    columns = list(recipe.columns) if recipe.columns is not None else [t for t in types if t not in paths.admitted]
+    paths.admit(columns)
     for name in columns:
         if name not in types:
-            problems.append(f"columns: no column {name!r} after the steps; available: {_some(types)}")
+            close = difflib.get_close_matches(name, [*types, *paths.paths], n=5, cutoff=0.6)
+            hint = f"; close matches: {', '.join(map(repr, close))}" if close else ""
+            problems.append(f"columns: no column {name!r} after the steps; available: {_some(types)}{hint}")
     if problems:
         raise RecipeError(problems)
     schema = pa.schema([_field(name, types[name]) for name in columns])
@@ -215,6 +222,36 @@ def _source(recipe: Recipe, catalog: Catalog, problems: list[str]) -> tuple[dict
     for f in ds.schema:
         types[f.name] = column_type_of(f.type) or f.type
     return types, ds.num_events, ds.ranges(recipe.range_events)
+
+
+def _source_paths(recipe: Recipe, catalog: Catalog) -> dict[str, str]:
+    """uproot's full paths of the source's split sub-branches (``evt/Beg`` -> ``Beg``)."""
+    return {} if recipe.is_generated else catalog.dataset(recipe.source["dataset"]).aliases
+
+
+class _Paths:
+    """uproot's full paths of the source's columns, admitted as source columns of their own
+    where the recipe names them (``columns``, transform ``inputs``): the column keeps that name."""
+
+    def __init__(self, paths: dict[str, str], source_types: dict[str, Kind], types: dict[str, Kind]) -> None:
+        self.paths = paths
+        self.source_types = source_types
+        self.types = types
+        self.admitted: set[str] = set()
+
+    def admit(self, names: Any) -> None:
+        for name in names:
+            column = self.paths.get(name)
+            if name not in self.types and column in self.source_types:
+                self.types[name] = self.source_types[name] = self.source_types[column]
+                self.admitted.add(name)
+
+    def refuse_new(self, i: int, step: Step, problems: list[str]) -> None:
+        """A new column may not take the name of a source column's full path."""
+        new = step.outputs.values() if step.kind == "transform" else step.expressions.keys()
+        for name in new:
+            if name in self.paths and name not in self.types:
+                problems.append(f"steps[{i}].{step.kind}: {name!r} is uproot's name of column {self.paths[name]!r}")
 
 
 def _kernel_types(types: dict[str, Kind]) -> dict[str, ColumnType]:

@@ -52,6 +52,7 @@ class SourceDataset:
         unreadable: dict[str, str],
         groups: list[str],
         remote: RemoteOptions | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         self.tree = tree
         self.remote = remote or RemoteOptions()  # travels with the dataset (Ray workers reopen files)
@@ -59,6 +60,7 @@ class SourceDataset:
         self.schema = schema
         self.unreadable = unreadable
         self._groups = groups
+        self.aliases = dict(aliases or {})  # uproot's full path of a split sub-branch -> column name
         self._starts = [0]
         for f in files:
             self._starts.append(self._starts[-1] + f.entries)
@@ -105,7 +107,10 @@ class SourceDataset:
     # -- reading -----------------------------------------------------------------------------
 
     def resolve(self, columns: str | Sequence[str] | None) -> list[str]:
-        """Column names for requested names and glob patterns (``None``: every column)."""
+        """Column names for requested names and glob patterns (``None``: every column).
+
+        uproot's full paths of split sub-branches (``evt/Beg``, as ``tree.keys()`` lists them;
+        see :attr:`aliases`) are accepted and kept as asked."""
         known = set(self.unreadable) | set(self._groups)
         where = f"tree {self.tree!r} of {self.files[0].path}" if self.files else repr(self.tree)
         return _uproot.resolve_columns(
@@ -113,15 +118,17 @@ class SourceDataset:
             self.columns,
             known,
             where,
+            self.aliases,
         )
 
     def read(self, event_range: EventRange, columns: str | Sequence[str] | None = None) -> pa.Table:
-        """Exactly the events of ``event_range``, the requested columns, as Arrow."""
+        """Exactly the events of ``event_range``, the requested columns, as Arrow; each column
+        named as asked (``evt/Beg`` gives a column ``evt/Beg`` holding the values of ``Beg``)."""
         names = self.resolve(columns)
         position, start, stop = self.locate(event_range)
         path = self.files[position].path
         tree = self._tree(position)
-        table = _uproot.read_window(tree, path, names, start, stop)
+        table = _uproot.read_window(tree, path, names, start, stop, self.aliases)
         if table.num_rows != stop - start:
             raise RangeOutOfBounds(f"{event_range}: {path} gave {table.num_rows} rows, expected {stop - start}")
         return table
@@ -193,7 +200,7 @@ def open_dataset(
         files.append(SourceFile(path, int(t.num_entries), tuple(_uproot.cluster_boundaries(t)), size, adler))
         handles[position] = (file, t)
     first = surveys[0]
-    dataset = SourceDataset(tree, files, first.schema, first.unreadable, first.groups, remote)
+    dataset = SourceDataset(tree, files, first.schema, first.unreadable, first.groups, remote, first.aliases)
     dataset._handles = handles
     return dataset
 
