@@ -145,7 +145,10 @@ def run_task(
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
             table = materialize(the_plan, index, catalog, note=guard.note)
             guard.note(f"writing range {index} of {the_plan.id} as {fmt}")
-            result = encode_table(table, *split_stored(fmt)) if write_to is None else write_temp(write_to, table, fmt)
+            if write_to is None:
+                result: bytes | Written = encode_table(table, *split_stored(fmt))
+            else:
+                result = write_temp(write_to, table, fmt)
     except VdataError as exc:
         return ("error", _error(exc, limits), 0, time.perf_counter() - start)
     except MemoryError:

@@ -187,7 +187,8 @@ class StageIn(_In):
     first: int = Field(default=0, ge=0, description="The first range to stage")
     count: int = Field(default=4, ge=1, description="How many ranges, from first (clipped at the last range)")
     format: str = Field(default="arrow", description="The format the payload will ask for")
-    compression: str = Field(default="none", description="The compression it will ask for (none, lz4, zstd; arrow only)")
+    compression: str = Field(default="none",
+                             description="The compression it will ask for (none, lz4, zstd; arrow only)")
 
 
 class StageOut(BaseModel):

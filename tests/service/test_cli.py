@@ -222,7 +222,8 @@ def test_every_reader_opens_every_format_written_by_get_and_fetch(
             fetched = client.fetch(rid, tmp_path / f"fetch-{fmt}-{compression}", format=fmt, compression=compression)
             written += [(fmt, path, table) for path, table in zip(fetched, expected)]
             cli_file = tmp_path / f"cli-{compression}{ext}"  # no --format: the extension says it
-            code, out = run("get", rid, "1", "-o", str(cli_file), "--compression", compression, token=token, url=srv.url)
+            code, out = run("get", rid, "1", "-o", str(cli_file), "--compression", compression,
+                            token=token, url=srv.url)
             assert code == 0, out
             assert client.get(rid, 2, tmp_path / f"get-{compression}{ext}", compression=compression) == len(expected[2])
             written += [(fmt, cli_file, expected[1]), (fmt, tmp_path / f"get-{compression}{ext}", expected[2])]
