@@ -28,7 +28,7 @@ from rich.table import Table
 from service._extras import require_server
 from vdata.client import Client
 from vdata.errors import VdataError
-from vdata.formats import FORMATS
+from vdata.formats import COMPRESSIONS, FORMATS
 from vdata.data.sources import open_dataset
 
 app = typer.Typer(help="vdata: event ranges of ROOT datasets and virtual data, on demand.", no_args_is_help=True)
@@ -50,6 +50,10 @@ Url = Annotated[str, typer.Option("--url", envvar="VDATA_URL", help="Gateway URL
 Token = Annotated[str, typer.Option("--token", envvar="VDATA_TOKEN", help="Bearer token.")]
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="VDATA_DATA_DIR", help="The service's data folder.")]
 Format = Annotated[str, typer.Option("--format", "-f", help=f"One of {', '.join(FORMATS)}.")]
+FileFormat = Annotated[str | None, typer.Option(
+    "--format", "-f", help=f"One of {', '.join(FORMATS)} (default: what the output file's extension says).")]
+Compression = Annotated[str, typer.Option(
+    "--compression", help=f"Arrow's IPC buffer compression: {', '.join(COMPRESSIONS)} (arrow only).")]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -352,9 +356,10 @@ def recipes_stage(
     count: Annotated[int, typer.Option("--count", "-n", help="How many ranges.")] = 4,
     first: Annotated[int, typer.Option("--first", help="The first range.")] = 0,
     format: Format = "arrow",
+    compression: Compression = "none",
 ) -> None:
     """Pre-stage ranges: the service materializes them now, ahead of the payload."""
-    staged = client.stage(recipe_id, count, first=first, format=format)
+    staged = client.stage(recipe_id, count, first=first, format=format, compression=compression)
     what = f"ranges {staged[0]}..{staged[-1]}" if len(staged) > 1 else f"range {staged[0]}"
     console.print(f"staging {what} of {recipe_id} as {format}", highlight=False)
 
@@ -365,11 +370,13 @@ def get(
     client: Client,
     recipe_id: str,
     index: Annotated[int, typer.Argument(help="Range index.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
-    format: Format = "arrow",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.arrow, .feather, .parquet, .root, ...).")],
+    format: FileFormat = None,
+    compression: Compression = "none",
 ) -> None:
-    """Write one range of a virtual dataset to a file."""
-    events = client.get(recipe_id, index, out, format=format)
+    """Write one range of a virtual dataset to a file, in the format its extension names
+    (Arrow as an IPC file, Feather v2)."""
+    events = client.get(recipe_id, index, out, format=format, compression=compression)
     console.print(f"range {index} ({events:,} events) -> {out}", highlight=False)
 
 
@@ -380,10 +387,11 @@ def fetch(
     recipe_id: str,
     out_dir: Annotated[Path, typer.Argument(help="Folder for one file per range.")],
     format: Format = "root",
+    compression: Compression = "none",
     prefetch: Annotated[int, typer.Option(min=1, help="Ranges fetched ahead.")] = 4,
 ) -> None:
     """Write every range to its own file (ESS file mode), with a progress bar."""
-    paths = client.fetch(recipe_id, out_dir, format=format, prefetch=prefetch)
+    paths = client.fetch(recipe_id, out_dir, format=format, compression=compression, prefetch=prefetch)
     console.print(f"{len(paths)} files in {out_dir}", highlight=False)
 
 

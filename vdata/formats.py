@@ -1,6 +1,22 @@
-"""Output formats: a ``pyarrow.Table`` as an Arrow IPC stream, Parquet, or a ROOT TTree.
+"""Output formats: a ``pyarrow.Table`` as Arrow IPC, Parquet, or a ROOT TTree.
 
 Each format reads back (:func:`read_table`) equal to what was written, types included.
+
+Arrow has two IPC forms. A range travels over HTTP as an IPC *stream*
+(``application/vnd.apache.arrow.stream``, :func:`encode_table`, :func:`write_encoded`): it
+needs no seeking, and the cache stores it as served. A file a user gets (:func:`write_table`,
+the client's ``get`` and ``fetch``) is the IPC *file* format, Feather v2, with the footer that
+``pyarrow.ipc.open_file``, ``pyarrow.feather``, polars ``read_ipc``/``scan_ipc`` and DuckDB
+need; :func:`arrow_file_bytes` turns a stream body into one. :func:`read_table` reads both.
+
+Arrow's buffers may be compressed (``compression="lz4"`` or ``"zstd"``, Arrow's own IPC
+compression; every pyarrow reader decompresses it). It applies to Arrow only: Parquet already
+compresses each column (snappy) and ROOT each basket (zlib), so anything but ``"none"`` with
+them is a :class:`FormatError`.
+
+Which format a path holds follows its extension (:func:`format_for_path`): ``.arrow``,
+``.feather``, ``.ipc`` are Arrow, ``.parquet`` and ``.pq`` Parquet, ``.root`` ROOT. A format
+given with a path of another format's extension is an error, not a silent mismatch.
 
 ROOT output keeps NanoAOD naming: jagged columns ``Muon_pt``, ``Muon_eta`` with equal list
 lengths share one counter branch ``nMuon`` (or the ``NMuon``-style counter the table already
@@ -22,14 +38,35 @@ import pyarrow.parquet as pq
 
 from vdata.errors import FormatError
 
-__all__ = ["FORMATS", "MEDIA_TYPES", "check_format", "encode_table", "read_table", "write_table"]
+__all__ = [
+    "COMPRESSIONS",
+    "EXTENSIONS",
+    "FORMATS",
+    "MEDIA_TYPES",
+    "arrow_file_bytes",
+    "check_compression",
+    "check_format",
+    "encode_table",
+    "format_for_path",
+    "read_arrow",
+    "read_table",
+    "write_encoded",
+    "write_table",
+]
 
 FORMATS = ("arrow", "parquet", "root")
+COMPRESSIONS = ("none", "lz4", "zstd")
 MEDIA_TYPES = {
     "arrow": "application/vnd.apache.arrow.stream",
     "parquet": "application/vnd.apache.parquet",
     "root": "application/x-root",
 }
+EXTENSIONS = {  # file name extension (lower case) -> format
+    ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".root": "root",
+}
+ARROW_FILE_MAGIC = b"ARROW1"
 ROOT_TREE = "Events"
 SCHEMA_KEY = "vdata_arrow_schema"
 
@@ -41,12 +78,66 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def write_table(table: pa.Table, path: str | os.PathLike[str], format: str) -> Path:
-    """Write ``table`` to ``path`` as ``"arrow"`` (IPC stream), ``"parquet"`` or ``"root"``."""
+def check_compression(compression: str, format: str = "arrow") -> str:
+    """``compression`` if it is one of :data:`COMPRESSIONS` and ``format`` takes it, else
+    :class:`FormatError` (the one check)."""
+    if compression not in COMPRESSIONS:
+        raise FormatError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
+    if compression != "none" and format != "arrow":
+        raise FormatError(f"compression {compression!r} applies to arrow only; {format} compresses by itself "
+                          f"(leave compression at 'none')")
+    return compression
+
+
+def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """The format of ``path``: ``format`` if given (checked against the extension), else the
+    one its extension names (see :data:`EXTENSIONS`). :class:`FormatError` on a mismatch, or
+    on an extension that names no format when none is given."""
+    suffix = Path(path).suffix.lower()
+    implied = EXTENSIONS.get(suffix)
+    if format is None:
+        if implied is None:
+            known = ", ".join(EXTENSIONS)
+            raise FormatError(f"{os.fspath(path)}: cannot tell the format from the extension {suffix or '(none)'!r} "
+                              f"(known: {known}); give the format (--format / format=)")
+        return implied
     check_format(format)
+    if implied is not None and implied != format:
+        raise FormatError(f"{os.fspath(path)}: the extension {suffix!r} says {implied}, but the format asked "
+                          f"for is {format}; rename the file or change the format")
+    return format
+
+
+def _ipc_options(compression: str) -> pa.ipc.IpcWriteOptions:
+    check_compression(compression)
+    return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike[str], format: str | None = None,
+                compression: str = "none") -> Path:
+    """Write ``table`` to ``path`` as ``"arrow"`` (IPC file, Feather v2), ``"parquet"`` or
+    ``"root"``; the format follows the extension when not given (:func:`format_for_path`)."""
+    format = format_for_path(path, format)
+    check_compression(compression, format)
     path = Path(path)
     if format == "arrow":
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        with pa.OSFile(str(path), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema, options=_ipc_options(compression)) as writer:
+            writer.write_table(table)
+    else:
+        write_encoded(table, path, format)
+    return path
+
+
+def write_encoded(table: pa.Table, path: str | os.PathLike[str], format: str, compression: str = "none") -> Path:
+    """Write to ``path`` the bytes :func:`encode_table` returns (Arrow as an IPC stream), without
+    holding them in memory: how the service writes a range into its cache."""
+    check_format(format)
+    check_compression(compression, format)
+    path = Path(path)
+    if format == "arrow":
+        with pa.OSFile(str(path), "wb") as sink, \
+                pa.ipc.new_stream(sink, table.schema, options=_ipc_options(compression)) as writer:
             writer.write_table(table)
     elif format == "parquet":
         _write_parquet(table, str(path))
@@ -55,12 +146,13 @@ def write_table(table: pa.Table, path: str | os.PathLike[str], format: str) -> P
     return path
 
 
-def encode_table(table: pa.Table, format: str) -> bytes:
-    """The bytes :func:`write_table` would write."""
+def encode_table(table: pa.Table, format: str, compression: str = "none") -> bytes:
+    """A range's body as served over HTTP: Arrow as an IPC stream, Parquet, or ROOT."""
     check_format(format)
+    check_compression(compression, format)
     if format == "arrow":
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
+        with pa.ipc.new_stream(sink, table.schema, options=_ipc_options(compression)) as writer:
             writer.write_table(table)
         return sink.getvalue().to_pybytes()
     if format == "parquet":
@@ -73,13 +165,39 @@ def encode_table(table: pa.Table, format: str) -> bytes:
         return out.read_bytes()
 
 
-def read_table(path: str | os.PathLike[str], format: str) -> pa.Table:
-    """Read back a file written by :func:`write_table`."""
-    check_format(format)
+def arrow_file_bytes(body: bytes | pa.Buffer, compression: str = "none") -> pa.Buffer:
+    """An Arrow IPC stream (a range's HTTP body) as IPC file bytes, buffers compressed with
+    ``compression``; a body that is a file already comes back as it is."""
+    if _is_arrow_file(body):
+        return body if isinstance(body, pa.Buffer) else pa.py_buffer(body)
+    reader = pa.ipc.open_stream(body)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, reader.schema, options=_ipc_options(compression)) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+    return sink.getvalue()
+
+
+def _is_arrow_file(data: bytes | pa.Buffer | memoryview) -> bool:
+    return bytes(memoryview(data)[:len(ARROW_FILE_MAGIC)]) == ARROW_FILE_MAGIC
+
+
+def read_arrow(source: bytes | pa.Buffer) -> pa.Table:
+    """Arrow IPC bytes, file or stream (told apart by the file format's leading magic bytes),
+    read without a copy: the table's columns point into ``source`` (unless compressed)."""
+    if _is_arrow_file(source):
+        return pa.ipc.open_file(source).read_all()
+    return pa.ipc.open_stream(source).read_all()
+
+
+def read_table(path: str | os.PathLike[str], format: str | None = None) -> pa.Table:
+    """Read back a file written by :func:`write_table` or :func:`write_encoded` (Arrow: either
+    IPC form); the format follows the extension when not given."""
+    format = format_for_path(path, format)
     path = Path(path)
     if format == "arrow":
         with pa.OSFile(str(path), "rb") as source:
-            return pa.ipc.open_stream(source).read_all()
+            return read_arrow(source.read_buffer())
     if format == "parquet":
         return pq.read_table(str(path))
     import awkward as ak  # ROOT only: a client that reads Arrow never loads awkward and uproot

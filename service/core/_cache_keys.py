@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import CacheError
-from vdata.formats import FORMATS
+from vdata.formats import COMPRESSIONS, FORMATS, check_compression, check_format
 
+# the formats as the cache stores them: a compressed Arrow body is another entry than a plain one
+STORED_FORMATS = FORMATS + tuple(f"arrow+{c}" for c in COMPRESSIONS if c != "none")
 _RECIPE_ID = re.compile(r"vds-[0-9a-f]{24}")
-_SUFFIX = "(?:" + "|".join(re.escape(f) for f in FORMATS) + ")"
+_SUFFIX = "(?:" + "|".join(re.escape(f) for f in STORED_FORMATS) + ")"
 _FINAL_NAME = re.compile(rf"[0-9]{{8,}}\.{_SUFFIX}")
 _TEMP_NAME = re.compile(rf"\.[0-9]{{8,}}\.{_SUFFIX}\..+\.tmp")
 # what temp names say since several caches share a folder: ``.<final>.<host>-<pid>.<random>.tmp``
@@ -24,9 +26,23 @@ _TEMP_WRITER = re.compile(rf"\.[0-9]{{8,}}\.{_SUFFIX}\.(?P<host>[A-Za-z0-9_-]+)-
 _KEY_WHERE = "recipe_id = ? AND range_index = ? AND format = ?"
 
 
+def stored_format(format: str, compression: str = "none") -> str:
+    """How the cache names ``format`` with ``compression`` (both checked): ``"arrow"``,
+    ``"arrow+lz4"``, ``"parquet"``, ... (the ``format`` of a :class:`CacheKey`)."""
+    check_compression(compression, check_format(format))
+    return format if compression == "none" else f"{format}+{compression}"
+
+
+def split_stored(stored: str) -> tuple[str, str]:
+    """``(format, compression)`` of a stored format (the inverse of :func:`stored_format`)."""
+    format, _, compression = stored.partition("+")
+    return format, compression or "none"
+
+
 @dataclass(frozen=True, slots=True)
 class CacheKey:
-    """What a cache file holds: range ``range_index`` of recipe ``recipe_id`` as ``format``."""
+    """What a cache file holds: range ``range_index`` of recipe ``recipe_id`` as ``format``, a
+    stored format (:func:`stored_format`: the format, with Arrow's compression when not none)."""
 
     recipe_id: str
     range_index: int
@@ -41,11 +57,21 @@ class CacheKey:
             raise CacheError(
                 f"cache key for {self.recipe_id}: range_index must be an integer >= 0, got {self.range_index!r}"
             )
-        if not isinstance(self.format, str) or self.format not in FORMATS:
+        if not isinstance(self.format, str) or self.format not in STORED_FORMATS:
             raise CacheError(
                 f"cache key for {self.recipe_id} range {self.range_index}: format must be one of "
-                f"{', '.join(FORMATS)}, got {self.format!r}"
+                f"{', '.join(STORED_FORMATS)}, got {self.format!r}"
             )
+
+    @property
+    def base_format(self) -> str:
+        """The format without its compression: ``"arrow"`` for ``"arrow+lz4"``."""
+        return split_stored(self.format)[0]
+
+    @property
+    def compression(self) -> str:
+        """Arrow's IPC compression of the entry: ``"none"``, ``"lz4"`` or ``"zstd"``."""
+        return split_stored(self.format)[1]
 
     @property
     def relpath(self) -> str:

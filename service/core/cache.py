@@ -1,6 +1,8 @@
 """The cache: materialized ranges on disk, keyed by (recipe id, range index, format).
 
-Files lie at ``<root>/<recipe id>/<index:08d>.<format>``; the database table ``cache_entries``
+The format is the stored one (``arrow``, ``arrow+lz4``, ``arrow+zstd``, ``parquet``, ``root``):
+Arrow's IPC compression makes other bytes, so another entry. Files lie at
+``<root>/<recipe id>/<index:08d>.<format>``; the database table ``cache_entries``
 records each one's size, adler32, event count and last use. The rules:
 
 - A file is written under a temporary name in its folder (by :meth:`RangeCache.put`, or by
@@ -73,6 +75,7 @@ from service.core._cache_keys import (
     _KEY_WHERE,
     _TEMP_NAME,
     CacheEntry,
+    STORED_FORMATS,
     CacheKey,
     _check_events,
     _choose_victims,
@@ -82,13 +85,16 @@ from service.core._cache_keys import (
     host_tag,
     _remove_debris,
     _select,
+    split_stored,
+    stored_format,
 )
 from service.errors import CacheBusy, CacheError
 from vdata.checksum import adler32, adler32_hex
 from service.core.db import Database
 from transforms.atomic import write_atomic
 
-__all__ = ["CacheEntry", "CacheKey", "RangeCache", "adler32", "adler32_hex"]
+__all__ = ["STORED_FORMATS", "CacheEntry", "CacheKey", "RangeCache", "adler32", "adler32_hex", "split_stored",
+           "stored_format"]
 
 log = logging.getLogger(__name__)
 

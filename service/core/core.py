@@ -19,12 +19,11 @@ from typing import Any, TypeVar
 from transforms.registry import Transform
 
 from service.core.job_thread import JobThread
-from service.core.cache import CacheEntry, RangeCache
+from service.core.cache import CacheEntry, RangeCache, split_stored, stored_format
 from service.core.claims import Claims
 from vdata.data.catalog import Catalog
 from service.core.db import Database
 from service.core.engine import Engine, EngineConfig
-from vdata.formats import check_format
 from service.core.jobs import JobStatus, JobStore, Lease
 from vdata.data.plans import Plan
 from vdata.data.recipes import Recipe
@@ -146,12 +145,13 @@ class Core:
     def stage(self, recipe_id: str, first: int, count: int, fmt: str, why: str = "stage") -> list[int]:
         """Pre-stage ranges ``first .. first+count-1`` (clipped at the last): start materializing
         them now, ahead of any request, so a payload that starts later never waits for them.
+        ``fmt`` is a stored format (:func:`~service.core.cache.stored_format`: ``arrow+lz4`` ...).
 
         Returns the indices staged (those already cached or in flight count: they will be there).
         ``why`` names the policy in the tasks' names on Ray's dashboard (``stage``, ``readahead``).
         ``RangeOutOfBounds`` if ``first`` is not a range of the recipe.
         """
-        check_format(fmt)
+        fmt = stored_format(*split_stored(fmt))  # FormatError for a format or compression we do not make
         plan = self.plan(recipe_id)
         plan.range(first)
         indices = list(range(first, min(first + count, len(plan.ranges))))

@@ -22,7 +22,8 @@ import pyarrow as pa
 from vdata.data.catalog import Catalog
 from vdata.checksum import adler32
 from vdata.errors import TaskLimitExceeded, VdataError
-from vdata.formats import encode_table, write_table
+from vdata.formats import encode_table, write_encoded
+from service.core._cache_keys import split_stored
 from service.core.task_limits import Limits, TaskLimits, marker_path, timed_out
 from vdata.data.plans import Plan, dry_run, materialize, plan
 from vdata.data.recipes import Recipe
@@ -77,14 +78,15 @@ class Hooks:
 
 
 def write_temp(temp: str, table: pa.Table, fmt: str) -> Written:
-    """Write ``table`` to ``temp`` (truncating what a killed earlier attempt left there); its
-    size and adler32.
+    """Write ``table`` to ``temp`` as the stored format ``fmt`` (e.g. ``arrow+lz4``: an IPC
+    stream, buffers compressed), truncating what a killed earlier attempt left there; its size
+    and adler32.
 
-    ``write_table`` streams Arrow's buffers straight into the file, and the checksum is taken
+    ``write_encoded`` streams Arrow's buffers straight into the file, and the checksum is taken
     over the file's pages mapped in place: no copy of the range is made in memory. Not
     fsynced here: the driver's commit does it while this worker goes on to the next range."""
     try:
-        write_table(table, temp, fmt)
+        write_encoded(table, temp, *split_stored(fmt))
         with open(temp, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -125,7 +127,8 @@ def run_task(
     limits: Limits | None = None,
     attempt: str | None = None,
 ) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
-    """Materialize one range; write it to ``write_to`` if given, else encode it to bytes, within
+    """Materialize one range as the stored format ``fmt`` (:func:`~service.core.cache.stored_format`);
+    write it to ``write_to`` if given, else encode it to bytes, within
     ``limits`` (see :mod:`service.core.task_limits`; ``attempt`` names the submission's marker file).
 
     Returns (status, the bytes or the written file or (error class, message), events, seconds).
@@ -142,7 +145,10 @@ def run_task(
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
             table = materialize(the_plan, index, catalog, note=guard.note)
             guard.note(f"writing range {index} of {the_plan.id} as {fmt}")
-            result = encode_table(table, fmt) if write_to is None else write_temp(write_to, table, fmt)
+            if write_to is None:
+                result: bytes | Written = encode_table(table, *split_stored(fmt))
+            else:
+                result = write_temp(write_to, table, fmt)
     except VdataError as exc:
         return ("error", _error(exc, limits), 0, time.perf_counter() - start)
     except MemoryError:

@@ -49,11 +49,11 @@ from service.errors import RangeUnavailable
 from service.http.limits import check_plan
 from service.http.metrics import Metrics
 from service.settings import Settings
-from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
+from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex, stored_format
 from service.core.core import Core
 from service.core.db import DATABASE_ERRORS
 from vdata.errors import VdataError
-from vdata.formats import MEDIA_TYPES, check_format
+from vdata.formats import MEDIA_TYPES
 from vdata.data.plans import Plan
 
 __all__ = ["ACCEL_GRACE_SECONDS", "CHUNK_BYTES", "AccelRedirectResponse", "BodyAborted", "RangeFileResponse",
@@ -114,7 +114,7 @@ def _range_headers(entry: CacheEntry) -> dict[str, str]:
         "x-vdata-adler32": adler32_hex(entry.adler32),
         "x-vdata-events": str(entry.events),
         "content-disposition": f'attachment; filename="{entry.key.recipe_id}-'
-                               f'{entry.key.range_index:08d}.{entry.key.format}"',
+                               f'{entry.key.range_index:08d}.{entry.key.base_format}"',
         "cache-control": "private, max-age=86400, immutable",
     }
 
@@ -124,7 +124,7 @@ class RangeFileResponse(Response):
 
     def __init__(self, opened: _Open, on_done: Callable[[int, bool], None]) -> None:
         entry = opened.entry
-        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
+        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.base_format],
                          headers={"content-length": str(entry.size), **_range_headers(entry)})
         self.opened = opened
         self.on_done = on_done  # (bytes sent, whether the file was found damaged), once at the end
@@ -203,7 +203,7 @@ class AccelRedirectResponse(Response):
 
     def __init__(self, opened: _Open, prefix: str, on_done: Callable[[int, bool], None]) -> None:
         entry = opened.entry
-        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.format],
+        super().__init__(status_code=200, media_type=MEDIA_TYPES[entry.key.base_format],
                          headers={"x-accel-redirect": f"{prefix}/{entry.key.relpath}", **_range_headers(entry)})
         self.opened = opened
         self.on_done = on_done  # as RangeFileResponse's, once the file is checked
@@ -291,11 +291,13 @@ def count_lookup(metrics: Metrics, *, from_cache: bool, damaged: bool = False) -
 
 
 async def serve_range(
-    core: Core, recipe_id: str, index: int, fmt: str, *,
+    core: Core, recipe_id: str, index: int, fmt: str, compression: str = "none", *,
     settings: Settings, principal: Principal, inflight: InFlight, metrics: Metrics,
 ) -> RangeFileResponse | AccelRedirectResponse:
-    """The response for range ``index`` of a recipe in ``fmt``: cached, or materialized now."""
-    check_format(fmt)
+    """The response for range ``index`` of a recipe in ``fmt`` with ``compression`` (Arrow's
+    IPC compression, its own cache entry): cached, or materialized now. Metrics label it with
+    the stored format (``arrow+lz4``)."""
+    fmt = stored_format(fmt, compression)  # FormatError (400) naming a bad format or compression
     plan = await anyio.to_thread.run_sync(core.plan, recipe_id)
     plan.range(index)  # RangeOutOfBounds (416) before any work
     check_plan(plan, settings)

@@ -191,11 +191,14 @@ class StageIn(_In):
     first: int = Field(default=0, ge=0, description="The first range to stage")
     count: int = Field(default=4, ge=1, description="How many ranges, from first (clipped at the last range)")
     format: str = Field(default="arrow", description="The format the payload will ask for")
+    compression: str = Field(default="none",
+                             description="The compression it will ask for (none, lz4, zstd; arrow only)")
 
 
 class StageOut(BaseModel):
     recipe_id: str
     format: str
+    compression: str
     ranges: list[int] = Field(description="The ranges staged: being materialized, or already cached")
 
 

@@ -1,12 +1,20 @@
 """The ``vdata`` command line against a real gateway on a loopback port (and ``inspect``,
-which reads files directly). Errors print one line and exit with status 2."""
+which reads files directly). Errors print one line and exit with status 2. What ``vdata get``
+and the client's ``get``/``fetch`` write opens in every reader an analyst uses."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset
+import pyarrow.feather
+import pyarrow.parquet as pq
 import pytest
 import uproot
 from typer.testing import CliRunner
@@ -15,6 +23,7 @@ import vdata
 from service.cli import app
 from service.http.server import BackgroundServer
 from service.settings import Settings
+from vdata.client import Client
 from vdata.testing import assert_tables_equal
 
 runner = CliRunner()
@@ -137,3 +146,114 @@ def test_inspect_lists_columns_and_unreadable_ones(shared_data: Path) -> None:
     assert "2,421 events, 51 columns, 3 ranges" in out
     code, out = run("inspect", str(shared_data / "uproot-HZZ.root"), "-t", "Events")
     assert code == 2 and "no tree 'Events'" in out and "'events'" in out
+
+
+# -- every reader opens every format ---------------------------------------------------------------
+
+GENERATED = {"source": {"generator": "zmumu", "events": 2500, "seed": 11}, "range_events": 1000}
+VARIANTS = [("arrow", "none", ".arrow"), ("arrow", "lz4", ".feather"), ("arrow", "zstd", ".ipc"),
+            ("parquet", "none", ".parquet"), ("root", "none", ".root")]
+
+
+def _duckdb(sql_from: Callable[[duckdb.DuckDBPyConnection], duckdb.DuckDBPyRelation]) -> pa.Table:
+    with duckdb.connect() as con:
+        return sql_from(con).to_arrow_table()
+
+
+def _duckdb_ipc(path: Path) -> pa.Table:
+    """DuckDB over Arrow files (its own Arrow reader is an extension from the internet): a
+    pyarrow dataset, which DuckDB scans itself (filters and columns pushed down)."""
+    def query(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+        con.register("ranges", pyarrow.dataset.dataset(path, format="ipc"))
+        return con.sql("SELECT * FROM ranges")
+    return _duckdb(query)
+
+
+def _uproot(path: Path) -> pa.Table:
+    with uproot.open(path) as f:
+        arrays = f["Events"].arrays()
+    return pa.table({name: pa.array(arrays[name].to_list()) for name in arrays.fields})
+
+
+READERS: dict[str, dict[str, Callable[[Path], pa.Table]]] = {
+    "arrow": {
+        "pyarrow.ipc.open_file": lambda p: pa.ipc.open_file(p).read_all(),
+        "pyarrow.feather": pyarrow.feather.read_table,
+        "polars.read_ipc": lambda p: pl.read_ipc(p).to_arrow(),
+        "polars.scan_ipc": lambda p: pl.scan_ipc(p).collect().to_arrow(),
+        "duckdb": _duckdb_ipc,
+    },
+    "parquet": {
+        "pyarrow.parquet": pq.read_table,
+        "polars.read_parquet": lambda p: pl.read_parquet(p).to_arrow(),
+        "polars.scan_parquet": lambda p: pl.scan_parquet(p).collect().to_arrow(),
+        "duckdb.read_parquet": lambda p: _duckdb(lambda con: con.read_parquet(str(p))),
+    },
+    "root": {"uproot": _uproot},
+}
+
+
+def _same_values(got: pa.Table, expected: pa.Table, what: str) -> None:
+    """Every column of ``expected`` in ``got`` with the same values (each reader picks its own
+    types: large lists, views, ...; ROOT adds the counter branches)."""
+    missing = set(expected.column_names) - set(got.column_names)
+    assert not missing, f"{what}: no {sorted(missing)}"
+    for name in expected.column_names:
+        assert got[name].to_pylist() == expected[name].to_pylist(), f"{what}: column {name!r} differs"
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_every_reader_opens_every_format_written_by_get_and_fetch(
+    server: tuple[BackgroundServer, Path], tmp_path: Path, umask_022: None
+) -> None:
+    srv, data = server
+    code, token = run("token", "create", "--role", "reader", "--data-dir", str(data))
+    assert code == 0, token
+    token = token.strip()
+    recipe = vdata.Recipe.from_dict(GENERATED)
+    expected = [vdata.materialize(recipe, i, vdata.Catalog()) for i in range(3)]
+    written: list[tuple[str, Path, pa.Table]] = []  # (format, file, what it should hold)
+    with Client(srv.url, token) as client:
+        rid = client.submit(GENERATED).id
+        for fmt, compression, ext in VARIANTS:
+            fetched = client.fetch(rid, tmp_path / f"fetch-{fmt}-{compression}", format=fmt, compression=compression)
+            written += [(fmt, path, table) for path, table in zip(fetched, expected)]
+            cli_file = tmp_path / f"cli-{compression}{ext}"  # no --format: the extension says it
+            code, out = run("get", rid, "1", "-o", str(cli_file), "--compression", compression,
+                            token=token, url=srv.url)
+            assert code == 0, out
+            assert client.get(rid, 2, tmp_path / f"get-{compression}{ext}", compression=compression) == len(expected[2])
+            written += [(fmt, cli_file, expected[1]), (fmt, tmp_path / f"get-{compression}{ext}", expected[2])]
+    assert len(written) == len(VARIANTS) * 5
+    for fmt, path, table in written:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+        for reader, read in READERS[fmt].items():
+            _same_values(read(path), table, f"{path.name} by {reader}")
+    # a fetched folder is one dataset to polars and DuckDB
+    folder = tmp_path / "fetch-arrow-zstd"
+    whole = pa.concat_tables(expected)
+    _same_values(pl.scan_ipc(folder / "*.arrow").collect().to_arrow(), whole, "polars.scan_ipc over the folder")
+    _same_values(_duckdb_ipc(folder), whole, "duckdb over the folder")
+
+
+def test_get_refuses_a_format_the_extension_contradicts(server: tuple[BackgroundServer, Path], tmp_path: Path) -> None:
+    srv, data = server
+    code, token = run("token", "create", "--role", "reader", "--data-dir", str(data))
+    rid = vdata.Recipe.from_dict(GENERATED).id
+    code, out = run("get", rid, "0", "-o", str(tmp_path / "x.parquet"), "--format", "arrow", token=token.strip(),
+                    url=srv.url)
+    assert code == 2 and "x.parquet: the extension '.parquet' says parquet, but the format asked for is arrow" in out
+    code, out = run("get", rid, "0", "-o", str(tmp_path / "x.dat"), token=token.strip(), url=srv.url)
+    assert code == 2 and "give the format (--format" in out, out
+    code, out = run("get", rid, "0", "-o", str(tmp_path / "x.root"), "--compression", "lz4", token=token.strip(),
+                    url=srv.url)
+    assert code == 2 and "compression 'lz4' applies to arrow only" in out, out
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""Arrow, Parquet and ROOT output read back equal to the input; ROOT keeps NanoAOD naming."""
+"""Arrow, Parquet and ROOT output read back equal to the input; ROOT keeps NanoAOD naming; Arrow files are
+IPC files (HTTP bodies streams), compressed if asked; the format follows the file's extension."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uproot
 from realdata import EVENT_TREES
 
 import vdata
-from vdata.formats import encode_table
+from vdata.formats import arrow_file_bytes, encode_table, format_for_path, write_encoded
 from vdata.testing import assert_tables_equal
 
 # ROOT TTrees hold numbers, booleans, strings and lists of numbers; these trees have more.
@@ -33,7 +34,8 @@ def test_columnar_formats_round_trip_every_tree(first_ranges: dict[str, pa.Table
             continue  # has structs with no fields, which Parquet cannot hold: see the test below
         path = vdata.write_table(table, tmp_path / f"out.{fmt}", fmt)
         assert_tables_equal(vdata.read_table(path, fmt), table, what=f"{key} as {fmt}")
-        assert path.read_bytes() == encode_table(table, fmt) or fmt == "parquet"
+        if fmt == "arrow":  # a file; the client turns the HTTP body (a stream) into the same bytes
+            assert path.read_bytes() == arrow_file_bytes(encode_table(table, fmt)).to_pybytes()
 
 
 def test_root_round_trips_every_tree_it_can_hold(first_ranges: dict[str, pa.Table], tmp_path: Path) -> None:
@@ -126,3 +128,64 @@ def test_parquet_keeps_arrow_list_item_names(tmp_path: Path) -> None:
     table = pa.table({"x": pa.array([[1.0], []], pa.large_list(pa.field("item", pa.float64(), nullable=False)))})
     path = vdata.write_table(table, tmp_path / "x.parquet", "parquet")
     assert pq.ParquetFile(path).schema_arrow.field("x").type.value_field.name == "item"
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("a.arrow", "arrow"), ("a.feather", "arrow"), ("a.IPC", "arrow"),
+                                           ("a.parquet", "parquet"), ("a.pq", "parquet"), ("a.root", "root")])
+def test_the_format_follows_the_extension(tmp_path: Path, name: str, fmt: str) -> None:
+    assert format_for_path(name) == fmt
+    assert format_for_path(name, fmt) == fmt
+    table = pa.table({"x": [1.5, 2.5], "n": pa.array([1, 2], pa.int32())})
+    assert_tables_equal(vdata.read_table(vdata.write_table(table, tmp_path / name)), table, what=name)
+
+
+def test_a_format_the_extension_contradicts_is_refused_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(vdata.FormatError, match=r"x\.parquet: the extension '\.parquet' says parquet, but the format "
+                                                r"asked for is arrow"):
+        vdata.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet", "arrow")
+    assert not (tmp_path / "x.parquet").exists()
+    with pytest.raises(vdata.FormatError, match="says root"):
+        vdata.read_table(tmp_path / "x.root", "parquet")
+
+
+@pytest.mark.parametrize("name", ["x.dat", "x"])
+def test_an_unknown_extension_needs_the_format(tmp_path: Path, name: str) -> None:
+    with pytest.raises(vdata.FormatError, match=f"{name}: cannot tell the format .*give the format"):
+        vdata.write_table(pa.table({"x": [1]}), tmp_path / name)
+    table = pa.table({"x": [1]})
+    assert_tables_equal(vdata.read_table(vdata.write_table(table, tmp_path / name, "parquet"), "parquet"), table)
+
+
+def test_arrow_files_are_ipc_files_and_streams_read_too(tmp_path: Path) -> None:
+    import pyarrow.feather as feather
+
+    table = pa.table({"Muon_pt": pa.array([[1.0, 2.0], [], [3.0]], pa.large_list(pa.float32())), "n": [2, 0, 1]})
+    path = vdata.write_table(table, tmp_path / "x.arrow")
+    assert pa.ipc.open_file(path).read_all().equals(table)
+    assert feather.read_table(path).equals(table)
+    stream = write_encoded(table, tmp_path / "body.arrow", "arrow")  # the service's cache file: a stream
+    with pytest.raises(pa.ArrowInvalid):
+        pa.ipc.open_file(stream)
+    assert_tables_equal(vdata.read_table(stream), table)
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_arrow_compression_shrinks_and_reads_back(tmp_path: Path, compression: str) -> None:
+    table = pa.table({"x": pa.array([i // 7 for i in range(100_000)], pa.int64())})
+    plain, packed = encode_table(table, "arrow"), encode_table(table, "arrow", compression)
+    assert len(packed) < len(plain) / 2
+    assert pa.ipc.open_stream(packed).read_all().equals(table)
+    as_file = arrow_file_bytes(packed, compression)
+    assert as_file.size < len(plain) / 2
+    assert pa.ipc.open_file(as_file).read_all().equals(table)
+    path = vdata.write_table(table, tmp_path / "x.feather", compression=compression)
+    assert path.stat().st_size == as_file.size
+    assert vdata.read_table(path).equals(table)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "root"])
+def test_compression_is_for_arrow_only(tmp_path: Path, fmt: str) -> None:
+    with pytest.raises(vdata.FormatError, match=f"compression 'lz4' applies to arrow only; {fmt} compresses"):
+        vdata.write_table(pa.table({"x": [1.0]}), tmp_path / f"x.{fmt}", compression="lz4")
+    with pytest.raises(vdata.FormatError, match="unknown compression 'gzip'; choose one of none, lz4, zstd"):
+        encode_table(pa.table({"x": [1.0]}), "arrow", "gzip")

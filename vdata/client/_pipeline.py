@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import secrets
 import tempfile
 import threading
 from collections import deque
@@ -22,9 +24,9 @@ import pyarrow.parquet as pq
 
 from vdata.checksum import adler32, file_adler32
 from vdata.checksum import adler32_hex as _hex
-from vdata.formats import read_table
+from vdata.formats import read_arrow, read_table
 
-__all__ = ["EXTENSIONS", "Manifest", "decode_table", "ordered_prefetch"]
+__all__ = ["EXTENSIONS", "Manifest", "decode_table", "ordered_prefetch", "write_file"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,12 +71,12 @@ def ordered_prefetch(fn: Callable[[T], R], items: Iterable[T], window: int, stop
 
 
 def decode_table(body: bytes | pa.Buffer, format: str) -> pa.Table:
-    """A range body as a table: Arrow IPC stream, Parquet, or ROOT (through a temporary file).
+    """A range body as a table: Arrow IPC (stream or file), Parquet, or ROOT (through a temporary file).
 
-    An Arrow stream is read without a copy: the table's columns point into ``body``.
+    Uncompressed Arrow is read without a copy: the table's columns point into ``body``.
     """
     if format == "arrow":
-        return pa.ipc.open_stream(body).read_all()
+        return read_arrow(body)
     if format == "parquet":
         return pq.read_table(pa.BufferReader(body))
     # uproot reads files, not buffers: a temporary file, removed at once
@@ -82,6 +84,23 @@ def decode_table(body: bytes | pa.Buffer, format: str) -> pa.Table:
         path = Path(tmp) / "range.root"
         path.write_bytes(memoryview(body))
         return read_table(path, "root")
+
+
+def write_file(path: Path, data: bytes | pa.Buffer) -> None:
+    """Write ``data`` to ``path`` atomically (a hidden temporary name beside it, then rename),
+    with the mode any file the user creates gets (``0o666`` less the umask: 0644 by default).
+
+    Not :func:`transforms.atomic.write_atomic`, whose ``mkstemp`` files are private (0600), as
+    a token's must be; a range file is data the user shares like any other.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+    try:
+        with open(fd, "wb") as f:
+            f.write(memoryview(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def adler32_hex(data: bytes | pa.Buffer) -> str:
@@ -95,21 +114,22 @@ def file_adler32_hex(path: Path) -> str:
 
 
 class Manifest:
-    """``<out_dir>/.vdata-fetch.jsonl``: one line per range file written, with its adler32.
+    """``<out_dir>/.vdata-fetch.jsonl``: one line per range file written, with the adler32 of
+    the file (for Arrow the IPC file the body became, not the body).
 
-    A later fetch of the same recipe and format skips files whose bytes still match.
-    Appends only (a torn last line from a crash is ignored); lines of other recipes are kept.
+    A later fetch of the same recipe, format and compression skips files whose bytes still
+    match. Appends only (a torn last line from a crash is ignored); lines of other recipes are kept.
     """
 
-    def __init__(self, out_dir: Path, recipe_id: str, format: str) -> None:
+    def __init__(self, out_dir: Path, recipe_id: str, format: str, compression: str = "none") -> None:
         self.path = out_dir / MANIFEST
-        self.key = (recipe_id, format)
+        self.key = (recipe_id, format, compression)
         self.known: dict[str, str] = {}
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
-                    if (entry["recipe"], entry["format"]) == self.key:
+                    if (entry["recipe"], entry["format"], _compression(entry)) == self.key:
                         self.known[entry["file"]] = entry["adler32"]
                 except (ValueError, KeyError, TypeError):
                     continue
@@ -120,7 +140,16 @@ class Manifest:
         return expected is not None and path.is_file() and file_adler32_hex(path) == expected
 
     def add(self, path: Path, adler32: str, events: int | None) -> None:
-        entry = {"recipe": self.key[0], "format": self.key[1], "file": path.name, "adler32": adler32, "events": events}
+        entry = {"recipe": self.key[0], "format": self.key[1], "compression": self.key[2], "file": path.name,
+                 "adler32": adler32, "events": events}
         with open(self.path, "a") as f:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
         self.known[path.name] = adler32
+
+
+def _compression(entry: dict[str, object]) -> object:
+    """An entry's compression; lines written before there was one hold ``"none"``, except Arrow
+    ones, which hold IPC streams (fetched again as files: None matches no key)."""
+    if "compression" in entry:
+        return entry["compression"]
+    return None if entry["format"] == "arrow" else "none"

@@ -8,9 +8,12 @@ network::
         for batch in client.stream("recipe.yaml", format="arrow", prefetch=4):
             analyse(batch)                              # ranges k+1..k+4 load meanwhile
         client.fetch(recipe_id, "input/", format="root")  # one small file per range
+        client.get(recipe_id, 3, "range3.parquet")         # the format follows the extension
         client.run_worker(job_id, process)                # event-service mode
 
-Every range body is checked against its ``X-Vdata-Adler32`` header. Connection errors,
+Every range body is checked against its ``X-Vdata-Adler32`` header. Arrow travels as an IPC
+stream and is written to files in the IPC file format (Feather v2), which every Arrow reader
+opens; ``compression="lz4"``/``"zstd"`` compresses Arrow's buffers on the wire and in the file. Connection errors,
 ``429`` and ``5xx`` are retried with exponential backoff; other ``4xx`` raise
 :class:`ServiceError` at once, with the gateway's ``error`` and ``detail``.
 
@@ -50,12 +53,11 @@ from vdata.client._http import (
     Transport,
     checked_body,
 )
-from vdata.client._pipeline import EXTENSIONS, Manifest, adler32_hex, decode_table, ordered_prefetch
+from vdata.client._pipeline import EXTENSIONS, Manifest, adler32_hex, decode_table, ordered_prefetch, write_file
 from vdata.client._worker import LeasedRange, WorkerSummary, run_worker
-from transforms.atomic import write_atomic
 from vdata.data.recipes import Recipe
 from vdata.errors import RecipeError
-from vdata.formats import check_format
+from vdata.formats import arrow_file_bytes, check_compression, check_format, format_for_path
 from vdata.ranges import EventRange
 
 RANGES_PAGE = 10_000  # ranges per request of Client.ranges (the service's largest page)
@@ -106,6 +108,16 @@ def _load_recipe(recipe: RecipeLike) -> dict[str, Any]:
             raise RecipeError([f"{path}: a recipe is a mapping, got {type(data).__name__}"])
         return data
     raise TypeError(f"a recipe is a Recipe, a mapping or a path to a YAML/JSON file, got {type(recipe).__name__}")
+
+
+def _range_url(rid: str, index: int, format: str, compression: str) -> httpx.URL:
+    params = {"format": format} if compression == "none" else {"format": format, "compression": compression}
+    return httpx.URL(f"/v1/recipes/{rid}/ranges/{index}", params=params)
+
+
+def _file_bytes(body: pa.Buffer, format: str, compression: str) -> pa.Buffer:
+    """What a range file holds: the body as it came, but Arrow as an IPC file, not a stream."""
+    return arrow_file_bytes(body, compression) if format == "arrow" else body
 
 
 class Client:
@@ -172,13 +184,16 @@ class Client:
             if len(page) < RANGES_PAGE:
                 return ranges
 
-    def stage(self, recipe_or_id: RecipeLike, count: int = 4, *, first: int = 0, format: str = "arrow") -> list[int]:
+    def stage(self, recipe_or_id: RecipeLike, count: int = 4, *, first: int = 0, format: str = "arrow",
+              compression: str = "none") -> list[int]:
         """Ask the service to materialize ranges ``first .. first+count-1`` now, ahead of need
         (pre-staging: a workload system calls this when it assigns the work, before the payload
-        starts). Returns at once with the indices staged; they are cached when ready."""
-        check_format(format)
+        starts), in the format and compression the payload will ask for. Returns at once with the
+        indices staged; they are cached when ready."""
+        check_compression(compression, check_format(format))
         rid = self._recipe_id(recipe_or_id)
-        answer = self._http.json("POST", f"/v1/recipes/{rid}/stage", {"first": first, "count": count, "format": format})
+        body = {"first": first, "count": count, "format": format, "compression": compression}
+        answer = self._http.json("POST", f"/v1/recipes/{rid}/stage", body)
         return [int(i) for i in answer["ranges"]]
 
     def _recipe_id(self, recipe_or_id: RecipeLike) -> str:
@@ -188,12 +203,12 @@ class Client:
 
     # -- range data ----------------------------------------------------------------------------
 
-    def _range_body(self, rid: str, index: int, format: str, stop: threading.Event | None) -> pa.Buffer:
+    def _range_body(self, rid: str, index: int, format: str, compression: str,
+                    stop: threading.Event | None) -> pa.Buffer:
         """A range's body, checked against its adler32 (retried as the class says)."""
         what = f"{rid} range {index}"
-        url = f"/v1/recipes/{rid}/ranges/{index}"
         return self._http.request(  # type: ignore[no-any-return]
-            "GET", url, params={"format": format}, stop=stop, check=lambda r: checked_body(r, what))
+            "GET", _range_url(rid, index, format, compression), stop=stop, check=lambda r: checked_body(r, what))
 
     def _range_table(self, url: str | httpx.URL, what: str, format: str, stop: threading.Event | None) -> pa.Table:
         """A range decoded; its adler32 and ``X-Vdata-Events`` checked."""
@@ -212,34 +227,41 @@ class Client:
         url = httpx.URL(lease.url).copy_set_param("format", format)
         return self._range_table(url, f"{lease.url.split('?')[0]} (leased range {lease.index})", format, stop)
 
-    def get(self, recipe_or_id: RecipeLike, index: int, out: str | os.PathLike[str], format: str = "arrow") -> int:
-        """Write one range's bytes (checked against their adler32) to ``out``; returns its events."""
-        check_format(format)
+    def get(self, recipe_or_id: RecipeLike, index: int, out: str | os.PathLike[str], format: str | None = None,
+            *, compression: str = "none") -> int:
+        """Write one range (its bytes checked against their adler32) to the file ``out``; returns
+        its events. The format follows ``out``'s extension unless given (a format the extension
+        contradicts is a :class:`~vdata.errors.FormatError`); Arrow is written as an IPC file."""
+        format = format_for_path(out, format)
+        check_compression(compression, format)
         rid = self._recipe_id(recipe_or_id)
-        body = self._range_body(rid, index, format, None)
-        write_atomic(Path(out), body)
+        body = self._range_body(rid, index, format, compression, None)
+        write_file(Path(out), _file_bytes(body, format, compression))
         return decode_table(body, format).num_rows
 
-    def stream(self, recipe_or_id: RecipeLike, format: str = "arrow", prefetch: int = 4) -> Generator[pa.RecordBatch, None, None]:
+    def stream(self, recipe_or_id: RecipeLike, format: str = "arrow", prefetch: int = 4, *,
+               compression: str = "none") -> Generator[pa.RecordBatch, None, None]:
         """The record batches of every range, in range order.
 
         Up to ``prefetch`` ranges are fetched and decoded in background threads while the
         caller works on the current one (``0``: none, fetch on demand); memory holds at most
         ``prefetch + 1`` ranges. The recipe is submitted (if not an id) and its ranges listed
         now; the data flows when iterated. Closing the iterator early (``break`` in a ``for``
-        loop, ``close()``, or dropping it) stops the background threads.
+        loop, ``close()``, or dropping it) stops the background threads. ``compression``
+        (``"lz4"``, ``"zstd"``; Arrow only) makes the bodies smaller on the wire.
         """
-        check_format(format)
+        check_compression(compression, check_format(format))
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         rid = self._recipe_id(recipe_or_id)
-        return self._stream(rid, self.ranges(rid), format, prefetch)
+        return self._stream(rid, self.ranges(rid), format, compression, prefetch)
 
-    def _stream(self, rid: str, ranges: list[EventRange], format: str, prefetch: int) -> Generator[pa.RecordBatch, None, None]:
+    def _stream(self, rid: str, ranges: list[EventRange], format: str, compression: str,
+                prefetch: int) -> Generator[pa.RecordBatch, None, None]:
         stop = threading.Event()
 
         def load(r: EventRange) -> pa.Table:
-            url = httpx.URL(f"/v1/recipes/{rid}/ranges/{r.index}", params={"format": format})
+            url = _range_url(rid, r.index, format, compression)
             return self._range_table(url, f"{rid} range {r.index}", format, stop)
 
         tables = ordered_prefetch(load, ranges, prefetch, stop)
@@ -250,30 +272,32 @@ class Client:
             tables.close()
 
     def fetch(self, recipe_or_id: RecipeLike, out_dir: str | os.PathLike[str], format: str = "root", *,
-              prefetch: int = 4, progress: bool | None = None) -> list[Path]:
+              compression: str = "none", prefetch: int = 4, progress: bool | None = None) -> list[Path]:
         """Write each range to ``<out_dir>/range-00000.<format>`` (the ESS "file mode").
 
-        Files appear atomically (a temporary name, then rename), ``prefetch`` downloads at a
-        time, with a progress bar on stderr (``progress=None``: only on a terminal). Resumable:
-        a file a previous fetch of the same recipe and format wrote, still intact (adler32 in
+        Files appear atomically (a temporary name, then rename) with the user's umask (0644 by
+        default), ``prefetch`` downloads at a time, with a progress bar on stderr
+        (``progress=None``: only on a terminal). Arrow is written as IPC files (Feather v2),
+        their buffers compressed with ``compression``. Resumable: a file a previous fetch of the
+        same recipe, format and compression wrote, still intact (the file's adler32 in
         ``.vdata-fetch.jsonl``), is not downloaded again. Returns the paths in range order.
         """
-        check_format(format)
+        check_compression(compression, check_format(format))
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         rid = self._recipe_id(recipe_or_id)
         ranges = self.ranges(rid)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(out, rid, format)
+        manifest = Manifest(out, rid, format, compression)
 
         def get(r: EventRange) -> tuple[Path, str | None]:
             path = out / f"range-{r.index:05d}.{EXTENSIONS[format]}"
             if manifest.complete(path):
                 return path, None
-            body = self._range_body(rid, r.index, format, stop)
-            write_atomic(path, body)
-            return path, adler32_hex(body)
+            data = _file_bytes(self._range_body(rid, r.index, format, compression, stop), format, compression)
+            write_file(path, data)
+            return path, adler32_hex(data)
 
         console = Console(stderr=True)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

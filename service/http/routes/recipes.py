@@ -13,7 +13,8 @@ from service.http.limits import check_plan, check_recipe_body
 from service.errors import LimitExceeded
 from service.http.schemas import ColumnOut, RangeOut, RecipeIn, RecipeOut, StageIn, StageOut
 from service.http.range_responses import serve_range
-from vdata.formats import FORMATS, MEDIA_TYPES
+from service.core.cache import stored_format
+from vdata.formats import COMPRESSIONS, FORMATS, MEDIA_TYPES
 from vdata.data.plans import Plan
 
 __all__ = ["router"]
@@ -75,8 +76,8 @@ def stage_ranges(recipe_id: str, body: StageIn, core: CoreDep, settings: Setting
         raise LimitExceeded(f"stage count {body.count} is over the limit of {settings.max_stage_ranges} "
                             f"(setting max_stage_ranges): stage fewer ranges per request")
     check_plan(core.plan(recipe_id), settings)
-    indices = core.stage(recipe_id, body.first, body.count, body.format)
-    return StageOut(recipe_id=recipe_id, format=body.format, ranges=indices)
+    indices = core.stage(recipe_id, body.first, body.count, stored_format(body.format, body.compression))
+    return StageOut(recipe_id=recipe_id, format=body.format, compression=body.compression, ranges=indices)
 
 
 @router.get(
@@ -89,7 +90,11 @@ async def get_range(
     recipe_id: str, index: int, core: CoreDep, settings: SettingsDep, principal: Reader,
     inflight: InFlightDep, metrics: MetricsDep,
     format: Annotated[str, Query(description=f"One of {', '.join(FORMATS)}")] = "arrow",
+    compression: Annotated[str, Query(description=f"Arrow's IPC buffer compression, one of {', '.join(COMPRESSIONS)} "
+                                                  "(arrow only: parquet and root compress by themselves)")] = "none",
 ) -> Response:
-    """A range's bytes as stored in the cache (materialized first if need be)."""
-    return await serve_range(core, recipe_id, index, format, settings=settings, principal=principal,
+    """A range's bytes as stored in the cache (materialized first if need be). Arrow comes as
+    an IPC stream, its buffers compressed if ``compression`` says so (every Arrow reader
+    decompresses them)."""
+    return await serve_range(core, recipe_id, index, format, compression, settings=settings, principal=principal,
                              inflight=inflight, metrics=metrics)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex
+from service.core.cache import CacheEntry, CacheKey, RangeCache, adler32, adler32_hex, split_stored, stored_format
 from service.errors import CacheBusy, CacheError
 from service.core.db import Database
 from vdata.errors import VdataError
@@ -72,6 +72,8 @@ def test_key_relpath_shards_by_recipe() -> None:
         ((RECIPE, 1.0, "arrow"), "range_index"),
         ((RECIPE, 0, "csv"), "format"),
         ((RECIPE, 0, ["arrow"]), "format"),
+        ((RECIPE, 0, "parquet+lz4"), "format"),
+        ((RECIPE, 0, "arrow+gzip"), "format"),
     ],
 )
 def test_key_validation_names_the_field(fields: tuple[object, object, object], named: str) -> None:
@@ -79,6 +81,19 @@ def test_key_validation_names_the_field(fields: tuple[object, object, object], n
         CacheKey(*fields)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, VdataError)
+
+
+def test_the_key_records_arrow_compression() -> None:
+    assert [stored_format("arrow", c) for c in ("none", "lz4", "zstd")] == ["arrow", "arrow+lz4", "arrow+zstd"]
+    assert stored_format("parquet") == "parquet"
+    for stored in ("arrow", "arrow+lz4", "arrow+zstd", "parquet", "root"):
+        fmt, compression = split_stored(stored)
+        assert stored_format(fmt, compression) == stored
+        k = CacheKey(RECIPE, 3, stored)
+        assert (k.base_format, k.compression) == (fmt, compression)
+    assert CacheKey(RECIPE, 3, "arrow+zstd").relpath == f"{RECIPE}/00000003.arrow+zstd"
+    with pytest.raises(VdataError, match="compression 'lz4' applies to arrow only"):
+        stored_format("root", "lz4")
 
 
 def test_adler32_hex() -> None:

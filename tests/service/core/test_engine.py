@@ -77,6 +77,18 @@ def test_dataset_ranges_in_every_format(engine: Engine, tmp_path: Path) -> None:
         assert_tables_equal(read_table(entry.path, fmt), vdata.materialize(recipe, 1, engine.catalog))
 
 
+def test_compressed_arrow_is_its_own_entry(engine: Engine) -> None:
+    recipe = zmumu(seed=1)
+    expected = vdata.materialize(recipe, 3, Catalog())
+    plain = engine.get(recipe, 3, "arrow", timeout=120)
+    for compression in ("lz4", "zstd"):
+        entry = engine.get(recipe, 3, f"arrow+{compression}", timeout=120)
+        assert entry.path != plain.path and entry.path.name == f"00000003.arrow+{compression}"
+        assert entry.path.read_bytes() == encode_table(expected, "arrow", compression)
+        assert entry.size < plain.size
+        assert_tables_equal(read_table(entry.path, "arrow"), expected)
+
+
 def test_twenty_concurrent_requests_run_one_materialization(engine: Engine) -> None:
     recipe = zmumu(seed=2)
     before = engine.submitted

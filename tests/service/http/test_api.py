@@ -163,6 +163,31 @@ def test_root_range_with_nulls_is_a_4xx_naming_the_column(admin: Client, recipe_
     assert admin.get(f"/v1/recipes/{r.json()['id']}/ranges/0", params={"format": "root"}).status_code == 200
 
 
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_range_bytes_compressed(env: Env, admin: Client, recipe_id: str, compression: str) -> None:
+    """An IPC stream whose buffers are compressed: a cache entry of its own, the same table."""
+    plain = admin.get(f"/v1/recipes/{recipe_id}/ranges/1?format=arrow")
+    r = admin.get(f"/v1/recipes/{recipe_id}/ranges/1", params={"format": "arrow", "compression": compression})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == MEDIA_TYPES["arrow"]
+    assert r.headers["x-vdata-adler32"] == f"{zlib.adler32(r.content):08x}"
+    assert r.headers["content-disposition"].endswith('00000001.arrow"')
+    assert r.content != plain.content
+    assert pa.ipc.open_stream(r.content).read_all().equals(pa.ipc.open_stream(plain.content).read_all())
+    assert env.core.cache.contains(CacheKey(recipe_id, 1, f"arrow+{compression}"))
+    assert f'vdata_bytes_served_total{{format="arrow+{compression}"}}' in admin.get("/metrics").text
+
+
+def test_bad_compression_is_400_naming_it(admin: Client, recipe_id: str) -> None:
+    url = f"/v1/recipes/{recipe_id}/ranges/0"
+    detail = error_of(admin.get(url, params={"compression": "gzip"}), 400, "bad_format")
+    assert "unknown compression 'gzip'; choose one of none, lz4, zstd" in detail
+    detail = error_of(admin.get(url, params={"format": "parquet", "compression": "lz4"}), 400, "bad_format")
+    assert "compression 'lz4' applies to arrow only; parquet" in detail
+    stage = f"/v1/recipes/{recipe_id}/stage"
+    assert "'brotli'" in error_of(admin.post(stage, json={"count": 1, "compression": "brotli"}), 400, "bad_format")
+
+
 def test_recipe_errors(admin: Client, recipe_id: str) -> None:
     assert "vds-000" in error_of(admin.get("/v1/recipes/vds-000"), 404, "recipe_not_found")
     error_of(admin.get("/v1/recipes/vds-000/ranges"), 404, "recipe_not_found")
@@ -201,7 +226,7 @@ def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> No
     assert not any(env.core.cache.contains(CacheKey(recipe_id, i, "parquet")) for i in (2, 3, 4))
     r = reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 2, "count": 3, "format": "parquet"})
     assert r.status_code == 202, r.text
-    assert r.json() == {"recipe_id": recipe_id, "format": "parquet", "ranges": [2, 3, 4]}
+    assert r.json() == {"recipe_id": recipe_id, "format": "parquet", "compression": "none", "ranges": [2, 3, 4]}
     _cached(env, recipe_id, [2, 3, 4], "parquet")  # nobody asked for the bytes yet
     assert not env.core.cache.contains(CacheKey(recipe_id, 1, "root"))  # only what was staged
     served = reader.get(f"/v1/recipes/{recipe_id}/ranges/3?format=parquet")
@@ -211,6 +236,9 @@ def test_stage_materializes_ahead_of_any_request(env: Env, recipe_id: str) -> No
     assert r.status_code == 202 and r.json()["ranges"] == [5, 6]
     _cached(env, recipe_id, [5, 6], "arrow")
     assert reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 5, "format": "arrow"}).json()["ranges"] == [5, 6]
+    r = reader.post(f"/v1/recipes/{recipe_id}/stage", json={"first": 6, "count": 1, "compression": "zstd"})
+    assert r.status_code == 202 and r.json()["compression"] == "zstd"
+    _cached(env, recipe_id, [6], "arrow+zstd")  # its own entry, next to the plain one
 
 
 def test_sequential_gets_read_ahead_random_ones_do_not(env: Env, recipe_id: str) -> None:

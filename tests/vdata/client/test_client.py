@@ -8,6 +8,7 @@ import asyncio
 import gc
 import itertools
 import json
+import os
 import socket
 import threading
 import time
@@ -81,6 +82,7 @@ class FakeService:
         self.statuses: list[tuple[int, str]] = []  # error answers for the next range requests
         self.recipes: set[str] = set()
         self.range_requests: list[tuple[int, str]] = []  # when each arrived
+        self.compressions: list[str] = []  # what each asked for
         self.served: list[int] = []  # when each was answered (after the delay)
         self.jobs: dict[str, dict[str, Any]] = {}
         self.finishes: list[int] = []
@@ -92,8 +94,8 @@ class FakeService:
         schema = [{"name": f.name, "type": str(f.type)} for f in self.table.schema]
         return {"id": rid, "num_events": self.table.num_rows, "num_ranges": len(self.ranges), "schema": schema}
 
-    def range_body(self, index: int, fmt: str) -> Response:
-        body = self.bodies[fmt][index]
+    def range_body(self, index: int, fmt: str, compression: str = "none") -> Response:
+        body = self.bodies[fmt][index] if compression == "none" else encode_table(self.slices[index], fmt, compression)
         headers = {"X-Vdata-Adler32": f"{zlib.adler32(body) & 0xFFFFFFFF:08x}",
                    "X-Vdata-Events": str(self.slices[index].num_rows)}
         if self.statuses:
@@ -165,15 +167,16 @@ class FakeService:
             return JSONResponse([{"index": i, "first": a, "stop": b} for i, (a, b) in enumerate(self.ranges)])
 
         @app.get("/v1/recipes/{rid}/ranges/{index}")
-        async def range_data(rid: str, index: int, format: str = "arrow") -> Response:
+        async def range_data(rid: str, index: int, format: str = "arrow", compression: str = "none") -> Response:
             self.range_requests.append((index, format))
+            self.compressions.append(compression)
             if self.delay:
                 await asyncio.sleep(self.delay)
             if rid not in self.recipes:
                 return error(404, "not_found", f"no recipe {rid!r}")
             if not 0 <= index < len(self.ranges):
                 return error(404, "not_found", f"recipe {rid!r} has no range {index}")
-            response = self.range_body(index, format)
+            response = self.range_body(index, format, compression)
             self.served.append(index)
             return response
 
@@ -474,6 +477,98 @@ def test_fetch_resumes_and_replaces_damaged_files(client: Client, fake: FakeServ
     assert_tables_equal(vdata.read_table(first[3], "arrow"), fake.slices[3])
     client.fetch(RECIPE, tmp_path, format="parquet")  # another format: its own files
     assert len(fake.range_requests) == 1 + len(SIZES)
+
+
+@pytest.fixture
+def umask() -> Iterator[Any]:
+    """Sets the process's umask for a test (``umask(0o027)``), and puts the old one back."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_range_files_get_the_users_umask(client: Client, tmp_path: Path, umask: Any, mask: int, mode: int) -> None:
+    umask(mask)
+    paths = client.fetch(RECIPE, tmp_path / "in", format="parquet", prefetch=2)
+    paths.append(tmp_path / "one.root")
+    client.get(RECIPE, 2, paths[-1])
+    assert {oct(p.stat().st_mode & 0o777) for p in paths} == {oct(mode)}
+    assert sorted(p.name for p in (tmp_path / "in").iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_fetched_arrow_files_are_ipc_files_and_the_manifest_holds_their_checksum(
+    client: Client, fake: FakeService, tmp_path: Path
+) -> None:
+    import pyarrow.feather as feather
+
+    from vdata.checksum import file_adler32
+
+    paths = client.fetch(RECIPE, tmp_path, format="arrow")
+    for path, expected in zip(paths, fake.slices):
+        assert pa.ipc.open_file(path).read_all().equals(expected)
+        assert feather.read_table(path).equals(expected)
+    lines = [json.loads(line) for line in (tmp_path / ".vdata-fetch.jsonl").read_text().splitlines()]
+    assert {(e["file"], e["adler32"], e["compression"]) for e in lines} == {
+        (p.name, f"{file_adler32(p)[1]:08x}", "none") for p in paths}
+    fake.range_requests.clear()
+    assert client.fetch(RECIPE, tmp_path, format="arrow") == paths
+    assert fake.range_requests == []  # the files' checksums match what the manifest says
+
+
+def test_arrow_files_a_fetch_wrote_as_streams_are_fetched_again_as_files(
+    client: Client, fake: FakeService, tmp_path: Path
+) -> None:
+    """A manifest line without a compression comes from a vdata that wrote Arrow streams."""
+    rid = Recipe.from_dict(RECIPE).id
+    old = tmp_path / "range-00000.arrow"
+    old.write_bytes(fake.bodies["arrow"][0])
+    line = {"recipe": rid, "format": "arrow", "file": old.name, "adler32": f"{zlib.adler32(old.read_bytes()):08x}",
+            "events": SIZES[0]}
+    (tmp_path / ".vdata-fetch.jsonl").write_text(json.dumps(line) + "\n")
+    client.fetch(RECIPE, tmp_path, format="arrow", prefetch=0)
+    assert fake.range_requests == [(i, "arrow") for i in range(len(SIZES))]
+    assert pa.ipc.open_file(old).read_all().equals(fake.slices[0])
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_compression_is_asked_for_and_kept_in_the_files(client: Client, fake: FakeService, tmp_path: Path,
+                                                        compression: str) -> None:
+    plain = client.fetch(RECIPE, tmp_path / "plain", format="arrow")
+    packed = client.fetch(RECIPE, tmp_path / "packed", format="arrow", compression=compression)
+    assert fake.compressions == ["none"] * len(SIZES) + [compression] * len(SIZES)
+    for a, b, expected in zip(plain, packed, fake.slices):
+        assert pa.ipc.open_file(b).read_all().equals(expected)
+        assert b.stat().st_size < a.stat().st_size
+    fake.range_requests.clear()
+    client.fetch(RECIPE, tmp_path / "packed", format="arrow")  # another compression: other files
+    assert len(fake.range_requests) == len(SIZES)
+    batches = list(client.stream(RECIPE, compression=compression))
+    assert_tables_equal(pa.Table.from_batches(batches), fake.table, what=f"stream with {compression}")
+    assert fake.compressions[-len(SIZES):] == [compression] * len(SIZES)
+
+
+def test_get_takes_the_format_from_the_extension(client: Client, fake: FakeService, tmp_path: Path) -> None:
+    assert client.get(RECIPE, 3, tmp_path / "r3.parquet") == SIZES[3]
+    assert client.get(RECIPE, 3, tmp_path / "r3.feather", compression="zstd") == SIZES[3]
+    assert client.get(RECIPE, 3, tmp_path / "r3.data", format="root") == SIZES[3]
+    assert fake.range_requests == [(3, "parquet"), (3, "arrow"), (3, "root")]
+    assert fake.compressions == ["none", "zstd", "none"]
+    assert_tables_equal(vdata.read_table(tmp_path / "r3.parquet"), fake.slices[3])
+    assert pa.ipc.open_file(tmp_path / "r3.feather").read_all().equals(fake.slices[3])
+    assert_tables_equal(vdata.read_table(tmp_path / "r3.data", "root"), fake.slices[3])
+    with pytest.raises(vdata.FormatError, match="x.parquet: the extension '.parquet' says parquet, but the format "
+                                                "asked for is arrow"):
+        client.get(RECIPE, 3, tmp_path / "x.parquet", format="arrow")
+    with pytest.raises(vdata.FormatError, match="x.txt: cannot tell the format"):
+        client.get(RECIPE, 3, tmp_path / "x.txt")
+    with pytest.raises(vdata.FormatError, match="compression 'lz4' applies to arrow only"):
+        client.get(RECIPE, 3, tmp_path / "x.root", compression="lz4")
+    with pytest.raises(vdata.FormatError, match="unknown compression 'snappy'"):
+        client.fetch(RECIPE, tmp_path, format="arrow", compression="snappy")
+    assert len(fake.range_requests) == 3 and not (tmp_path / "x.parquet").exists()
 
 
 # -- run_worker (event-service mode) ---------------------------------------------------------------
