@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,3 +96,22 @@ def test_run_worker_uploads_then_the_merge_is_fetched(started_env: Env, server: 
         assert sorted(p.read_bytes() for p in (tmp_path / "cli").iterdir()) == sorted(p.read_bytes() for p in paths)
         ranges = worker.fetch_outputs(job, tmp_path / "ranges", ranges=True)  # kept: retention is a day
         assert len(ranges) == 4 and sum(pq.read_table(p).num_rows for p in ranges) == 4000
+
+
+def test_fetched_arrow_outputs_are_ipc_files_with_the_users_umask(started_env: Env, server: BackgroundServer,
+                                                                  tmp_path: Path) -> None:
+    """Arrow outputs travel as IPC streams; what fetch_outputs writes is an IPC file (every reader
+    opens it, as with Client.fetch) of mode 0644 under umask 022."""
+    with Client(server.url, started_env.tokens["worker"], retries=0) as worker:
+        job = worker.create_job(worker.submit(RECIPE).id, outputs="required", output_format="arrow")
+        worker.run_worker(job, lambda table: pa.table({"n": pc.list_value_length(table["Muon_pt"])}), worker="w1")
+        wait_until(lambda: worker.job(job)["state"] == "merged", timeout=120, message="the merge")
+        old = os.umask(0o022)
+        try:
+            paths = worker.fetch_outputs(job, tmp_path / "ranges", ranges=True) + worker.fetch_outputs(job, tmp_path / "m")
+        finally:
+            os.umask(old)
+    assert paths and all(p.suffix == ".arrow" for p in paths)
+    for p in paths:
+        assert pa.ipc.open_file(p).read_all().column_names == ["n"]
+        assert p.stat().st_mode & 0o777 == 0o644
