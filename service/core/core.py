@@ -30,6 +30,7 @@ from vdata.data.recipes import Recipe
 from vdata.data.remote import RemoteOptions
 from vdata.data.sources import SourceDataset
 from service.core.catalog_store import CatalogStore
+from service.core import provenance_store
 
 __all__ = ["Core", "CoreConfig"]
 
@@ -141,6 +142,16 @@ class Core:
 
     def request(self, recipe_id: str, index: int, fmt: str) -> Future[CacheEntry]:
         return self.engine.request(self.store.recipe(recipe_id), index, fmt)
+
+    def provenance(self, recipe_id: str, index: int, fmt: str | None = None) -> dict[str, Any]:
+        """How range ``index`` was made (:mod:`service.core.provenance_store`): of its cache entry
+        in the stored format ``fmt``, or of the one made last; NotMaterialized if none is cached."""
+        self.plan(recipe_id).range(index)  # RecipeNotFound, RangeOutOfBounds
+        return provenance_store.range_provenance(self.db, recipe_id, index, fmt)
+
+    def job_provenance(self, job_id: str, index: int) -> dict[str, Any]:
+        """A job's range: its recipe range's provenance with the job's record of the range."""
+        return provenance_store.job_range_provenance(self.db, job_id, self.jobs.recipe_id(job_id), index)
 
     def stage(self, recipe_id: str, first: int, count: int, fmt: str, why: str = "stage") -> list[int]:
         """Pre-stage ranges ``first .. first+count-1`` (clipped at the last): start materializing
