@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from service.core._cache_keys import CacheKey
+from service.core._job_rows import check_int
 from service.core.db import Database
 from service.errors import NotMaterialized, RangeNotFound
 
@@ -70,6 +71,7 @@ def job_range_provenance(db: Database, job_id: str, recipe_id: str, index: int) 
     """A job's range: the recipe range's provenance (``input``), the job's record of the range
     (state, worker, attempts) and ``output``: the provenance of the output a worker uploaded for
     it, None until per-range outputs exist."""
+    check_int(index, "index", 0, 2**62)  # JobError (400), not the database's overflow
     conn = db.read()
     row = conn.execute("SELECT state, worker, attempts, updated FROM job_ranges WHERE job_id = ? AND range_index = ?",
                        (job_id, index)).fetchone()

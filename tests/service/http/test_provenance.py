@@ -168,7 +168,10 @@ def test_a_job_range_and_the_command_line(tmp_path: Path, shared_data: Path, emb
         assert sdk.job_provenance(job, leased.index) == answer
         assert pq.read_metadata(tmp_path / "range.parquet").metadata[PROVENANCE_KEY.encode()] == \
             answer["input"]["id"].encode()
-        assert http.get(f"/v1/jobs/{job}/ranges/99/provenance").status_code == 404
+        assert http.get(f"/v1/jobs/{job}/ranges/99/provenance").json()["error"] == "range_not_found"
+        assert http.get(f"/v1/jobs/{job}/ranges/{2**70}/provenance").json()["error"] == "bad_job_request"
+        assert http.get(f"/v1/recipes/{rid}/ranges/{2**70}/provenance").json()["error"] == "range_out_of_bounds"
+        assert http.get(f"/v1/recipes/{rid}/ranges/0/provenance?format=csv").json()["error"] == "bad_format"
         assert http.get(f"/v1/jobs/job-nope/ranges/0/provenance").json()["error"] == "job_not_found"
         assert http.get(f"/v1/recipes/{rid}/ranges/9/provenance").json()["error"] == "range_out_of_bounds"
 
