@@ -83,7 +83,7 @@ def stage_ranges(recipe_id: str, body: StageIn, core: CoreDep, settings: Setting
 @router.get("/{recipe_id}/ranges/{index}/provenance", response_model=dict[str, Any])
 def range_provenance(
     recipe_id: str, index: int, core: CoreDep, _: Reader,
-    format: Annotated[str | None, Query(description=f"One of {', '.join(FORMATS)}; default: the entry made last")] = None,
+    format: Annotated[str | None, Query(description=f"One of {', '.join(FORMATS)}; default: the one made last")] = None,
     compression: Annotated[str, Query(description=f"With format arrow: one of {', '.join(COMPRESSIONS)}")] = "none",
 ) -> dict[str, Any]:
     """How a cached range was made (vdata/provenance.py): recipe, transform code hashes, generator
