@@ -176,6 +176,8 @@ def test_a_job_range_and_the_command_line(tmp_path: Path, shared_data: Path, emb
         assert http.get(f"/v1/recipes/{rid}/ranges/9/provenance").json()["error"] == "range_out_of_bounds"
 
         env = {"VDATA_URL": url, "VDATA_TOKEN": http.headers["Authorization"].removeprefix("Bearer ")}
+        result = CliRunner().invoke(app, ["recipes", "show", rid, "--range", "2"], env=env)  # never made
+        assert result.exit_code == 2 and f"range 2 of {rid}" in result.output and "not in the cache" in result.output
         result = CliRunner().invoke(app, ["recipes", "show", rid, "--range", str(leased.index), "--json"], env=env)
         assert result.exit_code == 0, result.output
         assert json.loads(result.output) == sdk.provenance(rid, leased.index)
