@@ -419,9 +419,28 @@ def jobs_create(
     recipe_id: str,
     max_attempts: Annotated[int, typer.Option(min=1)] = 3,
     lease_seconds: Annotated[float, typer.Option(min=0.1)] = 60.0,
+    outputs: Annotated[str, typer.Option(help="required: finishing a range needs its uploaded output; optional; "
+                                              "none: the job takes no outputs.")] = "none",
+    output_format: Annotated[str, typer.Option(help="Format of the merged output files (arrow, parquet, root).")]
+    = "parquet",
 ) -> None:
     """Create an event-service job over a recipe's ranges; prints the job id."""
-    console.print(client.create_job(recipe_id, max_attempts=max_attempts, lease_seconds=lease_seconds), highlight=False)
+    console.print(client.create_job(recipe_id, max_attempts=max_attempts, lease_seconds=lease_seconds,
+                                    outputs=outputs, output_format=output_format), highlight=False)
+
+
+@jobs_app.command("outputs")
+@_with_client
+def jobs_outputs(
+    client: Client,
+    job_id: str,
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the files.")],
+    ranges: Annotated[bool, typer.Option("--ranges", help="The range outputs still kept, not the merged files.")]
+    = False,
+) -> None:
+    """Download a job's merged output files (once the job is merged), each checked against its adler32."""
+    paths = client.fetch_outputs(job_id, out_dir, ranges=ranges)
+    console.print(f"{len(paths)} files in {out_dir}", highlight=False)
 
 
 @jobs_app.command("status")

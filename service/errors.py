@@ -17,6 +17,10 @@ The data library's errors (sources, recipes, transforms, formats, the client) ar
      │    │    └── RangeNotFound    404       the job has no range of that index
      │    ├── LeaseError            409       (PermissionError) a worker acted on a range it
      │    │                                   does not hold
+     │    ├── OutputError           400       (ValueError) an uploaded output that is not what it
+     │    │                                   says (adler32, format), or a job without outputs
+     │    ├── OutputConflict        409       other bytes for a finished range's output, or a
+     │    │                                   finish without the output the job requires
      │    ├── RecipeNotFound        404       (KeyError) no recipe of that id
      │    ├── NotMaterialized       404       (LookupError) the range is not cached: no provenance
      │    ├── DatabaseError         400       an unsupported URL, or a file that cannot be opened
@@ -49,7 +53,8 @@ from vdata.errors import VdataError
 __all__ = [
     "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DatabaseUnavailable",
     "DemoFolderRefused", "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
-    "NotMaterialized", "PathNotAllowed", "PortInUse", "RangeNotFound", "RangeUnavailable", "RecipeNotFound",
+    "NotMaterialized", "OutputConflict", "OutputError", "PathNotAllowed", "PortInUse", "RangeNotFound",
+    "RangeUnavailable", "RecipeNotFound",
     "RayUnavailable", "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
 ]  # fmt: skip
 
@@ -97,6 +102,16 @@ class LeaseError(VdataError, PermissionError):
         self.index = row.index
         self.worker = worker
         self.state = row.state
+
+
+class OutputError(VdataError, ValueError):
+    """An uploaded range output is refused: its adler32 or format is not what the request says,
+    or the job takes no outputs (the message names the job, range and format)."""
+
+
+class OutputConflict(VdataError):
+    """Other bytes for the output of a range already finished, or a finish without the output
+    the job requires."""
 
 
 class RecipeNotFound(VdataError, KeyError):

@@ -73,6 +73,8 @@ def details(s: Status) -> RenderableType:
         Text(f"rate: {_rate(s)} over {duration(s['elapsed_seconds'])} since the first lease; {_eta(s)}"),
         _failures(s),
     ]
+    if s.get("outputs", "none") != "none":  # a job with outputs: where their merge stands
+        lines.append(Text(f"outputs: {s['outputs']}, merged as {s['output_format']}; job {s['state']}"))
     return Group(*lines)
 
 

@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="A gateway's claim on a range it makes lives this long unless renewed (every "
                                         "third of it): a dead gateway's ranges are taken over after at most this.")
 
+    # job outputs (issue 16): uploaded per range, merged when the job is done
+    max_output_bytes: int = Field(default=1024 * MiB, ge=1, description="Largest output upload of one range "
+                                  "(PUT /v1/jobs/{id}/ranges/{index}/output; 413 above). Streamed to disk, not held in memory.")
+    outputs_merge_bytes: int = Field(default=256 * MiB, ge=1, description="Target size of a merged output file: the "
+                                     "range outputs of a job are merged in range order into files of about this many "
+                                     "input bytes (a larger single output is a file of its own).")
+    outputs_retention_seconds: float = Field(default=86400.0, ge=0, description="Range outputs are deleted this long "
+                                             "after their job's merge (0: at once); the merged files stay.")
+
     @model_validator(mode="after")
     def _default_roots(self) -> Settings:
         if self.allowed_roots is None:

@@ -70,7 +70,9 @@ class JobStatus:
     ``events_per_second`` the finished events over that time, ``eta_seconds`` the events still
     ready or running at that rate (None when done or while nothing has finished).
     ``failures_per_worker``: each worker that leased a range -> the attempts it spent (failures
-    it reported, fatal ones included, and its leases that expired)."""
+    it reported, fatal ones included, and its leases that expired). ``outputs`` is the job's
+    option and ``output_format`` its merged files' format; ``state`` is ``running``, then
+    ``done`` (a job without outputs) or ``merging``, ``merged`` or ``merge_failed``."""
 
     job_id: str
     recipe_id: str
@@ -87,6 +89,9 @@ class JobStatus:
     events_per_second: float = 0.0
     eta_seconds: float | None = None
     failures_per_worker: dict[str, int] = field(default_factory=dict)
+    outputs: str = "none"
+    output_format: str = "parquet"
+    state: str = "running"
 
 
 @dataclass(frozen=True, slots=True)

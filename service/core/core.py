@@ -25,6 +25,9 @@ from vdata.data.catalog import Catalog
 from service.core.db import Database
 from service.core.engine import Engine, EngineConfig
 from service.core.jobs import JobStatus, JobStore, Lease
+from service.core._output_rows import NONE, OutputRow
+from service.core.merge import Merger
+from service.core.outputs import OutputStore, Upload
 from vdata.data.plans import Plan
 from vdata.data.recipes import Recipe
 from vdata.data.remote import RemoteOptions
@@ -51,11 +54,19 @@ class CoreConfig:
     remote: RemoteOptions = field(default_factory=RemoteOptions)  # timeouts of http(s) sources
     cache_dir: Path | None = None  # default: <data_dir>/cache; gateways that share a database share it too
     cache_debris_seconds: float = 3600.0  # leftovers in the cache folder older than this are removed at start
-    claim_seconds: float = 30.0  # a dead gateway's claim on a range is taken over after this
+    claim_seconds: float = 30.0  # a dead gateway's claim on a range (or on a job's merge) is taken over after this
+    outputs_merge_bytes: int = 256 * 1024**2  # input bytes per merged file of job outputs
+    outputs_retention_seconds: float = 86400.0  # range outputs kept this long after their job's merge
+    merge_poll_seconds: float = 2.0  # how often the merger looks for done jobs (it is also woken by finish/fail)
 
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir is not None else Path(self.data_dir) / "cache"
+
+    @property
+    def outputs_path(self) -> Path:
+        """Job outputs: beside the cached ranges, in the folder every gateway of a database shares."""
+        return self.cache_path / "outputs"
 
     @property
     def db_url(self) -> str:
@@ -75,6 +86,7 @@ class Core:
         self.cache = RangeCache(config.cache_path, self.db, config.cache_budget_bytes,
                                 debris_seconds=config.cache_debris_seconds)
         self.jobs = JobStore(self.db)
+        self.outputs = OutputStore(self.db, self.jobs, config.outputs_path)
         self.engine = Engine(self.catalog, self.cache, config.engine)
         self.engine.claims = Claims(self.db, config.claim_seconds)  # single flight across gateways
         # Job calls are short database transactions: one thread runs them all, in order, so
@@ -87,12 +99,17 @@ class Core:
         self._lookahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-lookahead")
         self._lookahead_lock = threading.Lock()  # a leaf: guards the set below only
         self._lookahead_pending: set[str] = set()
+        self.merger = Merger(self.outputs, self.engine.submit_call, self.jobs.status,
+                             target_bytes=config.outputs_merge_bytes, retention_seconds=config.outputs_retention_seconds,
+                             claim_seconds=config.claim_seconds, poll_seconds=config.merge_poll_seconds)
 
     def start(self) -> Core:
         self.engine.start()
+        self.merger.start()  # merges need Ray: a core that never starts leaves them to others
         return self
 
     def close(self) -> None:
+        self.merger.stop()
         self._job_thread.close()  # runs what is queued: an acknowledged call is committed
         self._lookahead_pool.shutdown(wait=True, cancel_futures=True)
         self.engine.shutdown()
@@ -171,9 +188,11 @@ class Core:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def create_job(self, recipe_id: str, max_attempts: int = 3, lease_seconds: float = 60.0) -> str:
+    def create_job(self, recipe_id: str, max_attempts: int = 3, lease_seconds: float = 60.0, outputs: str = NONE,
+                   output_format: str = "parquet") -> str:
         plan = self.plan(recipe_id)
-        job_id = self.jobs.create_job(recipe_id, plan.ranges, max_attempts=max_attempts, lease_seconds=lease_seconds)
+        job_id = self.jobs.create_job(recipe_id, plan.ranges, max_attempts=max_attempts, lease_seconds=lease_seconds,
+                                      outputs=outputs, output_format=output_format)
         self.lookahead(job_id)
         return job_id
 
@@ -191,11 +210,24 @@ class Core:
     def finish(self, job_id: str, index: int, worker: str) -> None:
         self.jobs.finish(job_id, index, worker)
         self.engine.count_lease("finish")
+        self.merger.wake()  # the job may be done: its outputs merge now
 
     def fail(self, job_id: str, index: int, worker: str, message: str, fatal: bool = False) -> None:
         self.jobs.fail(job_id, index, worker, message, fatal)
         self.engine.count_lease("fatal" if fatal else "fail")
         self.lookahead_later(job_id)
+        self.merger.wake()
+
+    def begin_output(self, job_id: str, index: int, worker: str, fmt: str) -> Upload:
+        """Check an output upload may start (the job takes outputs, the worker holds the range);
+        the temporary file that receives its body."""
+        return self.outputs.begin(job_id, index, worker, fmt)
+
+    def commit_output(self, upload: Upload, job_id: str, index: int, worker: str, fmt: str,
+                      adler32: int) -> tuple[OutputRow, bool]:
+        """Check and store a received output (see :mod:`service.core.outputs`); (the range's
+        output, whether it is new: False for a repeat of the same bytes)."""
+        return self.outputs.record(self.outputs.commit(upload, job_id, index, worker, fmt, adler32))
 
     def status(self, job_id: str) -> JobStatus:
         return self.jobs.status(job_id)

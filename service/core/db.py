@@ -138,12 +138,55 @@ CREATE TABLE IF NOT EXISTS claims (
     PRIMARY KEY (recipe_id, range_index, format)
 );
 CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner);
+-- job outputs (service/core/outputs.py): a job's output option and where its merge stands
+CREATE TABLE IF NOT EXISTS job_merges (
+    job_id   TEXT PRIMARY KEY REFERENCES jobs (id),
+    outputs  TEXT NOT NULL,             -- required, optional, none
+    format   TEXT NOT NULL,             -- of the merged files
+    state    TEXT NOT NULL,             -- open, merging, merged, merge_failed
+    owner    TEXT NOT NULL DEFAULT '',  -- the gateway merging it now ('' when none)
+    expires  REAL NOT NULL DEFAULT 0,   -- its claim lives until then unless renewed
+    message  TEXT,                      -- why the merge failed
+    merged   REAL,                      -- when it was merged
+    released INTEGER NOT NULL DEFAULT 0 -- 1 once its range outputs were deleted (retention)
+);
+CREATE INDEX IF NOT EXISTS job_merges_state ON job_merges (state);
+-- the stored output of each range (the latest upload of a lease holder; fixed once finished)
+CREATE TABLE IF NOT EXISTS range_outputs (
+    job_id        TEXT NOT NULL REFERENCES jobs (id),
+    range_index   INTEGER NOT NULL,
+    path          TEXT NOT NULL,        -- relative to the outputs folder, named by content
+    format        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    adler32       INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    events        INTEGER NOT NULL,
+    worker        TEXT NOT NULL,
+    created       REAL NOT NULL,
+    provenance_id TEXT,                 -- the range's provenance record, once there is one
+    PRIMARY KEY (job_id, range_index)
+);
+-- the merged files of a job, in range order
+CREATE TABLE IF NOT EXISTS merged_outputs (
+    job_id      TEXT NOT NULL REFERENCES jobs (id),
+    part        INTEGER NOT NULL,
+    name        TEXT NOT NULL,          -- in <outputs folder>/<job id>/merged/
+    format      TEXT NOT NULL,
+    first_range INTEGER NOT NULL,
+    last_range  INTEGER NOT NULL,
+    events      INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    adler32     INTEGER NOT NULL,
+    created     REAL NOT NULL,
+    PRIMARY KEY (job_id, part)
+);
 """
 
 SCHEMA_VERSION = 1
 # version -> the SQL (SQLite's words, as SCHEMA) that brings a database of the version before to
 # it. A new table needs no entry: SCHEMA's CREATE ... IF NOT EXISTS adds it (job_workers came so,
-# without a new version: a vdata that does not know it still works on a database that has it);
+# without a new version: a vdata that does not know it still works on a database that has it;
+# so did job_merges, range_outputs and merged_outputs: a job without a job_merges row has no outputs);
 # a changed one does.
 MIGRATIONS: dict[int, str] = {}
 

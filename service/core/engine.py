@@ -192,6 +192,7 @@ class Engine:
         self._started_ray = False
         self._private_ray: PrivateRay | None = None
         self._dry_task: Any = None  # the dry run's Ray task, once started
+        self._calls: dict[Callable[..., Any], Any] = {}  # plain functions run by submit_call, as Ray tasks
         self.dashboard_url: str | None = None  # Ray's dashboard of the embedded Ray, when it runs one
         self._node_id = ""
         self.metrics: _Metrics | None = None
@@ -737,3 +738,19 @@ class Engine:
         if self.metrics is not None:
             self.metrics.count(name, value, **tags)
 
+    # -- other work as Ray tasks (the merge of job outputs: service/core/merge.py) -------------------
+
+    def submit_call(self, fn: Callable[..., Any], *args: Any, name: str) -> Future[Any]:
+        """Run ``fn(*args)`` as a Ray task named ``name`` on this gateway's node (it reads and
+        writes files in the folders this node sees); a future of its result. Ray retries it if
+        its worker dies (``max_retries``); an error it raises comes back from the future."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if self._dry_task is None:
+            raise EngineError(f"cannot run {name}: the engine is not running")
+        self.require_ray(name)
+        remote = self._calls.get(fn)
+        if remote is None:
+            remote = self._calls[fn] = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(fn)
+        where = NodeAffinitySchedulingStrategy(self._node_id, soft=False)
+        return remote.options(name=name, scheduling_strategy=where).remote(*args).future()

@@ -71,7 +71,9 @@ from service.core._job_rows import (
     lease_row,
     progress,
 )
-from service.errors import JobError, JobNotFound, RangeNotFound
+from service.core._output_rows import NONE, OPEN, REQUIRED, check_mode, job_state
+from service.errors import JobError, JobNotFound, OutputConflict, RangeNotFound
+from vdata.formats import check_format
 from service.core.db import Database
 from vdata.ranges import EventRange
 
@@ -112,6 +114,8 @@ class _Job:
     recipe_id: str
     max_attempts: int
     lease_seconds: float
+    outputs: str = NONE  # the job option (service/core/outputs.py); NONE for a job without a job_merges row
+    output_format: str = "parquet"
 
 
 class JobStore:
@@ -130,10 +134,16 @@ class JobStore:
         self._jobs: dict[str, _Job] = {}
 
     def create_job(
-        self, recipe_id: str, ranges: Sequence[EventRange], max_attempts: int = 3, lease_seconds: float = 60.0
+        self, recipe_id: str, ranges: Sequence[EventRange], max_attempts: int = 3, lease_seconds: float = 60.0,
+        outputs: str = NONE, output_format: str = "parquet",
     ) -> str:
-        """A new job over ``ranges`` of the recipe, every range ready. Returns its id."""
+        """A new job over ``ranges`` of the recipe, every range ready. Returns its id.
+        ``outputs``: whether finishing a range needs its uploaded output (``required``), may have
+        one (``optional``) or takes none (``none``); the outputs are merged into files of
+        ``output_format`` when the job is done (:mod:`service.core.outputs`)."""
         check_name(recipe_id, "recipe_id")
+        check_mode(outputs)
+        check_format(output_format)
         check_ranges(ranges)
         check_int(max_attempts, "max_attempts", 1)
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) \
@@ -148,6 +158,9 @@ class JobStore:
                 f"INSERT INTO job_ranges ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?)",
                 [(job_id, r.index, r.first, r.stop, READY, now) for r in ranges],
             )
+            if outputs != NONE:
+                conn.execute("INSERT INTO job_merges (job_id, outputs, format, state) VALUES (?, ?, ?, ?)",
+                             (job_id, outputs, output_format, OPEN))
         return job_id
 
     def lease(self, job_id: str, worker: str, n: int) -> list[Lease]:
@@ -174,8 +187,18 @@ class JobStore:
         return cast(float, row.deadline)  # heartbeat_row returns a running row
 
     def finish(self, job_id: str, index: int, worker: str) -> None:
-        """The worker finished its range (again by the same worker: no-op)."""
-        self._apply(job_id, index, worker, lambda row, job, now: finish_row(row, worker, now))
+        """The worker finished its range (again by the same worker: no-op). A job whose
+        ``outputs`` are required refuses it (:class:`OutputConflict`) until the range has one."""
+
+        def decide(row: RangeRow, job: _Job, now: float) -> RangeRow:
+            new = finish_row(row, worker, now)
+            if new is not row and job.outputs == REQUIRED and self.db.read().execute(
+                    "SELECT 1 FROM range_outputs WHERE job_id = ? AND range_index = ?", (job.id, index)).fetchone() is None:
+                raise OutputConflict(f"worker {worker!r} cannot finish range {index} of job {job.id!r}: the job "
+                                     f"requires its output, and none was uploaded (PUT .../ranges/{index}/output)")
+            return new
+
+        self._apply(job_id, index, worker, decide)
 
     def fail(self, job_id: str, index: int, worker: str, message: str, fatal: bool = False) -> None:
         """The worker failed on its range: retry it later, or never again if ``fatal``."""
@@ -205,6 +228,7 @@ class JobStore:
                 "SELECT worker, failures FROM job_workers WHERE job_id = ? ORDER BY worker", (job.id,))}
             started = conn.execute("SELECT MIN(first_lease) FROM job_workers WHERE job_id = ?",
                                    (job.id,)).fetchone()[0]
+            merge = conn.execute("SELECT state FROM job_merges WHERE job_id = ?", (job.id,)).fetchone()
         done = counts[READY] == 0 and counts[RUNNING] == 0
         rate = progress(events[FINISHED], events[READY] + events[RUNNING], started, last_change if done else None, now)
         return JobStatus(
@@ -213,11 +237,30 @@ class JobStore:
             max_attempts=job.max_attempts, lease_seconds=job.lease_seconds,
             events_failed=events[FAILED] + events[FATAL], started=started, elapsed_seconds=rate.elapsed_seconds,
             events_per_second=rate.events_per_second, eta_seconds=rate.eta_seconds, failures_per_worker=failures,
+            outputs=job.outputs, output_format=job.output_format,
+            state=job_state(done, job.outputs, merge[0] if merge is not None else None),
         )
 
     def recipe_id(self, job_id: str) -> str:
         """The recipe a job runs (a read; changes nothing)."""
         return self._job(self.db.read(), job_id).recipe_id
+
+    def options(self, job_id: str) -> tuple[str, str]:
+        """The job's ``outputs`` option and the format of its merged files (a read)."""
+        job = self._job(self.db.read(), job_id)
+        return job.outputs, job.output_format
+
+    def range_row(self, job_id: str, index: int, lock: bool = False) -> RangeRow:
+        """One range of the job as stored (in the caller's transaction; ``lock``: FOR UPDATE)."""
+        check_int(index, "index", 0)
+        conn = self.db.read()
+        job = self._job(conn, job_id)
+        found = conn.execute(f"SELECT {_COLUMNS} FROM job_ranges WHERE job_id = ? AND range_index = ?"
+                             + (self.db.row_lock if lock else ""), (job.id, index)).fetchone()
+        if found is None:
+            count = conn.execute("SELECT COUNT(*) FROM job_ranges WHERE job_id = ?", (job.id,)).fetchone()[0]
+            raise RangeNotFound(job.id, index, count)
+        return _row(found)
 
     def ranges(self, job_id: str) -> list[RangeRow]:
         """Every range of the job as stored, by index (changes nothing)."""
@@ -276,10 +319,11 @@ class JobStore:
             return job
         check_name(job_id, "job_id")
         found = conn.execute(
-            "SELECT id, recipe_id, max_attempts, lease_seconds FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            "SELECT id, recipe_id, max_attempts, lease_seconds, outputs, format FROM jobs "
+            "LEFT JOIN job_merges ON job_merges.job_id = jobs.id WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             raise JobNotFound(job_id)
-        job = self._jobs[job_id] = _Job(*found)
+        job = self._jobs[job_id] = _Job(*found[:4], found[4] or NONE, found[5] or "parquet")
         return job
 
     def _reclaim(self, conn: Connection, job: _Job, now: float, note: bool = True) -> Counter[str]:

@@ -59,7 +59,9 @@ def core_config(settings: Settings) -> CoreConfig:
                            read_timeout=settings.remote_read_timeout_seconds)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
                       database_url=settings.database_url, remote=remote, cache_dir=settings.cache_dir,
-                      cache_debris_seconds=settings.cache_debris_seconds, claim_seconds=settings.claim_seconds)
+                      cache_debris_seconds=settings.cache_debris_seconds, claim_seconds=settings.claim_seconds,
+                      outputs_merge_bytes=settings.outputs_merge_bytes,
+                      outputs_retention_seconds=settings.outputs_retention_seconds)
 
 
 def build_core(settings: Settings) -> Core:
@@ -105,6 +107,6 @@ def create_app(settings: Settings | None = None, core: Core | None = None) -> Fa
     install_error_handlers(app)
     for router in ROUTERS:  # "default": the error shape, instead of FastAPI's own 422 body
         app.include_router(router, responses={"default": {"model": ErrorOut, "description": "An error"}})
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # output uploads: their route's max_output_bytes
     app.add_middleware(RequestContext, metrics=app.state.metrics)  # outermost: sees the 413s too
     return app

@@ -5,6 +5,8 @@
   request counts and latency by route template and status; one access-log line.
 - :class:`BodyLimit`: reads the body before the app does and answers 413 once it is over the
   limit. Written by hand because FastAPI turns errors raised while reading a body into 400.
+  Output uploads (``PUT /v1/jobs/{id}/ranges/{index}/output``) pass through unread: their
+  route streams them to disk under its own limit (``max_output_bytes``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = ["BodyLimit", "RequestContext", "RequestIdFilter", "request_id"]
 log = logging.getLogger("service.access")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("vdata_request_id", default="-")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_OUTPUT_UPLOAD = re.compile(r"/v1/jobs/[^/]+/ranges/[^/]+/output")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -96,7 +99,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"] == "PUT" and _OUTPUT_UPLOAD.fullmatch(scope["path"])):
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")

@@ -33,6 +33,9 @@ __all__ = [
     "JobCreated",
     "JobIn",
     "JobStatusOut",
+    "MergedFileOut",
+    "OutputOut",
+    "OutputsOut",
     "LeaseIn",
     "LeaseOut",
     "RangeOut",
@@ -206,6 +209,11 @@ class JobIn(_In):
     recipe_id: str = Field(min_length=1, max_length=200)
     max_attempts: int = Field(default=3, ge=1, le=1000)
     lease_seconds: float = Field(default=60.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+    outputs: Literal["required", "optional", "none"] = Field(
+        default="none", description="Whether finishing a range needs its uploaded output (PUT "
+                                    ".../ranges/{index}/output), may have one, or the job takes none")
+    output_format: Literal["arrow", "parquet", "root"] = Field(
+        default="parquet", description="Format of the merged files the outputs become when the job is done")
 
 
 class JobCreated(BaseModel):
@@ -230,6 +238,46 @@ class JobStatusOut(BaseModel):
                                                   "or while none has finished)")
     failures_per_worker: dict[str, int] = Field(description="Each worker that leased a range: attempts it spent "
                                                             "(failures reported, fatal ones, expired leases)")
+    outputs: str = Field(description="The job's outputs option: required, optional or none")
+    output_format: str = Field(description="Format of the merged output files")
+    state: str = Field(description="running, then done (no outputs), or merging, merged or merge_failed")
+
+
+class OutputOut(BaseModel):
+    """A range's stored output (the answer to its upload)."""
+
+    job_id: str
+    index: int
+    format: str
+    events: int
+    size: int
+    adler32: str = Field(description="8 hex digits, as X-Vdata-Adler32")
+    worker: str = Field(description="The worker that uploaded it")
+    stored: bool = Field(description="False when these bytes were already the range's output (a repeat)")
+    url: str = Field(description="Where to download it, relative to the service's root")
+
+
+class MergedFileOut(BaseModel):
+    name: str
+    part: int
+    first_range: int
+    last_range: int
+    events: int
+    size: int
+    adler32: str = Field(description="8 hex digits, as X-Vdata-Adler32")
+    url: str = Field(description="Where to download it, relative to the service's root")
+
+
+class OutputsOut(BaseModel):
+    """A job's outputs: the merged files once it is merged, and the range outputs still kept."""
+
+    job_id: str
+    state: str = Field(description="open (the job runs), merging, merged or merge_failed")
+    format: str = Field(description="Format of the merged files")
+    message: str | None = Field(description="Why the merge failed (null otherwise)")
+    released: bool = Field(description="True once the range outputs were deleted (outputs_retention_seconds)")
+    files: list[MergedFileOut] = Field(description="The merged files, in range order")
+    ranges: list[OutputOut] = Field(description="The range outputs still stored, by range")
 
 
 class LeaseIn(_In):

@@ -135,8 +135,12 @@ class Transport:
 
     def request(self, method: str, url: str | httpx.URL, *, body: Any = None, params: dict[str, str] | None = None,
                 idempotent: bool = True, stop: threading.Event | None = None, retries: int | None = None,
-                check: Callable[[httpx.Response], T] | None = None) -> Any:
+                check: Callable[[httpx.Response], T] | None = None, content: Callable[[], Any] | None = None,
+                headers: dict[str, str] | None = None) -> Any:
         """Send with retries; return ``check(response)`` (default: the response, read).
+
+        ``content()`` gives a raw body (bytes or an iterator of bytes) instead of the JSON ``body``,
+        anew for each attempt (so a file can be streamed again); ``headers`` are added.
 
         ``check`` gets the response before its body is read (so it can stream it where it
         wants, e.g. :func:`checked_body`); it may raise :class:`ChecksumMismatch` to have the
@@ -149,7 +153,8 @@ class Transport:
                 raise Cancelled(f"{method} {url}")
             wait: float | None = None
             try:
-                with self.http.stream(method, url, json=body, params=params) as response:
+                raw = {"content": content()} if content is not None else {"json": body}
+                with self.http.stream(method, url, params=params, headers=headers, **raw) as response:
                     status = response.status_code
                     if status < 400 and check is not None:
                         return check(response)

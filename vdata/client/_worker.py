@@ -4,7 +4,9 @@ One loop (the caller's thread) runs the payload; one background thread leases th
 ranges and fetches their data while the payload works on the current ones; one heartbeat
 thread extends every lease the worker holds (prefetched ones too) until it is finished or
 failed. A range whose payload raises is reported ``fail`` (not fatal: it may succeed on
-another attempt) with the exception's message, and the loop goes on.
+another attempt) with the exception's message, and the loop goes on. If the job takes outputs,
+what the payload returns (a table or a file path) is uploaded before the range is finished; a
+failed upload fails the range.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class WorkerClient(Protocol):
     def _lease(self, job_id: str, n: int, worker: str, stop: threading.Event | None) -> list[LeasedRange]: ...
 
     def _lease_table(self, lease: LeasedRange, format: str, stop: threading.Event) -> pa.Table: ...
+
+    def upload_output(self, job_id: str, index: int, output: Any, *, worker: str,
+                      format: str | None = None) -> dict[str, Any]: ...
 
     def _report(self, job_id: str, index: int, action: str, body: dict[str, Any],
                 stop: threading.Event | None = None, retries: int | None = None) -> None: ...
@@ -172,6 +177,7 @@ def run_worker(client: WorkerClient, job_id: str, process: Callable[..., Any], *
     beat = _Heartbeat(client, job_id, worker)
     beat.every = _heartbeat_every(status, heartbeat_every)
     loop = _WorkerLoop(client, job_id, process, beat, worker=worker, n=n, max_ranges=max_ranges, format=format)
+    loop.outputs = (str(status.get("outputs", "none")), str(status.get("output_format", "parquet")))
     loop.run()
     return WorkerSummary(worker, loop.finished, loop.failed, loop.events, time.monotonic() - started, loop.waiting)
 
@@ -190,6 +196,7 @@ class _WorkerLoop:
         self.idle = IDLE_FIRST
         self.stop = threading.Event()  # set on exit: cuts short a lease or fetch under way
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdata-worker-prefetch")
+        self.outputs = ("none", "parquet")  # the job's outputs option and merged format
 
     def run(self) -> None:
         """Lease, process, report until the job is done or ``max_ranges`` were leased; whatever
@@ -259,12 +266,28 @@ class _WorkerLoop:
         if isinstance(table, VdataError):
             return f"fetching the input failed: {table}"
         try:
-            if self.with_lease:
-                self.process(table, lease)
-            else:
-                self.process(table)
+            result = self.process(table, lease) if self.with_lease else self.process(table)
         except Exception as exc:  # noqa: BLE001 - the payload's failure is reported, not ours
             return f"{type(exc).__name__}: {exc}"
+        return self._upload(lease, result)
+
+    def _upload(self, lease: LeasedRange, result: Any) -> str | None:
+        """Upload the payload's result as the range's output if the job takes outputs; None if
+        done (or nothing to do), else why the range fails."""
+        mode, fmt = self.outputs
+        if mode == "none":
+            return None
+        if result is None:
+            return "the payload returned no output, and the job requires one" if mode == "required" else None
+        try:
+            table_format = fmt if fmt != "root" else "parquet"  # a table goes as parquet; the merge writes root
+            import pyarrow as pa  # loaded already: the payload got a table
+
+            is_table = isinstance(result, pa.Table)
+            self.client.upload_output(self.job_id, lease.index, result, worker=self.worker,
+                                      format=table_format if is_table else None)
+        except (VdataError, OSError, ValueError) as exc:
+            return f"uploading the output failed: {exc}"
         return None
 
     def _report(self, lease: LeasedRange, failure: str | None) -> None:

@@ -54,6 +54,7 @@ from vdata.client._http import (
     checked_body,
 )
 from vdata.client._pipeline import EXTENSIONS, Manifest, adler32_hex, decode_table, ordered_prefetch, write_file
+from vdata.client._outputs import fetch_outputs, upload_output
 from vdata.client._worker import LeasedRange, WorkerSummary, run_worker
 from vdata.data.recipes import Recipe
 from vdata.errors import RecipeError
@@ -332,9 +333,17 @@ class Client:
     # -- jobs (event-service mode) -------------------------------------------------------------
 
     def create_job(self, recipe_or_id: RecipeLike, *, max_attempts: int | None = None,
-                   lease_seconds: float | None = None) -> str:
-        """A job over every range of the recipe; returns its id (not retried once sent)."""
+                   lease_seconds: float | None = None, outputs: str | None = None,
+                   output_format: str | None = None) -> str:
+        """A job over every range of the recipe; returns its id (not retried once sent).
+        ``outputs``: ``required`` (finishing a range needs its uploaded output), ``optional`` or
+        ``none`` (the default); the outputs are merged into ``output_format`` files (default
+        parquet) when the job is done."""
         body: dict[str, Any] = {"recipe_id": self._recipe_id(recipe_or_id)}
+        if outputs is not None:
+            body["outputs"] = outputs
+        if output_format is not None:
+            body["output_format"] = check_format(output_format)
         if max_attempts is not None:
             body["max_attempts"] = max_attempts
         if lease_seconds is not None:
@@ -373,6 +382,25 @@ class Client:
         """Report a range failed: it is retried later, unless ``fatal`` or out of attempts."""
         self._report(job_id, index, "fail", {"worker": worker, "message": message, "fatal": fatal})
 
+    def upload_output(self, job_id: str, index: int, output: pa.Table | str | os.PathLike[str], *, worker: str,
+                      format: str | None = None) -> dict[str, Any]:
+        """Upload a range's output (as its lease holder): a ``pyarrow.Table`` (encoded as ``format``,
+        default parquet) or a file (``format`` from its extension: .arrow, .parquet, .root),
+        with its adler32. Repeating it is harmless. Returns the stored output's description."""
+        return upload_output(self._http, job_id, index, output, worker=worker, format=format)
+
+    def outputs(self, job_id: str) -> dict[str, Any]:
+        """The job's outputs: ``state`` (open, merging, merged, merge_failed), the merged ``files``
+        (name, events, size, adler32, url) and the range outputs still kept (``ranges``)."""
+        return dict(self._http.json("GET", f"/v1/jobs/{job_id}/outputs"))
+
+    def fetch_outputs(self, job_id: str, out_dir: str | os.PathLike[str], *, ranges: bool = False) -> list[Path]:
+        """Download the job's merged files into ``out_dir`` (``part-00000.parquet``, ...), each
+        checked against its adler32 and written atomically; :class:`ServiceError` (409) while
+        the job is not merged. ``ranges=True``: the range outputs still kept instead
+        (``range-00000.parquet``, ...). Returns the paths in range order."""
+        return fetch_outputs(self._http, job_id, out_dir, ranges=ranges)
+
     def _report(self, job_id: str, index: int, action: str, body: dict[str, Any],
                 stop: threading.Event | None = None, retries: int | None = None) -> None:
         self._http.request("POST", f"/v1/jobs/{job_id}/ranges/{index}/{action}", body=body, stop=stop, retries=retries)
@@ -382,7 +410,10 @@ class Client:
                    format: str = "arrow") -> WorkerSummary:
         """Work on a job until it is done: lease ``n`` ranges, call ``process`` on each range's
         ``pyarrow.Table``, report ``finish`` (or ``fail`` with the exception's message, not fatal,
-        and go on).
+        and go on). If the job takes outputs, what ``process`` returns (a ``pyarrow.Table`` or
+        the path of a file it wrote) is uploaded as the range's output before the range is
+        finished (in the job's ``output_format`` for a table); returning None from a job whose
+        outputs are required fails the range.
 
         ``process(table)``, or ``process(table, lease)`` if it takes two arguments (the
         :class:`LeasedRange`: index, first, stop). While it runs, the next lease is taken and

@@ -37,7 +37,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 def create_job(body: JobIn, core: CoreDep, settings: SettingsDep, _: Worker) -> JobCreated:
     """A job over every range of a submitted recipe, each range ready to lease."""
     check_plan(core.plan(body.recipe_id), settings)
-    return JobCreated(id=core.create_job(body.recipe_id, body.max_attempts, body.lease_seconds))
+    return JobCreated(id=core.create_job(body.recipe_id, body.max_attempts, body.lease_seconds, body.outputs,
+                                         body.output_format))
 
 
 @router.get("/{job_id}", response_model=JobStatusOut)
@@ -49,7 +50,8 @@ async def job_status(job_id: str, core: CoreDep, _: Worker) -> JobStatusOut:
                         events_total=s.events_total, events_finished=s.events_finished, done=s.done,
                         max_attempts=s.max_attempts, lease_seconds=s.lease_seconds, events_failed=s.events_failed,
                         started=s.started, elapsed_seconds=s.elapsed_seconds, events_per_second=s.events_per_second,
-                        eta_seconds=s.eta_seconds, failures_per_worker=s.failures_per_worker)
+                        eta_seconds=s.eta_seconds, failures_per_worker=s.failures_per_worker, outputs=s.outputs,
+                        output_format=s.output_format, state=s.state)
 
 
 @router.get("/{job_id}/ranges/{index}/provenance", response_model=dict[str, Any])

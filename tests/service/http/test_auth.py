@@ -35,6 +35,10 @@ ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
     ("POST", "/v1/jobs/job-0/ranges/0/finish", {"worker": "w"}, "worker", 404),
     ("POST", "/v1/jobs/job-0/ranges/0/fail", {"worker": "w", "message": "m", "fatal": False}, "worker", 404),
     ("GET", "/v1/jobs/job-0/ranges/0/provenance", None, "reader", 404),
+    ("PUT", "/v1/jobs/job-0/ranges/0/output?worker=w&format=parquet", None, "worker", 400),  # no X-Vdata-Adler32
+    ("GET", "/v1/jobs/job-0/ranges/0/output", None, "worker", 404),
+    ("GET", "/v1/jobs/job-0/outputs", None, "worker", 404),
+    ("GET", "/v1/jobs/job-0/outputs/part-00000.parquet", None, "worker", 404),
     ("POST", "/v1/tokens", {"role": "reader"}, "admin", 201),
 ]
 
