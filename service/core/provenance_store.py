@@ -7,6 +7,11 @@ cache writes the row in the transaction that commits the entry and deletes it wi
 removed, and a range made again replaces it. A range not in the cache has no provenance to
 tell: :func:`range_provenance` raises :class:`~service.errors.NotMaterialized` rather than
 guess at the node and times.
+
+A job's range (:func:`job_range_provenance`) adds the job's record of it and its output side
+(:func:`output_provenance`): the worker that uploaded the output, the output's size, format and
+checksums, and the provenance id of the input range as cached when the output was uploaded
+(``range_outputs.provenance_id``, filled by :meth:`service.core.core.Core.commit_output`).
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import json
 from typing import Any
 
 from service.core._cache_keys import CacheKey
+from service.core._output_rows import OutputRow
 from service.core._job_rows import check_int
 from service.core.db import Database
 from service.errors import NotMaterialized, RangeNotFound
+from vdata.checksum import adler32_hex
 
-__all__ = ["delete", "find", "job_range_provenance", "range_provenance", "record"]
+__all__ = ["delete", "find", "input_id", "job_range_provenance", "output_provenance", "range_provenance", "record"]
 
 
 def record(conn: Any, key: CacheKey, body: str | None, now: float) -> None:
@@ -67,10 +74,26 @@ def range_provenance(db: Database, recipe_id: str, index: int, fmt: str | None =
     return found
 
 
+def input_id(db: Database, recipe_id: str, index: int) -> str | None:
+    """The provenance id of the range as cached now (any format: they share the id), or None;
+    what an output uploaded for the range records as its input."""
+    found = find(db, recipe_id, index)
+    return None if found is None else str(found["id"])
+
+
+def output_provenance(out: OutputRow | None) -> dict[str, Any] | None:
+    """The output side of a job's range: who uploaded what, and the id of the input range's
+    provenance when it was uploaded (None if the range was not cached then)."""
+    if out is None:
+        return None
+    return {"worker": out.worker, "format": out.format, "size": out.size, "adler32": adler32_hex(out.adler32),
+            "sha256": out.sha256, "events": out.events, "uploaded": out.created,
+            "input_provenance_id": out.provenance_id}
+
+
 def job_range_provenance(db: Database, job_id: str, recipe_id: str, index: int) -> dict[str, Any]:
-    """A job's range: the recipe range's provenance (``input``), the job's record of the range
-    (state, worker, attempts) and ``output``: the provenance of the output a worker uploaded for
-    it, None until per-range outputs exist."""
+    """A job's range: the job's record of the range (state, worker, attempts) and ``input``, the
+    recipe range's provenance (None if it is not cached now); the caller adds ``output``."""
     check_int(index, "index", 0, 2**62)  # JobError (400), not the database's overflow
     conn = db.read()
     row = conn.execute("SELECT state, worker, attempts, updated FROM job_ranges WHERE job_id = ? AND range_index = ?",
@@ -85,6 +108,6 @@ def job_range_provenance(db: Database, job_id: str, recipe_id: str, index: int) 
         "worker": row[1],
         "attempts": row[2],
         "updated": row[3],
-        "input": range_provenance(db, recipe_id, index),
+        "input": find(db, recipe_id, index),
         "output": None,
     }

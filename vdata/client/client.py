@@ -356,8 +356,9 @@ class Client:
         return dict(self._http.json("GET", f"/v1/jobs/{job_id}"))
 
     def job_provenance(self, job_id: str, index: int) -> dict[str, Any]:
-        """A job's range: ``state``, ``worker``, ``attempts``, ``input`` (as :meth:`provenance`)
-        and ``output`` (None until uploaded outputs carry their own)."""
+        """A job's range: ``state``, ``worker``, ``attempts``, ``input`` (as :meth:`provenance`; None
+        if the range is not cached) and ``output`` (``worker``, ``format``, ``size``, ``adler32``,
+        ``sha256``, ``events``, ``uploaded``, ``input_provenance_id``; None without an upload)."""
         return dict(self._http.json("GET", f"/v1/jobs/{job_id}/ranges/{index}/provenance"))
 
     def lease(self, job_id: str, n: int = 1, *, worker: str) -> list[LeasedRange]:

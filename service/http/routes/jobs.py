@@ -57,8 +57,8 @@ async def job_status(job_id: str, core: CoreDep, _: Worker) -> JobStatusOut:
 @router.get("/{job_id}/ranges/{index}/provenance", response_model=dict[str, Any])
 def job_range_provenance(job_id: str, index: int, core: CoreDep, _: Reader) -> dict[str, Any]:
     """A job's range: its state, worker and attempts, ``input`` (the recipe range's provenance, as
-    ``GET /v1/recipes/{id}/ranges/{index}/provenance``) and ``output`` (the provenance of an
-    uploaded output; null for now)."""
+    ``GET /v1/recipes/{id}/ranges/{index}/provenance``; null if it is not cached) and ``output``
+    (who uploaded the range's output, its checksums and ``input_provenance_id``; null if none)."""
     return core.job_provenance(job_id, index)
 
 

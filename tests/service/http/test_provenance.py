@@ -153,18 +153,25 @@ def test_remade_ranges_are_the_same_bytes_with_the_same_provenance(
             assert provenance(http, rid, i, "root") == record
 
 
-def test_a_job_range_and_the_command_line(tmp_path: Path, shared_data: Path, embedded_ray: None) -> None:
+def test_a_job_range_its_output_and_the_command_line(tmp_path: Path, shared_data: Path, embedded_ray: None) -> None:
     with gateway(tmp_path / "data", f"sqlite:///{tmp_path}/v.db", shared_data) as (core, sdk, http, url):
         rid = sdk.submit(GENERATED).id
-        job = sdk.create_job(rid)
+        job = sdk.create_job(rid, outputs="optional")
         leased = sdk.lease(job, 1, worker="w1")[0]
-        r = http.get(f"/v1/jobs/{job}/ranges/{leased.index}/provenance")
-        assert r.status_code == 404 and r.json()["error"] == "not_materialized", r.text
+        early = http.get(f"/v1/jobs/{job}/ranges/{leased.index}/provenance").json()  # not made yet: no input
+        assert early["state"] == "running" and early["worker"] == "w1" and early["input"] is None
+        assert early["output"] is None
         sdk.get(rid, leased.index, tmp_path / "range.parquet")
+        table = read_table(tmp_path / "range.parquet")
+        stored = sdk.upload_output(job, leased.index, table.slice(0, 10), worker="w1")
         sdk.finish(job, leased.index, worker="w1")
         answer = http.get(f"/v1/jobs/{job}/ranges/{leased.index}/provenance").json()
         assert answer["state"] == "finished" and answer["worker"] == "w1" and answer["attempts"] == 0
-        assert answer["input"] == sdk.provenance(rid, leased.index) and answer["output"] is None
+        assert answer["input"] == sdk.provenance(rid, leased.index)
+        output = answer["output"]
+        assert output["worker"] == "w1" and output["input_provenance_id"] == answer["input"]["id"]
+        assert output["format"] == "parquet" and output["events"] == 10
+        assert (output["adler32"], output["size"]) == (stored["adler32"], stored["size"])
         assert sdk.job_provenance(job, leased.index) == answer
         assert pq.read_metadata(tmp_path / "range.parquet").metadata[PROVENANCE_KEY.encode()] == \
             answer["input"]["id"].encode()
