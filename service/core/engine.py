@@ -89,8 +89,9 @@ def _materialize_task(
     """Ray's entry point: :func:`run_task`, writing the file where the node sees the cache
     folder (the driver's node, or any node on a shared file system: :meth:`Target.reachable`),
     else returning the bytes. The node's id comes back with the result and the range's
-    provenance (where each range was made; stored with its cache entry), and a task on another node first notes it in Ray's key-value store under its
-    attempt, so that the engine can name the ranges a node took with it when that node dies."""
+    provenance (where each range was made; stored with its cache entry), and a task on another
+    node first notes it in Ray's key-value store under its attempt, so that the engine can name
+    the ranges a node took with it when that node dies."""
     node = ray.get_runtime_context().get_node_id()
     if target is not None and node != target.node_id and attempt is not None:
         _note_node(attempt, node)
