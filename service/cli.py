@@ -339,8 +339,22 @@ def recipes_submit(
 
 @recipes_app.command("show")
 @_with_client
-def recipes_show(client: Client, recipe_id: str) -> None:
-    """Show a recipe's size, schema and ranges."""
+def recipes_show(
+    client: Client,
+    recipe_id: str,
+    range_index: Annotated[int | None, typer.Option("--range", help="Show how this range was made instead.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --range: the JSON answer, for scripts.")] = False,
+) -> None:
+    """Show a recipe's size, schema and ranges; with --range N, the provenance of range N."""
+    if range_index is not None:
+        from vdata.provenance import text
+
+        record = client.provenance(recipe_id, range_index)
+        if as_json:
+            _print_json(record)
+        else:
+            console.print(text(record), highlight=False, soft_wrap=True, markup=False)
+        return
     info = client.info(recipe_id)
     ranges = client.ranges(recipe_id)
     console.print(f"[bold]{info.id}[/]: {info.num_events:,} events in {info.num_ranges} ranges", highlight=False)

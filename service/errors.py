@@ -22,6 +22,7 @@ The data library's errors (sources, recipes, transforms, formats, the client) ar
      │    ├── OutputConflict        409       other bytes for a finished range's output, or a
      │    │                                   finish without the output the job requires
      │    ├── RecipeNotFound        404       (KeyError) no recipe of that id
+     │    ├── NotMaterialized       404       (LookupError) the range is not cached: no provenance
      │    ├── DatabaseError         400       an unsupported URL, or a file that cannot be opened
      │    │    └── DatabaseUnavailable 503  the database server is out of reach (PostgreSQL)
      │    ├── TokenError            400       (ValueError) an unknown role or a bad note
@@ -52,7 +53,8 @@ from vdata.errors import VdataError
 __all__ = [
     "BadPath", "BodyTooLarge", "CacheBusy", "CacheError", "DatabaseError", "DatabaseUnavailable",
     "DemoFolderRefused", "EngineError", "Forbidden", "JobError", "JobNotFound", "LeaseError", "LimitExceeded",
-    "OutputConflict", "OutputError", "PathNotAllowed", "PortInUse", "RangeNotFound", "RangeUnavailable", "RecipeNotFound",
+    "NotMaterialized", "OutputConflict", "OutputError", "PathNotAllowed", "PortInUse", "RangeNotFound",
+    "RangeUnavailable", "RecipeNotFound",
     "RayUnavailable", "StorageFull", "TokenError", "TooManyInFlight", "Unauthenticated", "rebuild",
 ]  # fmt: skip
 
@@ -114,6 +116,10 @@ class OutputConflict(VdataError):
 
 class RecipeNotFound(VdataError, KeyError):
     """No recipe of that id has been submitted."""
+
+
+class NotMaterialized(VdataError, LookupError):
+    """The range is not in the cache (never made, or evicted), so there is no provenance to tell."""
 
 
 class DatabaseError(VdataError):

@@ -120,7 +120,17 @@ def postgres() -> Iterator[PostgresDatabases]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    with TemporaryPostgres(durable=False) as server:
+    from service.core.ray_local import OWNER_ENV
+
+    # Started while a module's Ray runs (a test asking for it first), the server would inherit
+    # Ray's owner mark from this process's environment and be stopped with that Ray (ray_local.reap).
+    mark = os.environ.pop(OWNER_ENV, None)
+    try:
+        server = TemporaryPostgres(durable=False)
+    finally:
+        if mark is not None:
+            os.environ[OWNER_ENV] = mark  # last in the block again, as ray_local sets it
+    with server:
         yield PostgresDatabases(server)
 
 

@@ -22,6 +22,11 @@ ROOT output keeps NanoAOD naming: jagged columns ``Muon_pt``, ``Muon_eta`` with 
 lengths share one counter branch ``nMuon`` (or the ``NMuon``-style counter the table already
 had). uproot writes counters as ``int32``, so the table's Arrow schema is stored next to the
 tree (a ``TObjString`` named :data:`SCHEMA_KEY`) and :func:`read_table` restores the types.
+
+A range the service makes carries its provenance id (:mod:`vdata.provenance`): in a Parquet
+file's key-value metadata and, in a ROOT file, as a ``TObjString``, both named
+:data:`PROVENANCE_KEY` (``provenance=`` of :func:`encode_table` and :func:`write_encoded`).
+Arrow does not carry it: in the schema's metadata it would make the schemas of ranges differ.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "EXTENSIONS",
     "FORMATS",
     "MEDIA_TYPES",
+    "PROVENANCE_KEY",
     "arrow_file_bytes",
     "check_compression",
     "check_format",
@@ -69,6 +75,7 @@ EXTENSIONS = {  # file name extension (lower case) -> format
 ARROW_FILE_MAGIC = b"ARROW1"
 ROOT_TREE = "Events"
 SCHEMA_KEY = "vdata_arrow_schema"
+PROVENANCE_KEY = "vdata_provenance"
 
 
 def check_format(fmt: str) -> str:
@@ -129,9 +136,11 @@ def write_table(table: pa.Table, path: str | os.PathLike[str], format: str | Non
     return path
 
 
-def write_encoded(table: pa.Table, path: str | os.PathLike[str], format: str, compression: str = "none") -> Path:
+def write_encoded(table: pa.Table, path: str | os.PathLike[str], format: str, compression: str = "none",
+                  provenance: str | None = None) -> Path:
     """Write to ``path`` the bytes :func:`encode_table` returns (Arrow as an IPC stream), without
-    holding them in memory: how the service writes a range into its cache."""
+    holding them in memory: how the service writes a range into its cache. ``provenance``: the
+    id Parquet and ROOT files carry as :data:`PROVENANCE_KEY`."""
     check_format(format)
     check_compression(compression, format)
     path = Path(path)
@@ -140,14 +149,15 @@ def write_encoded(table: pa.Table, path: str | os.PathLike[str], format: str, co
                 pa.ipc.new_stream(sink, table.schema, options=_ipc_options(compression)) as writer:
             writer.write_table(table)
     elif format == "parquet":
-        _write_parquet(table, str(path))
+        _write_parquet(table, str(path), provenance)
     else:
-        _write_root(table, path)
+        _write_root(table, path, provenance)
     return path
 
 
-def encode_table(table: pa.Table, format: str, compression: str = "none") -> bytes:
-    """A range's body as served over HTTP: Arrow as an IPC stream, Parquet, or ROOT."""
+def encode_table(table: pa.Table, format: str, compression: str = "none", provenance: str | None = None) -> bytes:
+    """A range's body as served over HTTP: Arrow as an IPC stream, Parquet, or ROOT (``provenance``:
+    as for :func:`write_encoded`)."""
     check_format(format)
     check_compression(compression, format)
     if format == "arrow":
@@ -157,11 +167,11 @@ def encode_table(table: pa.Table, format: str, compression: str = "none") -> byt
         return sink.getvalue().to_pybytes()
     if format == "parquet":
         sink = pa.BufferOutputStream()
-        _write_parquet(table, sink)
+        _write_parquet(table, sink, provenance)
         return sink.getvalue().to_pybytes()
     with tempfile.TemporaryDirectory(prefix="vdata-root-") as tmp:
         out = Path(tmp) / "range.root"
-        _write_root(table, out)
+        _write_root(table, out, provenance)
         return out.read_bytes()
 
 
@@ -220,10 +230,13 @@ def read_table(path: str | os.PathLike[str], format: str | None = None) -> pa.Ta
     return table if table.schema.equals(schema) else table.cast(schema)
 
 
-def _write_parquet(table: pa.Table, where: str | pa.NativeFile) -> None:
+def _write_parquet(table: pa.Table, where: str | pa.NativeFile, provenance: str | None = None) -> None:
     try:
         # keep Arrow's list item names ("item"), so every format reads back the same schema
-        pq.write_table(table, where, use_compliant_nested_type=False)
+        with pq.ParquetWriter(where, table.schema, use_compliant_nested_type=False) as writer:
+            writer.write_table(table)
+            if provenance is not None:
+                writer.add_key_value_metadata({PROVENANCE_KEY: provenance})
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
         # pyarrow's message names the column (e.g. a struct with no fields)
         raise FormatError(f"cannot write this table as parquet: {exc}") from exc
@@ -307,7 +320,7 @@ def _has_nulls(column: pa.ChunkedArray) -> bool:
     return False
 
 
-def _write_root(table: pa.Table, path: Path) -> None:
+def _write_root(table: pa.Table, path: Path, provenance: str | None = None) -> None:
     import awkward as ak
     import uproot
 
@@ -336,3 +349,5 @@ def _write_root(table: pa.Table, path: Path) -> None:
         if data:
             f.mktree(ROOT_TREE, data, counter_name=counter_name)
         f[SCHEMA_KEY] = base64.b64encode(table.schema.serialize().to_pybytes()).decode()
+        if provenance is not None:
+            f[PROVENANCE_KEY] = provenance

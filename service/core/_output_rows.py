@@ -25,7 +25,8 @@ STORE, SAME = "store", "same"
 @dataclass(frozen=True, slots=True)
 class OutputRow:
     """The stored output of one range of a job: a file of the outputs folder (``path``, relative
-    to it), named by its content. ``provenance_id`` is left for the range's provenance record."""
+    to it), named by its content. ``provenance_id``: the input range's provenance id when it was
+    uploaded (:meth:`service.core.core.Core.commit_output`; None if the range was not cached)."""
 
     job_id: str
     index: int

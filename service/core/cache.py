@@ -3,7 +3,8 @@
 The format is the stored one (``arrow``, ``arrow+lz4``, ``arrow+zstd``, ``parquet``, ``root``):
 Arrow's IPC compression makes other bytes, so another entry. Files lie at
 ``<root>/<recipe id>/<index:08d>.<format>``; the database table ``cache_entries``
-records each one's size, adler32, event count and last use. The rules:
+records each one's size, adler32, event count and last use, and ``range_provenance`` how it
+was made (:mod:`service.core.provenance_store`: written and dropped with the entry). The rules:
 
 - A file is written under a temporary name in its folder (by :meth:`RangeCache.put`, or by
   another process that hands it over with :meth:`RangeCache.put_file`), fsynced, renamed into
@@ -91,6 +92,7 @@ from service.core._cache_keys import (
 from service.errors import CacheBusy, CacheError
 from vdata.checksum import adler32, adler32_hex
 from service.core.db import Database
+from service.core import provenance_store
 from transforms.atomic import write_atomic
 
 __all__ = ["STORED_FORMATS", "CacheEntry", "CacheKey", "RangeCache", "adler32", "adler32_hex", "split_stored",
@@ -163,8 +165,10 @@ class RangeCache:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def put(self, key: CacheKey, data: bytes | bytearray | memoryview, events: int) -> CacheEntry:
-        """Store ``data`` (the range in ``key.format``) atomically, then evict down to the budget.
+    def put(self, key: CacheKey, data: bytes | bytearray | memoryview, events: int,
+            provenance: str | None = None) -> CacheEntry:
+        """Store ``data`` (the range in ``key.format``) atomically, then evict down to the budget;
+        ``provenance`` (JSON, :mod:`vdata.provenance`) is kept with the entry.
 
         If the data cannot fit (it is larger than the budget, or the rest is pinned), it is
         evicted at once: the entry is returned, but ``get`` misses.
@@ -178,7 +182,7 @@ class RangeCache:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return self._commit(key, temp, view.nbytes, adler32(view), events)
+        return self._commit(key, temp, view.nbytes, adler32(view), events, provenance)
 
     def temp_path(self, key: CacheKey) -> Path:
         """A new temporary name next to ``key``'s file (its folder made), for :meth:`put_file`.
@@ -193,8 +197,10 @@ class RangeCache:
             _fsync_dir(self.root)
         return folder / f".{Path(key.relpath).name}.{self._writer}.{uuid.uuid4().hex}.tmp"
 
-    def put_file(self, key: CacheKey, temp: Path | str, size: int, adler32: int, events: int) -> CacheEntry:
-        """Commit a file another process wrote at ``temp`` (from :meth:`temp_path`) as ``key``.
+    def put_file(self, key: CacheKey, temp: Path | str, size: int, adler32: int, events: int,
+                 provenance: str | None = None) -> CacheEntry:
+        """Commit a file another process wrote at ``temp`` (from :meth:`temp_path`) as ``key``
+        (``provenance`` as for :meth:`put`).
 
         ``size`` and ``adler32`` are what the writer computed while writing; the size is
         checked against the file (cheap), the checksum is trusted (it is checked at each read).
@@ -215,9 +221,10 @@ class RangeCache:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return self._commit(key, temp, size, adler32, events)
+        return self._commit(key, temp, size, adler32, events, provenance)
 
-    def _commit(self, key: CacheKey, temp: Path, size: int, checksum: int, events: int) -> CacheEntry:
+    def _commit(self, key: CacheKey, temp: Path, size: int, checksum: int, events: int,
+                provenance: str | None = None) -> CacheEntry:
         """The one commit path: fsync ``temp``, then record the row and rename in one transaction,
         fsync the folder, evict. ``temp`` is deleted if it is not moved into place."""
         path = self.root / key.relpath
@@ -237,6 +244,7 @@ class RangeCache:
                     "created = excluded.created, last_used = excluded.last_used",
                     (key.recipe_id, key.range_index, key.format, key.relpath, size, checksum, events, now, now),
                 )
+                provenance_store.record(conn, key, provenance, now)
                 os.replace(temp, path)
                 moved = True
                 _fsync_dir(path.parent)
@@ -427,6 +435,7 @@ class RangeCache:
     def _delete(self, conn: sqlite3.Connection, key: CacheKey) -> None:
         """Drop the row and the file; call inside a transaction (see the module docstring)."""
         conn.execute(f"DELETE FROM cache_entries WHERE {_KEY_WHERE}", (key.recipe_id, key.range_index, key.format))
+        provenance_store.delete(conn, key)
         (self.root / key.relpath).unlink(missing_ok=True)
 
     def _report(self, key: CacheKey, reason: str) -> None:

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from vdata.data.recipes import Recipe
 from vdata.data.remote import RemoteOptions
 from vdata.data.sources import SourceDataset
 from service.core.catalog_store import CatalogStore
+from service.core import provenance_store
 
 __all__ = ["Core", "CoreConfig"]
 
@@ -159,6 +160,19 @@ class Core:
     def request(self, recipe_id: str, index: int, fmt: str) -> Future[CacheEntry]:
         return self.engine.request(self.store.recipe(recipe_id), index, fmt)
 
+    def provenance(self, recipe_id: str, index: int, fmt: str | None = None) -> dict[str, Any]:
+        """How range ``index`` was made (:mod:`service.core.provenance_store`): of its cache entry
+        in the stored format ``fmt``, or of the one made last; NotMaterialized if none is cached."""
+        self.plan(recipe_id).range(index)  # RecipeNotFound, RangeOutOfBounds
+        return provenance_store.range_provenance(self.db, recipe_id, index, fmt)
+
+    def job_provenance(self, job_id: str, index: int) -> dict[str, Any]:
+        """A job's range: its recipe range's provenance with the job's record of the range and
+        of its uploaded output."""
+        recipe_id = self.jobs.recipe_id(job_id)
+        view = provenance_store.job_range_provenance(self.db, job_id, recipe_id, index)
+        return {**view, "output": provenance_store.output_provenance(self.outputs.range_output(job_id, index))}
+
     def stage(self, recipe_id: str, first: int, count: int, fmt: str, why: str = "stage") -> list[int]:
         """Pre-stage ranges ``first .. first+count-1`` (clipped at the last): start materializing
         them now, ahead of any request, so a payload that starts later never waits for them.
@@ -216,7 +230,9 @@ class Core:
                       adler32: int) -> tuple[OutputRow, bool]:
         """Check and store a received output (see :mod:`service.core.outputs`); (the range's
         output, whether it is new: False for a repeat of the same bytes)."""
-        return self.outputs.record(self.outputs.commit(upload, job_id, index, worker, fmt, adler32))
+        out = self.outputs.commit(upload, job_id, index, worker, fmt, adler32)
+        input_id = provenance_store.input_id(self.db, self.jobs.recipe_id(job_id), index)
+        return self.outputs.record(replace(out, provenance_id=input_id))  # the input it was made from
 
     def status(self, job_id: str) -> JobStatus:
         return self.jobs.status(job_id)

@@ -76,6 +76,16 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     PRIMARY KEY (recipe_id, range_index, format)
 );
 CREATE INDEX IF NOT EXISTS cache_lru ON cache_entries (last_used);
+-- how each cached range was made (service/core/provenance_store.py): written and dropped with its entry
+CREATE TABLE IF NOT EXISTS range_provenance (
+    recipe_id   TEXT NOT NULL,
+    range_index INTEGER NOT NULL,
+    format      TEXT NOT NULL,
+    id          TEXT NOT NULL,          -- the provenance id (vdata/provenance.py)
+    body        TEXT NOT NULL,          -- JSON
+    made        REAL NOT NULL,
+    PRIMARY KEY (recipe_id, range_index, format)
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id            TEXT PRIMARY KEY,
     recipe_id     TEXT NOT NULL,

@@ -37,6 +37,7 @@ commit the results and resolve the waiting futures.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import pickle
@@ -84,12 +85,13 @@ def _materialize_task(
     hooks: Hooks | None,
     limits: Limits | None = None,
     attempt: str | None = None,
-) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
+) -> tuple[str, bytes | Written | tuple[str, str], int, float, dict[str, Any] | None, str]:
     """Ray's entry point: :func:`run_task`, writing the file where the node sees the cache
     folder (the driver's node, or any node on a shared file system: :meth:`Target.reachable`),
-    else returning the bytes. The node's id comes back with the result (where each range was
-    made), and a task on another node first notes it in Ray's key-value store under its
-    attempt, so that the engine can name the ranges a node took with it when that node dies."""
+    else returning the bytes. The node's id comes back with the result and the range's
+    provenance (where each range was made; stored with its cache entry), and a task on another
+    node first notes it in Ray's key-value store under its attempt, so that the engine can name
+    the ranges a node took with it when that node dies."""
     node = ray.get_runtime_context().get_node_id()
     if target is not None and node != target.node_id and attempt is not None:
         _note_node(attempt, node)
@@ -632,23 +634,23 @@ class Engine:
 
     # -- results -------------------------------------------------------------------------------
 
-    def _store(self, key: CacheKey, payload: bytes | Written, events: int) -> CacheEntry:
+    def _store(self, key: CacheKey, payload: bytes | Written, events: int, provenance: str | None) -> CacheEntry:
         """Commit the file a worker wrote, or write the bytes a task on another node sent."""
         if isinstance(payload, Written):
-            return self.cache.put_file(key, payload.temp, payload.size, payload.adler32, events)
+            return self.cache.put_file(key, payload.temp, payload.size, payload.adler32, events, provenance)
         with self._lock:
             self.shipped += 1
-        return self.cache.put(key, payload, events)
+        return self.cache.put(key, payload, events, provenance)
 
     def _finish(self, ref: Any, key: CacheKey, temp: Path | None, attempt: str) -> None:
         """Fetch a finished task's result, commit it to the cache, resolve the waiters. Every
         outcome resolves them: an unexpected error too (else they would wait out their timeout)."""
         try:
-            status, payload, events, seconds, node = ray.get(ref)
+            status, payload, events, seconds, made, node = ray.get(ref)
             self._made_on(key, attempt, node, status)
             if status == "error":
                 raise rebuild(*payload)
-            entry = self._store(key, payload, events)
+            entry = self._store(key, payload, events, json.dumps({**made, "ray_node_id": node}) if made else None)
             self._count("ranges", format=key.format)
             self._count("bytes", entry.size, format=key.format)
             if self.metrics is not None:

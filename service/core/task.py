@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -27,6 +28,7 @@ from service.core._cache_keys import split_stored
 from service.core.task_limits import Limits, TaskLimits, marker_path, timed_out
 from vdata.data.plans import Plan, dry_run, materialize, plan
 from vdata.data.recipes import Recipe
+from vdata.provenance import describe, made
 
 __all__ = ["Hooks", "Target", "Written", "no_space", "over_time", "run_dry", "run_task", "write_temp"]
 
@@ -77,16 +79,16 @@ class Hooks:
     written: Callable[[str, int], None] | None = None
 
 
-def write_temp(temp: str, table: pa.Table, fmt: str) -> Written:
+def write_temp(temp: str, table: pa.Table, fmt: str, provenance: str | None = None) -> Written:
     """Write ``table`` to ``temp`` as the stored format ``fmt`` (e.g. ``arrow+lz4``: an IPC
     stream, buffers compressed), truncating what a killed earlier attempt left there; its size
-    and adler32.
+    and adler32 (``provenance``: the id a Parquet or ROOT file carries, :mod:`vdata.provenance`).
 
     ``write_encoded`` streams Arrow's buffers straight into the file, and the checksum is taken
     over the file's pages mapped in place: no copy of the range is made in memory. Not
     fsynced here: the driver's commit does it while this worker goes on to the next range."""
     try:
-        write_encoded(table, temp, *split_stored(fmt))
+        write_encoded(table, temp, *split_stored(fmt), provenance=provenance)
         with open(temp, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -126,42 +128,45 @@ def run_task(
     hooks: Hooks | None,
     limits: Limits | None = None,
     attempt: str | None = None,
-) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
+) -> tuple[str, bytes | Written | tuple[str, str], int, float, dict[str, Any] | None]:
     """Materialize one range as the stored format ``fmt`` (:func:`~service.core.cache.stored_format`);
     write it to ``write_to`` if given, else encode it to bytes, within
     ``limits`` (see :mod:`service.core.task_limits`; ``attempt`` names the submission's marker file).
 
-    Returns (status, the bytes or the written file or (error class, message), events, seconds).
+    Returns (status, the bytes or the written file or (error class, message), events, seconds, the
+    range's provenance (:mod:`vdata.provenance`; None on an error)).
     Errors meant for the user travel as values (no blind retries by Ray, no traceback)."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
         return ("error", over_time(what, _range(index, recipe_json), _seconds(limits), "task_seconds_limit"),
-                0, time.perf_counter() - start)
+                0, time.perf_counter() - start, None)
     if hooks is not None and hooks.start is not None:
         hooks.start(recipe_json, index)
     try:
         with TaskLimits(limits or Limits(), attempt) as guard:
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
             table = materialize(the_plan, index, catalog, note=guard.note)
+            record = describe(the_plan, index, catalog)
             guard.note(f"writing range {index} of {the_plan.id} as {fmt}")
             if write_to is None:
-                result: bytes | Written = encode_table(table, *split_stored(fmt))
+                result: bytes | Written = encode_table(table, *split_stored(fmt), provenance=record["id"])
             else:
-                result = write_temp(write_to, table, fmt)
+                result = write_temp(write_to, table, fmt, record["id"])
     except VdataError as exc:
-        return ("error", _error(exc, limits), 0, time.perf_counter() - start)
+        return ("error", _error(exc, limits), 0, time.perf_counter() - start, None)
     except MemoryError:
-        return ("error", _over_memory(_range(index, recipe_json), limits), 0, time.perf_counter() - start)
+        return ("error", _over_memory(_range(index, recipe_json), limits), 0, time.perf_counter() - start, None)
     except OSError as exc:
         if no_space(exc):
             return ("error", ("StorageFull", f"no space left to write {_range(index, recipe_json)} (the disk or quota of the cache "
                               "folder is full): free space there or lower cache_budget_bytes"),
-                    0, time.perf_counter() - start)
+                    0, time.perf_counter() - start, None)
         raise
     if hooks is not None and hooks.written is not None:
         hooks.written(recipe_json, index)
-    return ("ok", result, table.num_rows, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return ("ok", result, table.num_rows, seconds, made(record, started, seconds))
 
 
 def no_space(exc: OSError) -> bool:

@@ -33,6 +33,7 @@ from service.errors import (
     JobNotFound,
     LeaseError,
     LimitExceeded,
+    NotMaterialized,
     OutputConflict,
     OutputError,
     PathNotAllowed,
@@ -81,6 +82,7 @@ STATUS: list[tuple[type[BaseException], int, str | None]] = [
     (RangeOutOfBounds, 416, "range_out_of_bounds"),
     (JobNotFound, 404, None),  # and RangeNotFound, its subclass
     (RecipeNotFound, 404, "recipe_not_found"),
+    (NotMaterialized, 404, "not_materialized"),
     (DatasetNotFound, 404, "dataset_not_found"),
     (LeaseError, 409, "lease_conflict"),
     (CacheBusy, 409, "cache_busy"),

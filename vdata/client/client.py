@@ -197,6 +197,16 @@ class Client:
         answer = self._http.json("POST", f"/v1/recipes/{rid}/stage", body)
         return [int(i) for i in answer["ranges"]]
 
+    def provenance(self, recipe_or_id: RecipeLike, index: int, *, format: str | None = None,
+                   compression: str = "none") -> dict[str, Any]:
+        """How range ``index`` was made (:mod:`vdata.provenance`): ``id``, ``recipe``, ``transforms``,
+        ``generator`` or ``inputs``, ``versions``, ``node``, ``started``, ``seconds``, ... Of its
+        cache entry in ``format`` (default: the one made last). A range not in the service's cache
+        raises the gateway's 404 ``not_materialized``: get the range first."""
+        params = {} if format is None else {"format": format, "compression": compression}
+        rid = self._recipe_id(recipe_or_id)
+        return dict(self._http.json("GET", f"/v1/recipes/{rid}/ranges/{index}/provenance", params=params))
+
     def _recipe_id(self, recipe_or_id: RecipeLike) -> str:
         if isinstance(recipe_or_id, str) and recipe_or_id.startswith("vds-"):
             return recipe_or_id
@@ -344,6 +354,12 @@ class Client:
         """The job's status as the service reports it: ``counts`` per state, ``events_finished``,
         ``events_total``, ``done``, ``events_per_second``, ``eta_seconds``, ``failures_per_worker``, ..."""
         return dict(self._http.json("GET", f"/v1/jobs/{job_id}"))
+
+    def job_provenance(self, job_id: str, index: int) -> dict[str, Any]:
+        """A job's range: ``state``, ``worker``, ``attempts``, ``input`` (as :meth:`provenance`; None
+        if the range is not cached) and ``output`` (``worker``, ``format``, ``size``, ``adler32``,
+        ``sha256``, ``events``, ``uploaded``, ``input_provenance_id``; None without an upload)."""
+        return dict(self._http.json("GET", f"/v1/jobs/{job_id}/ranges/{index}/provenance"))
 
     def lease(self, job_id: str, n: int = 1, *, worker: str) -> list[LeasedRange]:
         """Lease up to ``n`` ready ranges (``[]`` when none is ready). A lease lost to a retried

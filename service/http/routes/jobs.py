@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from service.http.auth import Worker
+from service.http.auth import Reader, Worker
 from service.http.deps import CoreDep, SettingsDep
 from service.http.limits import check_plan
 from service.http.schemas import (
@@ -52,6 +52,14 @@ async def job_status(job_id: str, core: CoreDep, _: Worker) -> JobStatusOut:
                         started=s.started, elapsed_seconds=s.elapsed_seconds, events_per_second=s.events_per_second,
                         eta_seconds=s.eta_seconds, failures_per_worker=s.failures_per_worker, outputs=s.outputs,
                         output_format=s.output_format, state=s.state)
+
+
+@router.get("/{job_id}/ranges/{index}/provenance", response_model=dict[str, Any])
+def job_range_provenance(job_id: str, index: int, core: CoreDep, _: Reader) -> dict[str, Any]:
+    """A job's range: its state, worker and attempts, ``input`` (the recipe range's provenance, as
+    ``GET /v1/recipes/{id}/ranges/{index}/provenance``; null if it is not cached) and ``output``
+    (who uploaded the range's output, its checksums and ``input_provenance_id``; null if none)."""
+    return core.job_provenance(job_id, index)
 
 
 def _json(content: Any) -> Response:

@@ -1,9 +1,9 @@
-"""``/v1/recipes``: submit a recipe, show its plan and ranges, pre-stage ranges, and serve a
-range's bytes (reader)."""
+"""``/v1/recipes``: submit a recipe, show its plan and ranges, pre-stage ranges, serve a
+range's bytes and tell how it was made (reader)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
 
@@ -78,6 +78,19 @@ def stage_ranges(recipe_id: str, body: StageIn, core: CoreDep, settings: Setting
     check_plan(core.plan(recipe_id), settings)
     indices = core.stage(recipe_id, body.first, body.count, stored_format(body.format, body.compression))
     return StageOut(recipe_id=recipe_id, format=body.format, compression=body.compression, ranges=indices)
+
+
+@router.get("/{recipe_id}/ranges/{index}/provenance", response_model=dict[str, Any])
+def range_provenance(
+    recipe_id: str, index: int, core: CoreDep, _: Reader,
+    format: Annotated[str | None, Query(description=f"One of {', '.join(FORMATS)}; default: the one made last")] = None,
+    compression: Annotated[str, Query(description=f"With format arrow: one of {', '.join(COMPRESSIONS)}")] = "none",
+) -> dict[str, Any]:
+    """How a cached range was made (vdata/provenance.py): recipe, transform code hashes, generator
+    or input file and entry window, library versions, node, start time and duration. 404
+    ``not_materialized`` if the range is not cached: fetch it first."""
+    fmt = None if format is None else stored_format(format, compression)
+    return core.provenance(recipe_id, index, fmt)
 
 
 @router.get(

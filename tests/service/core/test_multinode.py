@@ -24,7 +24,9 @@ from service.core.cache import CacheKey, RangeCache
 from service.core.db import Database
 from service.core.engine import Engine, EngineConfig
 from vdata import Catalog, Recipe
+from vdata.data.plans import plan
 from vdata.formats import encode_table
+from vdata.provenance import describe
 from vdata.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -116,7 +118,9 @@ def test_ranges_run_on_both_worker_nodes_and_match_a_local_run(engine: Engine, c
     assert len(nodes) == 2 and nodes == workers, (nodes, workers)
     assert engine.shipped == 0  # the worker nodes see the cache folder (one machine): they wrote the files
     assert made == [encode_table(vdata.materialize(recipe, i, Catalog()), "arrow") for i in range(len(made))]
-    assert made_hzz == [encode_table(vdata.materialize(hzz, i, engine.catalog), "parquet")
+    the_plan = plan(hzz, engine.catalog, dry_run=False)  # parquet carries the provenance id (vdata/provenance.py)
+    assert made_hzz == [encode_table(vdata.materialize(hzz, i, engine.catalog), "parquet",
+                                     provenance=describe(the_plan, i, engine.catalog)["id"])
                         for i in range(len(made_hzz))]
 
 

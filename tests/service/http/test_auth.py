@@ -26,6 +26,7 @@ ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
     ("GET", "/v1/recipes/vds-0", None, "reader", 404),
     ("GET", "/v1/recipes/vds-0/ranges", None, "reader", 404),
     ("GET", "/v1/recipes/vds-0/ranges/0?format=arrow", None, "reader", 404),
+    ("GET", "/v1/recipes/vds-0/ranges/0/provenance", None, "reader", 404),
     ("POST", "/v1/recipes/vds-0/stage", {"count": 1}, "reader", 404),
     ("POST", "/v1/jobs", {"recipe_id": "vds-0"}, "worker", 404),
     ("GET", "/v1/jobs/job-0", None, "worker", 404),
@@ -33,6 +34,7 @@ ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
     ("POST", "/v1/jobs/job-0/ranges/0/heartbeat", {"worker": "w"}, "worker", 404),
     ("POST", "/v1/jobs/job-0/ranges/0/finish", {"worker": "w"}, "worker", 404),
     ("POST", "/v1/jobs/job-0/ranges/0/fail", {"worker": "w", "message": "m", "fatal": False}, "worker", 404),
+    ("GET", "/v1/jobs/job-0/ranges/0/provenance", None, "reader", 404),
     ("PUT", "/v1/jobs/job-0/ranges/0/output?worker=w&format=parquet", None, "worker", 400),  # no X-Vdata-Adler32
     ("GET", "/v1/jobs/job-0/ranges/0/output", None, "worker", 404),
     ("GET", "/v1/jobs/job-0/outputs", None, "worker", 404),
