@@ -32,9 +32,14 @@ Arrow does not carry it: in the schema's metadata it would make the schemas of r
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -345,9 +350,49 @@ def _write_root(table: pa.Table, path: Path, provenance: str | None = None) -> N
             data[name] = column
         else:
             data[name] = ak.to_numpy(column)  # flat, or fixed-size lists as 2-d arrays
-    with uproot.recreate(str(path)) as f:
+    # a file object, not the path: uproot would write the (temporary) file name into the file
+    with open(path, "w+b") as sink, _reproducible_stamps(), uproot.recreate(sink, uuid_function=_fixed_uuid) as f:
         if data:
             f.mktree(ROOT_TREE, data, counter_name=counter_name)
         f[SCHEMA_KEY] = base64.b64encode(table.schema.serialize().to_pybytes()).decode()
         if provenance is not None:
             f[PROVENANCE_KEY] = provenance
+
+
+# A range's bytes depend on its content only (a range made again gives the same bytes and adler32,
+# as Arrow and Parquet do). uproot stamps a ROOT file with its name (given a file object, it writes
+# "dynamic.root"), the time of writing (the file's, each key's and each basket's fDatime) and a
+# time-based uuid1: the uuid is an option of
+# uproot.recreate, the time is not, so the writing modules see a clock stopped at ROOT_TIMESTAMP
+# while vdata writes (a lock: one writer at a time in a process swaps it).
+ROOT_TIMESTAMP = datetime.datetime(2000, 1, 1)
+_STAMP_LOCK = threading.Lock()
+
+
+class _StoppedClock(datetime.datetime):
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> datetime.datetime:  # noqa: ARG003 - a stopped clock
+        return ROOT_TIMESTAMP
+
+
+_STOPPED_DATETIME = types.SimpleNamespace(datetime=_StoppedClock)
+
+
+def _fixed_uuid() -> uuid.UUID:
+    return uuid.UUID(int=0)
+
+
+@contextmanager
+def _reproducible_stamps() -> Iterator[None]:
+    import uproot.writing._cascade as cascade
+    import uproot.writing._cascadetree as cascadetree
+
+    modules = [m for m in (cascade, cascadetree) if getattr(m, "datetime", None) is datetime]
+    with _STAMP_LOCK:
+        for module in modules:
+            module.datetime = _STOPPED_DATETIME  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.datetime = datetime  # type: ignore[attr-defined]

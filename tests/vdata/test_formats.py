@@ -189,3 +189,20 @@ def test_compression_is_for_arrow_only(tmp_path: Path, fmt: str) -> None:
         vdata.write_table(pa.table({"x": [1.0]}), tmp_path / f"x.{fmt}", compression="lz4")
     with pytest.raises(vdata.FormatError, match="unknown compression 'gzip'; choose one of none, lz4, zstd"):
         encode_table(pa.table({"x": [1.0]}), "arrow", "gzip")
+
+
+def test_root_bytes_depend_on_the_table_only(first_ranges: dict[str, pa.Table], tmp_path: Path) -> None:
+    """The same table written twice, a second apart, to files of different names, gives the same
+    ROOT bytes (no file name, time of writing or uuid1 in them), and it reads back."""
+    import datetime
+    import time
+
+    table = first_ranges["uproot-HZZ.root:events"]
+    first = encode_table(table, "root")
+    time.sleep(1.1)  # ROOT's TDatime counts seconds
+    assert encode_table(table, "root") == first
+    assert write_encoded(table, tmp_path / "other-name.root", "root").read_bytes() == first
+    assert b"\x00" * 16 in first  # the zero file UUID
+    assert datetime.datetime.now().year > 2000  # the clock itself was not stopped for anyone else
+    (tmp_path / "r.root").write_bytes(first)
+    assert_tables_equal(vdata.read_table(tmp_path / "r.root", "root"), table)
