@@ -39,12 +39,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import pickle
 import re
 import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -52,8 +54,8 @@ from typing import Any
 
 import ray
 
-from service.core._engine_state import WAIT, EngineState, Running, settle
-from service.core.task import Hooks, Target, Written, no_space, over_time, run_dry, run_task
+from service.core._engine_state import WAIT, EngineState, RangeTiming, Running, settle
+from service.core.task import Hooks, Steps, Target, Written, no_space, over_time, run_dry, run_task, warm_up
 from service.core.task_limits import Limits, marker_path, timed_out
 from service.core.engine_config import EngineConfig
 from service.core.ray_local import PrivateRay, dashboard_help
@@ -84,7 +86,7 @@ def _materialize_task(
     hooks: Hooks | None,
     limits: Limits | None = None,
     attempt: str | None = None,
-) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
+) -> tuple[str, bytes | Written | tuple[str, str], int, Steps, str]:
     """Ray's entry point: :func:`run_task`, writing the file where the node sees the cache
     folder (the driver's node, or any node on a shared file system: :meth:`Target.reachable`),
     else returning the bytes. The node's id comes back with the result (where each range was
@@ -116,6 +118,12 @@ def _dry_run_task(catalog_version: str, catalog_state: bytes, recipe_json: str, 
                   attempt: str) -> tuple[str, str] | None:
     """Ray's entry point of a recipe check's dry run: :func:`run_dry`."""
     return run_dry(catalog_version, catalog_state, recipe_json, limits, attempt)
+
+
+def _warm_up_task() -> tuple[int, float]:
+    """Ray's entry point of the warm-up (:meth:`Engine._warm_up`): :func:`warm_up` in a worker,
+    which thereby imports this module too; the worker's process id and when it had imported."""
+    return os.getpid(), warm_up()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -197,6 +205,8 @@ class Engine:
         self.claims: Claims | None = None  # single flight across gateways (set before start)
         self._recipes: dict[CacheKey, str] = {}  # the recipe JSON of keys another gateway makes
         self.made_on: dict[str, int] = {}  # node id -> ranges made there (this engine's life)
+        self.timings: deque[RangeTiming] = deque(maxlen=256)  # the steps of the last ranges made
+        self.warmed: Future[int] = Future()  # how many Ray workers the warm-up readied (see start)
         self.shipped = 0  # ranges whose bytes came through Ray's object store (no shared folder)
         self._folder_probe: tuple[str, str] | None = None  # see RangeCache.write_probe
         # Ray's head: where its GCS listens, whether it went away (why), when to try it again
@@ -242,11 +252,37 @@ class Engine:
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
         self._dry_task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_dry_run_task)
         self.metrics = _Metrics()
+        self._warm_up()
         self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
         self._collector.start()
         if self.claims is not None:
             self.claims.start(self._made_elsewhere, self._claim_freed)
         return self
+
+    def _warm_up(self) -> None:
+        """Ready a warm pool of Ray workers: one no-op task per CPU of the cluster (at most
+        ``max_in_flight``), submitted together so that Ray starts that many workers at once, each
+        importing Numba, uproot, awkward, pyarrow and the task's modules before any range is asked
+        for (a fresh worker's start and imports otherwise delay the first range by seconds). Not
+        waited for: :attr:`warmed` resolves with the number of distinct workers readied; a range
+        asked for meanwhile waits for a worker, as it would for a fresh one."""
+        if not self.config.warm_workers:
+            self.warmed.set_result(0)
+            return
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        task = ray.remote(num_cpus=1, max_retries=0)(_warm_up_task)
+        refs = [task.options(name="vdata-warm-up").remote() for _ in range(max(1, min(cpus, self.config.max_in_flight)))]
+        threading.Thread(target=self._warmed, args=(refs,), name="vdata-engine-warm-up", daemon=True).start()
+
+    def _warmed(self, refs: list[Any]) -> None:
+        pids: set[int] = set()
+        for ref in refs:
+            try:
+                pids.add(ray.get(ref)[0])
+            except Exception as exc:  # noqa: BLE001 - a worker not warmed only costs the first range time
+                log.info("a Ray worker's warm-up failed (the first ranges may wait for a worker start): %s",
+                         _short(exc))
+        self.warmed.set_result(len(pids))
 
     def _announce_dashboard(self, address: str | None, private: PrivateRay) -> None:
         """Log where the embedded Ray's dashboard answers and how to get its token (the
@@ -437,10 +473,11 @@ class Engine:
                 continue
             target = Target(self._node_id, str(temp), self._folder_probe) if temp is not None else None
             name = range_task_name(key, recipe_json, why)
+            submitted = time.time()
             ref = self._task.options(name=name).remote(version, state, recipe_json, key.range_index, key.format,
                                                        target, hooks, limits, attempt)
             with self._lock:
-                self._state.started(ref, Running(key, temp, attempt))
+                self._state.started(ref, Running(key, temp, attempt, submitted))
 
     def _claim(self, key: CacheKey, recipe_json: str, attempt: str) -> bool:
         """Whether this gateway makes ``key`` now (it claimed it); else the key is answered from
@@ -504,11 +541,12 @@ class Engine:
             if ready and pending:
                 more, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
                 ready += more
+            returned = time.time()
             for ref in ready:
                 with self._lock:
                     task = self._state.ended(ref)
                 # the next task is submitted while this range is committed
-                self._writers.submit(self._finish, ref, task.key, task.temp, task.attempt)
+                self._writers.submit(self._finish, ref, task, returned)
 
     # -- Ray's head and nodes --------------------------------------------------------------------
 
@@ -639,11 +677,12 @@ class Engine:
             self.shipped += 1
         return self.cache.put(key, payload, events)
 
-    def _finish(self, ref: Any, key: CacheKey, temp: Path | None, attempt: str) -> None:
+    def _finish(self, ref: Any, task: Running, returned: float) -> None:
         """Fetch a finished task's result, commit it to the cache, resolve the waiters. Every
         outcome resolves them: an unexpected error too (else they would wait out their timeout)."""
+        key, temp, attempt = task.key, task.temp, task.attempt
         try:
-            status, payload, events, seconds, node = ray.get(ref)
+            status, payload, events, steps, node = ray.get(ref)
             self._made_on(key, attempt, node, status)
             if status == "error":
                 raise rebuild(*payload)
@@ -651,7 +690,8 @@ class Engine:
             self._count("ranges", format=key.format)
             self._count("bytes", entry.size, format=key.format)
             if self.metrics is not None:
-                self.metrics.seconds.observe(seconds)
+                self.metrics.seconds.observe(steps.seconds)
+            self._timed(key, task.submitted, steps, returned)
         except Exception as exc:  # noqa: BLE001 - translated and handed to every waiter
             self._fail(key, temp, attempt, exc)
             return
@@ -662,6 +702,13 @@ class Engine:
             future = self._state.answer(key)
         if future is not None:
             settle(future, result=entry)
+
+    def _timed(self, key: CacheKey, submitted: float, steps: Steps, returned: float) -> None:
+        """Keep how long each step of a range took (:attr:`timings`, the last 256; a DEBUG record)."""
+        timing = RangeTiming.of(key, submitted, steps, returned, time.time())
+        with self._lock:
+            self.timings.append(timing)
+        log.debug("range %d of %s (%s): %s", key.range_index, key.recipe_id, key.format, timing.describe())
 
     def _made_on(self, key: CacheKey, attempt: str, node: str, status: str) -> None:
         """Record where a range was made (``made_on``, a DEBUG record with ``node_id``), note a

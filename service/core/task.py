@@ -27,10 +27,44 @@ from service.core.task_limits import Limits, TaskLimits, marker_path, timed_out
 from vdata.data.plans import Plan, dry_run, materialize, plan
 from vdata.data.recipes import Recipe
 
-__all__ = ["Hooks", "Target", "Written", "no_space", "over_time", "run_dry", "run_task", "write_temp"]
+__all__ = ["Hooks", "Steps", "Target", "Written", "no_space", "over_time", "run_dry", "run_task", "warm_up",
+           "write_temp"]
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
+_IMPORTED_AT = time.time()  # when this worker had imported this module (and with it Numba, uproot, awkward)
+_TASKS_RUN = 0  # tasks this worker process ran: 0 at the first one (a fresh worker)
+
+
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """When a task passed each step, in seconds since the epoch (``time.time``: comparable with the
+    driver's clock on one node): it started, had its plan (the catalog unpickled, the recipe
+    planned), had its table (the source read, the steps run) and had written or encoded it.
+    ``imported`` is when the worker had imported this module; ``fresh``: the worker's first task."""
+
+    imported: float
+    started: float
+    planned: float = 0.0
+    made: float = 0.0
+    written: float = 0.0
+    fresh: bool = False
+
+    @property
+    def seconds(self) -> float:
+        """The task's own time (0 for a task that failed before writing)."""
+        return max(self.written - self.started, 0.0)
+
+
+def warm_up() -> float:
+    """A no-op task that makes a Ray worker import what materializing needs (this module's
+    imports: Numba, uproot, awkward, pyarrow; Numba's and uproot's own lazy parts), so that the
+    first range does not pay for it. Returns when this worker had imported this module."""
+    import awkward  # noqa: F401 - imported for its side effect: the worker has it loaded
+    import numba  # noqa: F401
+    import uproot  # noqa: F401
+
+    return _IMPORTED_AT
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,38 +158,42 @@ def run_task(
     hooks: Hooks | None,
     limits: Limits | None = None,
     attempt: str | None = None,
-) -> tuple[str, bytes | Written | tuple[str, str], int, float]:
+) -> tuple[str, bytes | Written | tuple[str, str], int, Steps]:
     """Materialize one range; write it to ``write_to`` if given, else encode it to bytes, within
     ``limits`` (see :mod:`service.core.task_limits`; ``attempt`` names the submission's marker file).
 
-    Returns (status, the bytes or the written file or (error class, message), events, seconds).
-    Errors meant for the user travel as values (no blind retries by Ray, no traceback)."""
-    start = time.perf_counter()
+    Returns (status, the bytes or the written file or (error class, message), events, the
+    :class:`Steps` it passed). Errors meant for the user travel as values (no blind retries by
+    Ray, no traceback)."""
+    global _TASKS_RUN
+    started, fresh = time.time(), _TASKS_RUN == 0
+    _TASKS_RUN += 1
+    failed = Steps(_IMPORTED_AT, started, fresh=fresh)
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
-        return ("error", over_time(what, _range(index, recipe_json), _seconds(limits), "task_seconds_limit"),
-                0, time.perf_counter() - start)
+        return ("error", over_time(what, _range(index, recipe_json), _seconds(limits), "task_seconds_limit"), 0, failed)
     if hooks is not None and hooks.start is not None:
         hooks.start(recipe_json, index)
     try:
         with TaskLimits(limits or Limits(), attempt) as guard:
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
+            planned = time.time()
             table = materialize(the_plan, index, catalog, note=guard.note)
+            made = time.time()
             guard.note(f"writing range {index} of {the_plan.id} as {fmt}")
             result = encode_table(table, fmt) if write_to is None else write_temp(write_to, table, fmt)
     except VdataError as exc:
-        return ("error", _error(exc, limits), 0, time.perf_counter() - start)
+        return ("error", _error(exc, limits), 0, failed)
     except MemoryError:
-        return ("error", _over_memory(_range(index, recipe_json), limits), 0, time.perf_counter() - start)
+        return ("error", _over_memory(_range(index, recipe_json), limits), 0, failed)
     except OSError as exc:
         if no_space(exc):
             return ("error", ("StorageFull", f"no space left to write {_range(index, recipe_json)} (the disk or quota of the cache "
-                              "folder is full): free space there or lower cache_budget_bytes"),
-                    0, time.perf_counter() - start)
+                              "folder is full): free space there or lower cache_budget_bytes"), 0, failed)
         raise
     if hooks is not None and hooks.written is not None:
         hooks.written(recipe_json, index)
-    return ("ok", result, table.num_rows, time.perf_counter() - start)
+    return ("ok", result, table.num_rows, Steps(_IMPORTED_AT, started, planned, made, time.time(), fresh))
 
 
 def no_space(exc: OSError) -> bool:
