@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +69,19 @@ def test_materializes_through_ray_and_caches(engine: Engine) -> None:
     counts = engine.metrics.counts
     assert counts["ranges:arrow"] >= 1 and not any(k.startswith("cache:") for k in counts)  # the gateway's
     assert counts["bytes:arrow"] >= entry.size
+
+
+def test_a_warm_pool_readies_workers_and_each_range_is_timed(engine: Engine) -> None:
+    assert engine.warmed.result(timeout=120) >= 1  # distinct Ray workers that imported what tasks need
+    recipe = zmumu(seed=12)
+    t0 = time.time()
+    engine.get(recipe, 1, "arrow", timeout=120)
+    wall = time.time() - t0
+    timing = next(t for t in engine.timings if t.key == CacheKey(recipe.id, 1, "arrow"))
+    parts = (timing.queued, timing.plan, timing.make, timing.write, timing.collect, timing.commit)
+    assert all(part >= 0 for part in parts) and timing.make > 0
+    assert t0 <= timing.submitted and timing.total <= wall
+    assert not timing.fresh  # made on a worker that had run a task before: the warm-up's
 
 
 def test_dataset_ranges_in_every_format(engine: Engine, tmp_path: Path) -> None:
