@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from concurrent.futures import Future
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,20 @@ def _load_recipe(recipe: RecipeLike) -> dict[str, Any]:
             raise RecipeError([f"{path}: a recipe is a mapping, got {type(data).__name__}"])
         return data
     raise TypeError(f"a recipe is a Recipe, a mapping or a path to a YAML/JSON file, got {type(recipe).__name__}")
+
+
+def _in_thread(fn: Callable[[int], pa.Table], index: int, stop: threading.Event) -> Future[pa.Table]:
+    """``fn(index)`` started now in a daemon thread (it stops early once ``stop`` is set)."""
+    future: Future[pa.Table] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(index))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"vdata-range-{index}", daemon=True).start()
+    return future
 
 
 class Client:
@@ -226,23 +241,44 @@ class Client:
         Up to ``prefetch`` ranges are fetched and decoded in background threads while the
         caller works on the current one (``0``: none, fetch on demand); memory holds at most
         ``prefetch + 1`` ranges. The recipe is submitted (if not an id) and its ranges listed
-        now; the data flows when iterated. Closing the iterator early (``break`` in a ``for``
-        loop, ``close()``, or dropping it) stops the background threads.
+        now; with ``prefetch`` > 0 the first range is asked for at once, beside the listing (its
+        first batch comes a round trip sooner), the rest flows when iterated. Closing the
+        iterator early (``break`` in a ``for`` loop, ``close()``, or dropping it) stops the
+        background threads.
         """
         check_format(format)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         rid = self._recipe_id(recipe_or_id)
-        return self._stream(rid, self.ranges(rid), format, prefetch)
-
-    def _stream(self, rid: str, ranges: list[EventRange], format: str, prefetch: int) -> Generator[pa.RecordBatch, None, None]:
         stop = threading.Event()
+        load = self._loader(rid, format, stop)
+        first = _in_thread(load, 0, stop) if prefetch else None
+        try:
+            ranges = self.ranges(rid)
+        except BaseException:
+            stop.set()
+            raise
+        if not ranges:
+            stop.set()  # no range 0: its request's answer (an error) is dropped
+        return self._stream(ranges, prefetch, stop, load, first)
 
-        def load(r: EventRange) -> pa.Table:
-            url = httpx.URL(f"/v1/recipes/{rid}/ranges/{r.index}", params={"format": format})
-            return self._range_table(url, f"{rid} range {r.index}", format, stop)
+    def _loader(self, rid: str, format: str, stop: threading.Event) -> Callable[[int], pa.Table]:
+        def load(index: int) -> pa.Table:
+            url = httpx.URL(f"/v1/recipes/{rid}/ranges/{index}", params={"format": format})
+            return self._range_table(url, f"{rid} range {index}", format, stop)
 
-        tables = ordered_prefetch(load, ranges, prefetch, stop)
+        return load
+
+    def _stream(self, ranges: list[EventRange], prefetch: int, stop: threading.Event, load: Callable[[int], pa.Table],
+                first: Future[pa.Table] | None) -> Generator[pa.RecordBatch, None, None]:
+        def table(r: EventRange) -> pa.Table:
+            nonlocal first
+            if first is None or r.index != 0:
+                return load(r.index)
+            taken, first = first, None  # held no longer than the pipeline holds it
+            return taken.result()
+
+        tables = ordered_prefetch(table, ranges, prefetch, stop)
         try:
             for table in tables:
                 yield from table.to_batches()
