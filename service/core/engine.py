@@ -55,7 +55,8 @@ from typing import Any
 import ray
 
 from service.core._engine_state import WAIT, EngineState, RangeTiming, Running, settle
-from service.core.task import Hooks, Steps, Target, Written, no_space, over_time, run_dry, run_task, warm_up
+from service.core.task import (Hooks, Steps, Target, Written, no_space, open_sources, over_time, run_dry, run_task,
+                               warm_up)
 from service.core.task_limits import Limits, marker_path, timed_out
 from service.core.engine_config import EngineConfig
 from service.core.ray_local import PrivateRay, dashboard_help
@@ -118,6 +119,11 @@ def _dry_run_task(catalog_version: str, catalog_state: bytes, recipe_json: str, 
                   attempt: str) -> tuple[str, str] | None:
     """Ray's entry point of a recipe check's dry run: :func:`run_dry`."""
     return run_dry(catalog_version, catalog_state, recipe_json, limits, attempt)
+
+
+def _open_task(catalog_version: str, catalog_state: bytes, recipe_json: str) -> int:
+    """Ray's entry point of :meth:`Engine.ready_workers`: :func:`open_sources` in a worker."""
+    return open_sources(catalog_version, catalog_state, recipe_json)
 
 
 def _warm_up_task() -> tuple[int, float]:
@@ -199,6 +205,7 @@ class Engine:
         self._started_ray = False
         self._private_ray: PrivateRay | None = None
         self._dry_task: Any = None  # the dry run's Ray task, once started
+        self._open_task: Any = None  # the task that opens a recipe's sources in a worker, once started
         self.dashboard_url: str | None = None  # Ray's dashboard of the embedded Ray, when it runs one
         self._node_id = ""
         self.metrics: _Metrics | None = None
@@ -251,6 +258,7 @@ class Engine:
             self._folder_probe = self.cache.write_probe()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
         self._dry_task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_dry_run_task)
+        self._open_task = ray.remote(num_cpus=1, max_retries=0)(_open_task)
         self.metrics = _Metrics()
         self._warm_up()
         self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
@@ -269,10 +277,40 @@ class Engine:
         if not self.config.warm_workers:
             self.warmed.set_result(0)
             return
-        cpus = int(ray.cluster_resources().get("CPU", 1))
         task = ray.remote(num_cpus=1, max_retries=0)(_warm_up_task)
-        refs = [task.options(name="vdata-warm-up").remote() for _ in range(max(1, min(cpus, self.config.max_in_flight)))]
+        refs = [task.options(name="vdata-warm-up").remote() for _ in range(self._pool_size())]
         threading.Thread(target=self._warmed, args=(refs,), name="vdata-engine-warm-up", daemon=True).start()
+
+    def _pool_size(self) -> int:
+        """How many workers the warm pool has: one per CPU of the cluster, at most ``max_in_flight``."""
+        return max(1, min(int(ray.cluster_resources().get("CPU", 1)), self.config.max_in_flight))
+
+    def ready_workers(self, the_plan: Plan) -> int:
+        """Have each worker of the warm pool open the source file of the plan's first range
+        (:func:`~service.core.task.open_sources`), so that the first range, whichever worker
+        makes it, does not wait for the open's round trips; called when a recipe is submitted
+        (after its dry run), before anyone asks for a range. Not waited for; nothing is read
+        but the file's metadata. Returns how many tasks were submitted (0: nothing to open)."""
+        recipe = the_plan.recipe
+        if not self.config.warm_workers or recipe.is_generated or not the_plan.ranges or self._open_task is None \
+                or self._away is not None:
+            return 0
+        if not any(f.remote for f in self.catalog.dataset(recipe.source["dataset"]).files):
+            return 0  # a local file opens in a millisecond
+        version, state = self._catalog_state()
+        recipe_json = recipe.to_json()
+        refs = [self._open_task.options(name="vdata-open-sources").remote(version, state, recipe_json)
+                for _ in range(self._pool_size())]
+        threading.Thread(target=self._opened, args=(the_plan.id, refs), name="vdata-engine-open", daemon=True).start()
+        return len(refs)
+
+    def _opened(self, recipe_id: str, refs: list[Any]) -> None:
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the range's own task opens the file, and says what failed
+                log.info("a Ray worker could not open the source of %s ahead of its first range: %s", recipe_id,
+                         _short(exc))
 
     def _warmed(self, refs: list[Any]) -> None:
         pids: set[int] = set()
@@ -364,9 +402,13 @@ class Engine:
 
     def check(self, the_plan: Plan) -> None:
         """The recipe check's dry run (:func:`vdata.data.plans.dry_run`), in a Ray worker under
-        the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...)."""
-        if not the_plan.ops:
-            return  # no steps: nothing a dry run could find that reading a range would not
+        the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...). A
+        recipe that passed has its remote source opened in the warm pool (:meth:`ready_workers`)."""
+        if the_plan.ops:  # no steps: nothing a dry run could find that reading a range would not
+            self._dry_run(the_plan)
+        self.ready_workers(the_plan)
+
+    def _dry_run(self, the_plan: Plan) -> None:
         if self._dry_task is None:
             raise EngineError(f"cannot check {the_plan.id}: the engine is not running (its dry run needs Ray)")
         self.require_ray(f"the dry run of {the_plan.id}")

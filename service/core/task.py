@@ -27,8 +27,8 @@ from service.core.task_limits import Limits, TaskLimits, marker_path, timed_out
 from vdata.data.plans import Plan, dry_run, materialize, plan
 from vdata.data.recipes import Recipe
 
-__all__ = ["Hooks", "Steps", "Target", "Written", "no_space", "over_time", "run_dry", "run_task", "warm_up",
-           "write_temp"]
+__all__ = ["Hooks", "Steps", "Target", "Written", "no_space", "open_sources", "over_time", "run_dry", "run_task",
+           "warm_up", "write_temp"]
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
@@ -128,6 +128,24 @@ def write_temp(temp: str, table: pa.Table, fmt: str) -> Written:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def open_sources(catalog_version: str, catalog_state: bytes, recipe_json: str) -> int:
+    """Make this worker ready for a recipe's first range: its catalog brought up to date, the
+    recipe planned, and the source file of the first range opened (for a remote file, the
+    round trips that read its header, streamers and tree metadata), so that the range's task
+    only reads baskets. No data are read. Returns the number of files it had to open (0: none,
+    or already open here)."""
+    the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
+    recipe = the_plan.recipe
+    if recipe.is_generated or not the_plan.ranges or not the_plan.source_columns:
+        return 0
+    dataset = catalog.dataset(recipe.source["dataset"])
+    position, _, _ = dataset.locate(the_plan.ranges[0])
+    if position in dataset._handles:  # the dataset's open files (see Catalog.adopt_datasets)
+        return 0
+    dataset._tree(position)  # opens it, under the dataset's lock, as its first read would
+    return 1
 
 
 def _plan(catalog_version: str, catalog_state: bytes, recipe_json: str, check: bool = False) -> tuple[Plan, Catalog]:
