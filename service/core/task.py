@@ -33,7 +33,7 @@ __all__ = ["Hooks", "Steps", "Target", "Written", "no_space", "open_sources", "o
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
 _IMPORTED_AT = time.time()  # when this worker had imported this module (and with it Numba, uproot, awkward)
-_TASKS_RUN = 0  # tasks this worker process ran: 0 at the first one (a fresh worker)
+_TASKS_RUN = 0  # tasks of any kind (warm-up included) this worker process ran: 0 at the first (a fresh worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,15 @@ def warm_up() -> float:
     import numba  # noqa: F401
     import uproot  # noqa: F401
 
+    _ran()
     return _IMPORTED_AT
+
+
+def _ran() -> bool:
+    """Count a task of this worker; whether it was the worker's first (a fresh worker)."""
+    global _TASKS_RUN
+    _TASKS_RUN += 1
+    return _TASKS_RUN == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,7 @@ def open_sources(catalog_version: str, catalog_state: bytes, recipe_json: str) -
     round trips that read its header, streamers and tree metadata), so that the range's task
     only reads baskets. No data are read. Returns the number of files it had to open (0: none,
     or already open here)."""
+    _ran()
     the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
     recipe = the_plan.recipe
     if recipe.is_generated or not the_plan.ranges or not the_plan.source_columns:
@@ -183,9 +192,7 @@ def run_task(
     Returns (status, the bytes or the written file or (error class, message), events, the
     :class:`Steps` it passed). Errors meant for the user travel as values (no blind retries by
     Ray, no traceback)."""
-    global _TASKS_RUN
-    started, fresh = time.time(), _TASKS_RUN == 0
-    _TASKS_RUN += 1
+    started, fresh = time.time(), _ran()
     failed = Steps(_IMPORTED_AT, started, fresh=fresh)
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
@@ -226,6 +233,7 @@ def run_dry(
 ) -> tuple[str, str] | None:
     """The recipe check's dry run (:func:`vdata.data.plans.dry_run`) in this worker, within
     ``limits``: None if it passed, else (error class, message)."""
+    _ran()
     where = f"the dry run of {Recipe.from_json(recipe_json).id}"
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
