@@ -37,6 +37,16 @@ Modes
 Each vdata run is **cold for the cache**: it registers the file under a new dataset name, so the
 recipe id (and every cache key) is new and the service has to read the site again; the Ray
 workers are warm (a warm-up recipe runs first after each service start), as in a running service.
+With ``--cold-workers`` no warm-up recipe runs: the workers are only those of the engine's warm pool
+(started and imported at the service's start, no file opened; ``--no-warm-pool``: fresh workers).
+
+Cases of issue 15: ``--cluster-events`` larger than ``--range-events`` (several ranges per ROOT
+cluster), ``--events 1000000``, ``--site xrootd`` (the vdata modes register the site's ``root://``
+URL instead of its HTTP one; ``direct-xrootd`` is the direct mode over it), and ``--pin`` (the
+payload on CPU 1, the remote side -- site, service, Ray and its workers -- on CPU 0, with
+``taskset``, as a deployment puts the service and the payload on separate cores). The table's
+``goal 1st`` is the issue's goal for the first batch: 3 RTT + the transfer of one range over the
+payload's link.
 The payload's wall clock starts when it asks for data (the uproot open, or the ``stream``/``fetch``
 calls that list the ranges) and stops after its last batch; service start-up, dataset
 registration, recipe submission and (for ``+stage``) the set-up time are outside it; in the
@@ -56,6 +66,9 @@ How to run
     .venv/bin/python bench/latency.py               # full grid: 500k events, RTT 0/20/50/100 ms, 5 and 20 us,
                                                     # median of 3 (about 20 min)
     .venv/bin/python bench/latency.py --quick       # 100k events, RTT 0 and 50 ms, one repeat
+    .venv/bin/python bench/latency.py --events 200000 --cluster-events 100000 --range-events 50000 \
+        --modes local direct stream stream+stage --payloads 20 --pin --cold-workers --num-cpus 2
+                                                    # issue 15's cold first batch, service and payload pinned
 """
 
 from __future__ import annotations
