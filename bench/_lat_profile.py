@@ -45,7 +45,8 @@ COLUMNS = ["nMuon", "Muon_pt", "Muon_eta", "Jet_pt"]
 STEPS = ["list", "gateway", "queued", "plan", "read", "write", "commit", "to_byte", "transfer"]
 
 
-def one_range(core: Any, server: Any, gateway_url: str, site_url: str, name: str, range_events: int) -> dict[str, float]:
+def one_range(core: Any, server: Any, gateway_url: str, site_url: str, name: str,
+              range_events: int) -> dict[str, float]:
     import httpx
 
     from service.core.cache import CacheKey

@@ -486,7 +486,8 @@ def main(argv: list[str]) -> int:
                 if not a.cold_workers:
                     warm_up(remote, a.range_events, nonce, rtt)
                 print(f"RTT {rtt:g} ms: remote side up in {time.perf_counter() - t0:.1f} s (warm pool: "
-                      f"{remote.info.get('warmed', 0)} workers{'' if a.cold_workers else '; warm-up recipe run'})", flush=True)
+                      f"{remote.info.get('warmed', 0)} workers{'' if a.cold_workers else '; warm-up recipe run'})",
+                      flush=True)
                 for rep in range(a.repeats):
                     for us in a.payloads:
                         order = a.modes[rep % len(a.modes):] + a.modes[:rep % len(a.modes)]

@@ -73,7 +73,8 @@ class RangeTiming:
 
     def describe(self) -> str:
         worker = f" (a fresh worker: its imports ended {self.imports:.3f} s after the submit)" if self.fresh else ""
-        return (f"{self.total:.3f} s from submit to commit: queued {self.queued:.3f} s{worker}, plan {self.plan:.3f} s, "
+        return (f"{self.total:.3f} s from submit to commit: queued {self.queued:.3f} s{worker}, "
+                f"plan {self.plan:.3f} s, "
                 f"read and steps {self.make:.3f} s, write {self.write:.3f} s, collect {self.collect:.3f} s, "
                 f"commit {self.commit:.3f} s")
 
