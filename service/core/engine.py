@@ -28,6 +28,10 @@ before it submits its task (:mod:`service.core.claims`); a key another gateway h
 watched until its cache row appears, or taken over if that gateway dies. ``claims=None``
 (tests of one engine) skips this.
 
+A first range should not wait for a worker: at start the engine readies a warm pool (one worker
+per CPU, its imports done), a submitted recipe has its remote source opened there
+(:meth:`Engine.ready_workers`), and each range's steps are timed (:attr:`Engine.timings`).
+
 The decisions (single flight, what to submit next, which plans to keep) are methods of
 :class:`~service.core._engine_state.EngineState`, which knows nothing of Ray; this module
 keeps the effects: a single collector thread runs the ``ray.wait`` loop, writer threads
