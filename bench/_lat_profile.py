@@ -17,7 +17,8 @@ the payload's side asks through a second shaped proxy of the same delay, with pl
     to byte   commit -> the first byte of the response at the payload
     transfer  first byte -> the whole first range at the payload (= its first batch)
 
-``--fresh`` starts a service for each run without the engine's warm pool (``warm_workers=False``,
+``--client`` times only the first batch of ``Client.stream`` (a new client, as a payload has:
+its listing and range 0 asked together). ``--fresh`` starts a service for each run without the engine's warm pool (``warm_workers=False``,
 no task run before): the first range meets fresh Ray workers. Otherwise one service per delay,
 its warm pool ready, runs ``--repeats`` cold ranges. Also timed: ``uproot.open`` of the file
 through the site proxy from this process (the open the worker repeats).
@@ -45,8 +46,21 @@ COLUMNS = ["nMuon", "Muon_pt", "Muon_eta", "Jet_pt"]
 STEPS = ["list", "gateway", "queued", "plan", "read", "write", "commit", "to_byte", "transfer"]
 
 
+def first_batch(gateway_url: str, token: str, rid: str) -> float:
+    """Seconds to the first batch of ``Client.stream`` (prefetch 4), a new client as a payload has."""
+    from vdata.client import Client
+
+    t0 = time.time()
+    with Client(gateway_url, token) as client:
+        batches = client.stream(rid, prefetch=4)
+        next(batches)
+        seconds = time.time() - t0
+        batches.close()
+    return seconds
+
+
 def one_range(core: Any, server: Any, gateway_url: str, site_url: str, name: str,
-              range_events: int) -> dict[str, float]:
+              range_events: int, client: bool = False) -> dict[str, float]:
     import httpx
 
     from service.core.cache import CacheKey
@@ -56,6 +70,8 @@ def one_range(core: Any, server: Any, gateway_url: str, site_url: str, name: str
         admin.post("/v1/datasets", json={"name": name, "paths": [site_url], "tree": "Events"}).raise_for_status()
         rid = admin.post("/v1/recipes", json={"source": {"dataset": name}, "columns": COLUMNS,
                                               "range_events": range_events}).json()["id"]
+    if client:
+        return {"total": first_batch(gateway_url, server.admin_token, rid)}
     with httpx.Client(base_url=gateway_url, headers=headers, timeout=120) as payload:
         t0 = time.time()
         payload.get(f"/v1/recipes/{rid}/ranges").raise_for_status()
@@ -110,9 +126,12 @@ def profile_rtt(file: Path, rtt_ms: float, args: argparse.Namespace, work: Path)
                         ShapedProxy("127.0.0.1", server.port, rtt, rate, "gateway") as gateway:
                     for rep in range(1 if args.fresh else args.repeats):
                         row = one_range(core, server, gateway.url, site_url, f"profile:{rtt_ms:g}:{start}:{rep}",
-                                        args.range_events)
+                                        args.range_events, args.client)
                         row.update(rtt_ms=rtt_ms, warmed=warmed, open=opened)
                         rows.append(row)
+                        if args.client:
+                            print(f"RTT {rtt_ms:>3g} ms: Client.stream's first batch {row['total']:.3f} s", flush=True)
+                            continue
                         print(f"RTT {rtt_ms:>3g} ms{' fresh' if args.fresh else ''}: " + ", ".join(
                             f"{k} {row[k]:.3f}" for k in [*STEPS, "total"]) + f" s (imports {row['imports']:.3f} s, "
                             f"open alone {opened:.3f} s, {row['mb']:.1f} MB)", flush=True)
@@ -131,6 +150,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fresh", action="store_true", help="a service per run, without the warm pool")
+    p.add_argument("--client", action="store_true",
+                   help="time only the first batch of vdata's Client.stream (its listing and range 0 asked together)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latency_profile.json")
     a = p.parse_args(argv)
     from latency import ensure_input
@@ -140,6 +161,11 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vlat-prof-", dir="/tmp") as work:
         for rtt in a.rtts:
             rows += profile_rtt(file, rtt, a, Path(work))
+    if a.client:
+        for rtt in a.rtts:
+            print(f"RTT {rtt:g} ms: Client.stream's first batch, median "
+                  f"{statistics.median(r['total'] for r in rows if r['rtt_ms'] == rtt):.3f} s")
+        return 0
     print("\nmedians (s):")
     print(f"{'RTT':>5} " + " ".join(f"{s:>8}" for s in [*STEPS, "total"]) + f" {'3RTT+xfer':>9}")
     for rtt in a.rtts:
