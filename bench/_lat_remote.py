@@ -39,6 +39,7 @@ def serve_main(argv: list[str]) -> None:
     p.add_argument("--num-cpus", type=int, default=4)
     p.add_argument("--max-in-flight", type=int, default=8)
     p.add_argument("--nice", type=int, default=10)
+    p.add_argument("--no-warm-pool", action="store_true", help="the engine's warm pool off (fresh Ray workers)")
     a = p.parse_args(argv)
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # Ray, uvicorn & co. must not write into the protocol
@@ -62,14 +63,16 @@ def serve_main(argv: list[str]) -> None:
         xsite = stack.enter_context(ShapedProxy("127.0.0.1", xrootd.port, rtt, rate, "xrootd-site"))
         settings = Settings(
             data_dir=Path(a.data_dir), port=0, num_cpus=a.num_cpus, object_store_bytes=300 * 1024**2,
-            allowed_url_prefixes=[site.url], max_in_flight=a.max_in_flight, log_level="warning",
-            ray_temp_dir=Path(a.data_dir) / "ray", max_inflight_per_token=16,
+            allowed_url_prefixes=[site.url, f"root://127.0.0.1:{xsite.url.rsplit(':', 1)[1]}/"],
+            max_in_flight=a.max_in_flight, log_level="warning", ray_temp_dir=Path(a.data_dir) / "ray",
+            max_inflight_per_token=16, engine={"warm_workers": not a.no_warm_pool},
         )
         server = stack.enter_context(BackgroundServer(settings))
+        warmed = server.app.state.core.engine.warmed.result(timeout=180)  # the warm pool ready (0: off)
         gateway = stack.enter_context(ShapedProxy("127.0.0.1", server.port, rtt, rate, "gateway"))
         xrootd_url = f"root://127.0.0.1:{xsite.url.rsplit(':', 1)[1]}//{file.name}"
         proto.write(json.dumps({"file_url": f"{site.url}/{file.name}", "xrootd_url": xrootd_url, "gateway": gateway.url,
-                                "gateway_direct": server.url, "token": server.admin_token}) + "\n")
+                                "gateway_direct": server.url, "token": server.admin_token, "warmed": warmed}) + "\n")
         for line in sys.stdin:
             cmd = line.strip()
             if cmd == "stats":
@@ -87,10 +90,15 @@ class Remote:
     """The remote process, seen from the benchmark: started, queried, always stopped."""
 
     def __init__(self, file: Path, data_dir: Path, rtt_ms: float, rate_mbit: float, num_cpus: int,
-                 log: Path, nice: int = 0) -> None:
+                 log: Path, nice: int = 0, cpus: str | None = None, warm_pool: bool = True) -> None:
+        """``cpus``: run the remote side (site, service, its Ray and workers) pinned to these CPUs
+        (``taskset -c``, e.g. ``"0"``); ``warm_pool``: the engine's warm pool of Ray workers."""
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--file", str(file), "--data-dir",
                str(data_dir), "--rtt-ms", str(rtt_ms), "--rate-mbit", str(rate_mbit), "--num-cpus", str(num_cpus), "--nice", str(nice)]
+        cmd += [] if warm_pool else ["--no-warm-pool"]
+        if cpus is not None:
+            cmd = ["taskset", "-c", cpus, *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, cwd=ROOT)
         try:

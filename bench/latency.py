@@ -37,6 +37,16 @@ Modes
 Each vdata run is **cold for the cache**: it registers the file under a new dataset name, so the
 recipe id (and every cache key) is new and the service has to read the site again; the Ray
 workers are warm (a warm-up recipe runs first after each service start), as in a running service.
+With ``--cold-workers`` no warm-up recipe runs: the workers are only those of the engine's warm pool
+(started and imported at the service's start, no file opened; ``--no-warm-pool``: fresh workers).
+
+Cases of issue 15: ``--cluster-events`` larger than ``--range-events`` (several ranges per ROOT
+cluster), ``--events 1000000``, ``--site xrootd`` (the vdata modes register the site's ``root://``
+URL instead of its HTTP one; ``direct-xrootd`` is the direct mode over it), and ``--pin`` (the
+payload on CPU 1, the remote side -- site, service, Ray and its workers -- on CPU 0, with
+``taskset``, as a deployment puts the service and the payload on separate cores). The table's
+``goal 1st`` is the issue's goal for the first batch: 3 RTT + the transfer of one range over the
+payload's link.
 The payload's wall clock starts when it asks for data (the uproot open, or the ``stream``/``fetch``
 calls that list the ranges) and stops after its last batch; service start-up, dataset
 registration, recipe submission and (for ``+stage``) the set-up time are outside it; in the
@@ -56,6 +66,9 @@ How to run
     .venv/bin/python bench/latency.py               # full grid: 500k events, RTT 0/20/50/100 ms, 5 and 20 us,
                                                     # median of 3 (about 20 min)
     .venv/bin/python bench/latency.py --quick       # 100k events, RTT 0 and 50 ms, one repeat
+    .venv/bin/python bench/latency.py --events 200000 --cluster-events 100000 --range-events 50000 \
+        --modes local direct stream stream+stage --payloads 20 --pin --cold-workers --num-cpus 2
+                                                    # issue 15's cold first batch, service and payload pinned
 """
 
 from __future__ import annotations
@@ -260,6 +273,12 @@ class Run:
         return self.cpu / max(1e-9, self.wall - self.first_batch)
 
 
+def first_batch_goal(row: dict[str, Any], rate_mbit: float) -> float:
+    """Issue 15's goal for the cold first batch: 3 RTT + the transfer of the first batch (one range:
+    the payload's link bytes over the number of ranges, at the link's rate)."""
+    return 3 * row["rtt_ms"] / 1000 + row["link_mb"] / max(row["ranges"], 1) * 8 / rate_mbit
+
+
 def ensure_input(events: int, chunk: int) -> tuple[Path, int]:
     """The generated file (reused when present) and its total nMuon (the payload's check)."""
     import numpy as np
@@ -286,7 +305,7 @@ def ensure_input(events: int, chunk: int) -> tuple[Path, int]:
 
 
 def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Path, iters_per_s: float,
-            range_events: int, prefetch: int, work: Path, nonce: str, setup_s: float) -> Run:
+            range_events: int, prefetch: int, work: Path, nonce: str, setup_s: float, site: str = "http") -> Run:
     from vdata.client import Client
 
     payload = Payload(us, iters_per_s)
@@ -295,8 +314,8 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     base = mode.removesuffix("+stage")
     if mode in VDATA_MODES:  # registration and submission: outside the payload's clock, unshaped
         admin = Client(remote.info["gateway_direct"], remote.info["token"])
-        name = f"latency:{nonce}:{mode}:{rtt:g}:{us:g}:{rep}"
-        admin.add_dataset(name, [remote.info["file_url"]], TREE)
+        name = f"latency:{nonce}:{mode.replace('+', '-')}:{rtt:g}:{us:g}:{rep}"
+        admin.add_dataset(name, [remote.info["xrootd_url" if site == "xrootd" else "file_url"]], TREE)
         info = admin.submit({"source": {"dataset": name}, "columns": COLUMNS, "range_events": range_events})
         extra.update(recipe=info.id, ranges=info.num_ranges)
         if mode != base:  # the workload system stages the first ranges when it assigns the work
@@ -321,7 +340,7 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     after = remote.stats()
     if admin is not None:
         admin.close()
-    prefix = "xsite" if mode == "direct-xrootd" else "site"
+    prefix = "xsite" if mode == "direct-xrootd" or (mode in VDATA_MODES and site == "xrootd") else "site"
     site = (after[f"{prefix}_up"] - before[f"{prefix}_up"]) + (after[f"{prefix}_down"] - before[f"{prefix}_down"])
     link = (after["gw_up"] - before["gw_up"]) + (after["gw_down"] - before["gw_down"])
     if mode in DIRECT_MODES:
@@ -353,7 +372,8 @@ def summarize(runs: list[Run], rtts: list[float], payloads: list[float], modes: 
                        "eff": med(g, "eff"), "eff_busy": med(g, "eff_busy"), "eff_ss": med(g, "eff_ss"),
                        "wall_s": med(g, "wall"), "first_batch_s": med(g, "first_batch"),
                        "site_mb": med(g, "site_bytes") / 1e6, "link_mb": med(g, "link_bytes") / 1e6,
-                       "eff_min": min(r.eff for r in g), "eff_max": max(r.eff for r in g)}
+                       "eff_min": min(r.eff for r in g), "eff_max": max(r.eff for r in g),
+                       "ranges": g[0].extra.get("ranges", 0)}
                 if m in VDATA_MODES:
                     row["direct_over_vdata_wall"] = direct_wall / row["wall_s"] if direct_wall else None
                     row["meets_target"] = row["eff"] >= TARGET and (local_eff is None or row["eff"] >= local_eff - 0.02)
@@ -364,7 +384,7 @@ def summarize(runs: list[Run], rtts: list[float], payloads: list[float], modes: 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'payload':>8} {'RTT':>5} {'mode':>13} {'eff':>6} {'busy':>6} {'eff_ss':>6} {'wall s':>7} "
-            f"{'1st s':>6} {'site MB':>8} {'link MB':>8} {'dir/vd':>7} {'target':>7}")
+            f"{'1st s':>6} {'goal 1st':>8} {'site MB':>8} {'link MB':>8} {'dir/vd':>7} {'target':>7}")
     print(head)
     print("-" * len(head))
     last = None
@@ -375,8 +395,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         last = key
         ratio = r.get("direct_over_vdata_wall")
         target = "" if "meets_target" not in r else ("met" if r["meets_target"] else "MISSED")
+        goal = f"{r['first_batch_goal_s']:.2f}" if "first_batch_goal_s" in r else ""
         print(f"{r['us_per_event']:>6g}us {r['rtt_ms']:>3g}ms {r['mode']:>13} {r['eff']:>6.3f} {r['eff_busy']:>6.3f} "
-              f"{r['eff_ss']:>6.3f} {r['wall_s']:>7.2f} {r['first_batch_s']:>6.2f} {r['site_mb']:>8.1f} "
+              f"{r['eff_ss']:>6.3f} {r['wall_s']:>7.2f} {r['first_batch_s']:>6.2f} {goal:>8} {r['site_mb']:>8.1f} "
               f"{r['link_mb']:>8.1f} {'' if ratio is None else f'{ratio:.2f}':>7} {target:>7}")
 
 
@@ -417,6 +438,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     p.add_argument("--rate-mbit", type=float, default=200.0)
     p.add_argument("--range-events", type=int, default=50_000)
+    p.add_argument("--cluster-events", type=int, default=None,
+                   help="events per ROOT cluster of the generated file (default: --range-events); larger than the "
+                        "ranges: several ranges per cluster")
+    p.add_argument("--site", choices=["http", "xrootd"], default="http",
+                   help="what the vdata modes register: the site's HTTP URL or its XRootD URL (root://)")
+    p.add_argument("--pin", action="store_true",
+                   help="taskset: the payload on CPU 1, the remote side (site, service, Ray and its workers) on CPU 0, "
+                        "as a deployment has them on separate cores")
+    p.add_argument("--cold-workers", action="store_true",
+                   help="no warm-up recipe after each service start: only the engine's warm pool is ready (workers "
+                        "have opened no file)")
+    p.add_argument("--no-warm-pool", action="store_true", help="the engine's warm pool off (with --cold-workers: "
+                                                               "the first range meets fresh Ray workers)")
     p.add_argument("--prefetch", type=int, default=4)
     p.add_argument("--num-cpus", type=int, default=4, help="CPUs of the service's embedded Ray")
     p.add_argument("--repeats", type=int, default=3)
@@ -429,11 +463,14 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.events, a.rtts, a.repeats, a.range_events = 100_000, [0, 50], 1, 20_000
+    cluster = a.cluster_events or a.range_events
     if "local" not in a.modes:
         a.modes = ["local", *a.modes]
     t_start = time.perf_counter()
 
-    file, nmuon_total = ensure_input(a.events, a.range_events)
+    file, nmuon_total = ensure_input(a.events, cluster)
+    if a.pin:  # the remote side is started under `taskset -c 0` (see Remote)
+        os.sched_setaffinity(0, {1})
     iters = calibrate()
     print(f"input {file.name} ({file.stat().st_size / 1e6:.1f} MB, {a.events:,} events); busy loop "
           f"{iters / 1e6:.0f}M iterations per CPU second; load average {os.getloadavg()[0]:.2f} (shared machine)",
@@ -445,15 +482,18 @@ def main(argv: list[str]) -> int:
         for rtt in a.rtts:
             t0 = time.perf_counter()
             with Remote(file, work / f"svc-{rtt:g}", rtt, a.rate_mbit, a.num_cpus, work / "remote.log",
-                        a.remote_nice) as remote:
-                warm_up(remote, a.range_events, nonce, rtt)
-                print(f"RTT {rtt:g} ms: remote side up and warm in {time.perf_counter() - t0:.1f} s", flush=True)
+                        a.remote_nice, "0" if a.pin else None, not a.no_warm_pool) as remote:
+                if not a.cold_workers:
+                    warm_up(remote, a.range_events, nonce, rtt)
+                print(f"RTT {rtt:g} ms: remote side up in {time.perf_counter() - t0:.1f} s (warm pool: "
+                      f"{remote.info.get('warmed', 0)} workers{'' if a.cold_workers else '; warm-up recipe run'})",
+                      flush=True)
                 for rep in range(a.repeats):
                     for us in a.payloads:
                         order = a.modes[rep % len(a.modes):] + a.modes[:rep % len(a.modes)]
                         for mode in order:
                             run = one_run(mode, rtt, us, rep, remote, file, iters, a.range_events, a.prefetch,
-                                          work, nonce, a.setup_seconds)
+                                          work, nonce, a.setup_seconds, a.site)
                             if run.events != a.events or run.extra["nmuon"] != nmuon_total:
                                 raise AssertionError(f"{mode} RTT {rtt} {us} us: {run.events} events, nMuon "
                                                      f"{run.extra['nmuon']}; expected {a.events}, {nmuon_total}")
@@ -468,12 +508,19 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = summarize(runs, a.rtts, a.payloads, a.modes)
+    for row in rows:
+        if row["mode"] in VDATA_MODES:
+            row["first_batch_goal_s"] = first_batch_goal(row, a.rate_mbit)
     elapsed = time.perf_counter() - t_start
     print()
     print(f"Payload CPU efficiency, {a.events:,} events, 4 columns, {a.range_events:,}-event ranges, "
+          f"{cluster:,}-event clusters, vdata reading the site over {a.site}, "
+          f"{'payload on CPU 1 and service on CPU 0 (taskset), ' if a.pin else ''}"
+          f"{'cold workers, ' if a.cold_workers else ''}{'no warm pool, ' if a.no_warm_pool else ''}"
           f"{a.rate_mbit:g} Mbit/s, prefetch {a.prefetch}, median of {a.repeats}; vdata runs cache-cold.")
     print("eff = payload CPU s / wall s; busy = s in busy loop / wall s; eff_ss = CPU / (wall - time to 1st batch);")
-    print("1st s = time to first batch; dir/vd = wall direct / wall vdata; target: eff >= 0.97 and >= local - 0.02.")
+    print("1st s = time to first batch; goal 1st = 3 RTT + the transfer of one range at the link's rate (issue 15);")
+    print("dir/vd = wall direct / wall vdata; target: eff >= 0.97 and >= local - 0.02.")
     print(f"Machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the end.")
     print()
     print_table(rows)

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.core.cache import CacheEntry, CacheKey
+from service.core.task import Steps
 from vdata.data.plans import Plan
 
-__all__ = ["WAIT", "EngineState", "Queued", "Running", "settle"]
+__all__ = ["WAIT", "EngineState", "Queued", "RangeTiming", "Running", "settle"]
 
 Queued = tuple[CacheKey, str]  # a range asked for and not submitted yet, with its recipe's JSON
 WAIT = "wait"  # why a range is made: a client waits for it (else the policy that made it ahead)
@@ -30,11 +31,52 @@ WAIT = "wait"  # why a range is made: a client waits for it (else the policy tha
 @dataclass(frozen=True, slots=True)
 class Running:
     """A submitted task: the range it makes, the temporary file it may write (None: it sends
-    the bytes back), and its attempt id, which names its time-limit marker."""
+    the bytes back), its attempt id, which names its time-limit marker, and when it was
+    submitted (``time.time``; 0 if not told)."""
 
     key: CacheKey
     temp: Path | None
     attempt: str
+    submitted: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RangeTiming:
+    """Where the seconds of one range went, from the engine's submit to its cache commit:
+    ``queued`` (Ray scheduled it: for a ``fresh`` worker, its start and imports, ``imports``
+    seconds of which came after the submit), ``plan`` (the worker's catalog and plan), ``make``
+    (read the source, run the steps), ``write`` (encode or write the file), ``collect`` (the
+    engine's loop saw it done), ``commit`` (the cache row and file committed)."""
+
+    key: CacheKey
+    queued: float
+    plan: float
+    make: float
+    write: float
+    collect: float
+    commit: float
+    fresh: bool = False
+    imports: float = 0.0
+    submitted: float = 0.0  # when (time.time)
+
+    @classmethod
+    def of(cls, key: CacheKey, submitted: float, steps: Steps, returned: float, committed: float) -> RangeTiming:
+        """From the stamps (``time.time``) of the engine and of the task's :class:`Steps`."""
+        imports = max(steps.imported - submitted, 0.0) if steps.fresh else 0.0
+        return cls(key, steps.started - submitted, steps.planned - steps.started, steps.made - steps.planned,
+                   steps.written - steps.made, returned - steps.written, committed - returned, steps.fresh, imports,
+                   submitted)
+
+    @property
+    def total(self) -> float:
+        return self.queued + self.plan + self.make + self.write + self.collect + self.commit
+
+    def describe(self) -> str:
+        worker = f" (a fresh worker: its imports ended {self.imports:.3f} s after the submit)" if self.fresh else ""
+        return (f"{self.total:.3f} s from submit to commit: queued {self.queued:.3f} s{worker}, "
+                f"plan {self.plan:.3f} s, "
+                f"read and steps {self.make:.3f} s, write {self.write:.3f} s, collect {self.collect:.3f} s, "
+                f"commit {self.commit:.3f} s")
 
 
 def settle(future: Future[CacheEntry], result: CacheEntry | None = None, exception: Exception | None = None) -> None:

@@ -28,6 +28,10 @@ before it submits its task (:mod:`service.core.claims`); a key another gateway h
 watched until its cache row appears, or taken over if that gateway dies. ``claims=None``
 (tests of one engine) skips this.
 
+A first range should not wait for a worker: at start the engine readies a warm pool (one worker
+per CPU, its imports done), a submitted recipe has its remote source opened there
+(:meth:`Engine.ready_workers`), and each range's steps are timed (:attr:`Engine.timings`).
+
 The decisions (single flight, what to submit next, which plans to keep) are methods of
 :class:`~service.core._engine_state.EngineState`, which knows nothing of Ray; this module
 keeps the effects: a single collector thread runs the ``ray.wait`` loop, writer threads
@@ -40,12 +44,14 @@ import hashlib
 import json
 import logging
 import math
+import os
 import pickle
 import re
 import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,8 +59,9 @@ from typing import Any
 
 import ray
 
-from service.core._engine_state import WAIT, EngineState, Running, settle
-from service.core.task import Hooks, Target, Written, no_space, over_time, run_dry, run_task
+from service.core._engine_state import WAIT, EngineState, RangeTiming, Running, settle
+from service.core.task import (Hooks, Steps, Target, Written, no_space, open_sources, over_time, run_dry, run_task,
+                               warm_up)
 from service.core.task_limits import Limits, marker_path, timed_out
 from service.core.engine_config import EngineConfig
 from service.core.ray_local import PrivateRay, dashboard_help
@@ -85,7 +92,7 @@ def _materialize_task(
     hooks: Hooks | None,
     limits: Limits | None = None,
     attempt: str | None = None,
-) -> tuple[str, bytes | Written | tuple[str, str], int, float, dict[str, Any] | None, str]:
+) -> tuple[str, bytes | Written | tuple[str, str], int, Steps, dict[str, Any] | None, str]:
     """Ray's entry point: :func:`run_task`, writing the file where the node sees the cache
     folder (the driver's node, or any node on a shared file system: :meth:`Target.reachable`),
     else returning the bytes. The node's id comes back with the result and the range's
@@ -118,6 +125,17 @@ def _dry_run_task(catalog_version: str, catalog_state: bytes, recipe_json: str, 
                   attempt: str) -> tuple[str, str] | None:
     """Ray's entry point of a recipe check's dry run: :func:`run_dry`."""
     return run_dry(catalog_version, catalog_state, recipe_json, limits, attempt)
+
+
+def _open_task(catalog_version: str, catalog_state: bytes, recipe_json: str) -> int:
+    """Ray's entry point of :meth:`Engine.ready_workers`: :func:`open_sources` in a worker."""
+    return open_sources(catalog_version, catalog_state, recipe_json)
+
+
+def _warm_up_task() -> tuple[int, float]:
+    """Ray's entry point of the warm-up (:meth:`Engine._warm_up`): :func:`warm_up` in a worker,
+    which thereby imports this module too; the worker's process id and when it had imported."""
+    return os.getpid(), warm_up()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -194,12 +212,15 @@ class Engine:
         self._private_ray: PrivateRay | None = None
         self._dry_task: Any = None  # the dry run's Ray task, once started
         self._calls: dict[Callable[..., Any], Any] = {}  # plain functions run by submit_call, as Ray tasks
+        self._open_task: Any = None  # the task that opens a recipe's sources in a worker, once started
         self.dashboard_url: str | None = None  # Ray's dashboard of the embedded Ray, when it runs one
         self._node_id = ""
         self.metrics: _Metrics | None = None
         self.claims: Claims | None = None  # single flight across gateways (set before start)
         self._recipes: dict[CacheKey, str] = {}  # the recipe JSON of keys another gateway makes
         self.made_on: dict[str, int] = {}  # node id -> ranges made there (this engine's life)
+        self.timings: deque[RangeTiming] = deque(maxlen=256)  # the steps of the last ranges made
+        self.warmed: Future[int] = Future()  # how many Ray workers the warm-up readied (see start)
         self.shipped = 0  # ranges whose bytes came through Ray's object store (no shared folder)
         self._folder_probe: tuple[str, str] | None = None  # see RangeCache.write_probe
         # Ray's head: where its GCS listens, whether it went away (why), when to try it again
@@ -244,12 +265,69 @@ class Engine:
             self._folder_probe = self.cache.write_probe()
         self._task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_materialize_task)
         self._dry_task = ray.remote(max_retries=self.config.max_retries, retry_exceptions=False)(_dry_run_task)
+        self._open_task = ray.remote(num_cpus=1, max_retries=0)(_open_task)
         self.metrics = _Metrics()
+        self._warm_up()
         self._collector = threading.Thread(target=self._collect, name="vdata-engine-collector", daemon=True)
         self._collector.start()
         if self.claims is not None:
             self.claims.start(self._made_elsewhere, self._claim_freed)
         return self
+
+    def _warm_up(self) -> None:
+        """Ready a warm pool of Ray workers: one no-op task per CPU of the cluster (at most
+        ``max_in_flight``), submitted together so that Ray starts that many workers at once, each
+        importing Numba, uproot, awkward, pyarrow and the task's modules before any range is asked
+        for (a fresh worker's start and imports otherwise delay the first range by seconds). Not
+        waited for: :attr:`warmed` resolves with the number of distinct workers readied; a range
+        asked for meanwhile waits for a worker, as it would for a fresh one."""
+        if not self.config.warm_workers:
+            self.warmed.set_result(0)
+            return
+        task = ray.remote(num_cpus=1, max_retries=0)(_warm_up_task)
+        refs = [task.options(name="vdata-warm-up").remote() for _ in range(self._pool_size())]
+        threading.Thread(target=self._warmed, args=(refs,), name="vdata-engine-warm-up", daemon=True).start()
+
+    def _pool_size(self) -> int:
+        """How many workers the warm pool has: one per CPU of the cluster, at most ``max_in_flight``."""
+        return max(1, min(int(ray.cluster_resources().get("CPU", 1)), self.config.max_in_flight))
+
+    def ready_workers(self, the_plan: Plan) -> int:
+        """Have each worker of the warm pool open the source file of the plan's first range
+        (:func:`~service.core.task.open_sources`), so that the first range, whichever worker
+        makes it, does not wait for the open's round trips; called when a recipe is submitted
+        (after its dry run), before anyone asks for a range. Not waited for; nothing is read
+        but the file's metadata. Returns how many tasks were submitted (0: nothing to open)."""
+        recipe = the_plan.recipe
+        if not self.config.warm_workers or recipe.is_generated or not the_plan.ranges or self._open_task is None \
+                or self._away is not None:
+            return 0
+        if not any(f.remote for f in self.catalog.dataset(recipe.source["dataset"]).files):
+            return 0  # a local file opens in a millisecond
+        version, state = self._catalog_state()
+        recipe_json = recipe.to_json()
+        refs = [self._open_task.options(name="vdata-open-sources").remote(version, state, recipe_json)
+                for _ in range(self._pool_size())]
+        threading.Thread(target=self._opened, args=(the_plan.id, refs), name="vdata-engine-open", daemon=True).start()
+        return len(refs)
+
+    def _opened(self, recipe_id: str, refs: list[Any]) -> None:
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the range's own task opens the file, and says what failed
+                log.info("a Ray worker could not open the source of %s ahead of its first range: %s", recipe_id,
+                         _short(exc))
+
+    def _warmed(self, refs: list[Any]) -> None:
+        pids: set[int] = set()
+        for ref in refs:
+            try:
+                pids.add(ray.get(ref)[0])
+            except Exception as exc:  # noqa: BLE001 - a worker not warmed only costs the first range time
+                log.info("a Ray worker's warm-up failed (the first ranges may wait for a worker start): %s",
+                         _short(exc))
+        self.warmed.set_result(len(pids))
 
     def _announce_dashboard(self, address: str | None, private: PrivateRay) -> None:
         """Log where the embedded Ray's dashboard answers and how to get its token (the
@@ -331,9 +409,13 @@ class Engine:
 
     def check(self, the_plan: Plan) -> None:
         """The recipe check's dry run (:func:`vdata.data.plans.dry_run`), in a Ray worker under
-        the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...)."""
-        if not the_plan.ops:
-            return  # no steps: nothing a dry run could find that reading a range would not
+        the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...). A
+        recipe that passed has its remote source opened in the warm pool (:meth:`ready_workers`)."""
+        if the_plan.ops:  # no steps: nothing a dry run could find that reading a range would not
+            self._dry_run(the_plan)
+        self.ready_workers(the_plan)
+
+    def _dry_run(self, the_plan: Plan) -> None:
         if self._dry_task is None:
             raise EngineError(f"cannot check {the_plan.id}: the engine is not running (its dry run needs Ray)")
         self.require_ray(f"the dry run of {the_plan.id}")
@@ -440,10 +522,11 @@ class Engine:
                 continue
             target = Target(self._node_id, str(temp), self._folder_probe) if temp is not None else None
             name = range_task_name(key, recipe_json, why)
+            submitted = time.time()
             ref = self._task.options(name=name).remote(version, state, recipe_json, key.range_index, key.format,
                                                        target, hooks, limits, attempt)
             with self._lock:
-                self._state.started(ref, Running(key, temp, attempt))
+                self._state.started(ref, Running(key, temp, attempt, submitted))
 
     def _claim(self, key: CacheKey, recipe_json: str, attempt: str) -> bool:
         """Whether this gateway makes ``key`` now (it claimed it); else the key is answered from
@@ -507,11 +590,12 @@ class Engine:
             if ready and pending:
                 more, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
                 ready += more
+            returned = time.time()
             for ref in ready:
                 with self._lock:
                     task = self._state.ended(ref)
                 # the next task is submitted while this range is committed
-                self._writers.submit(self._finish, ref, task.key, task.temp, task.attempt)
+                self._writers.submit(self._finish, ref, task, returned)
 
     # -- Ray's head and nodes --------------------------------------------------------------------
 
@@ -642,11 +726,12 @@ class Engine:
             self.shipped += 1
         return self.cache.put(key, payload, events, provenance)
 
-    def _finish(self, ref: Any, key: CacheKey, temp: Path | None, attempt: str) -> None:
+    def _finish(self, ref: Any, task: Running, returned: float) -> None:
         """Fetch a finished task's result, commit it to the cache, resolve the waiters. Every
         outcome resolves them: an unexpected error too (else they would wait out their timeout)."""
+        key, temp, attempt = task.key, task.temp, task.attempt
         try:
-            status, payload, events, seconds, made, node = ray.get(ref)
+            status, payload, events, steps, made, node = ray.get(ref)
             self._made_on(key, attempt, node, status)
             if status == "error":
                 raise rebuild(*payload)
@@ -654,7 +739,8 @@ class Engine:
             self._count("ranges", format=key.format)
             self._count("bytes", entry.size, format=key.format)
             if self.metrics is not None:
-                self.metrics.seconds.observe(seconds)
+                self.metrics.seconds.observe(steps.seconds)
+            self._timed(key, task.submitted, steps, returned)
         except Exception as exc:  # noqa: BLE001 - translated and handed to every waiter
             self._fail(key, temp, attempt, exc)
             return
@@ -665,6 +751,13 @@ class Engine:
             future = self._state.answer(key)
         if future is not None:
             settle(future, result=entry)
+
+    def _timed(self, key: CacheKey, submitted: float, steps: Steps, returned: float) -> None:
+        """Keep how long each step of a range took (:attr:`timings`, the last 256; a DEBUG record)."""
+        timing = RangeTiming.of(key, submitted, steps, returned, time.time())
+        with self._lock:
+            self.timings.append(timing)
+        log.debug("range %d of %s (%s): %s", key.range_index, key.recipe_id, key.format, timing.describe())
 
     def _made_on(self, key: CacheKey, attempt: str, node: str, status: str) -> None:
         """Record where a range was made (``made_on``, a DEBUG record with ``node_id``), note a

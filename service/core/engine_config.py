@@ -40,6 +40,9 @@ class EngineConfig(BaseModel):
                                   "temporary folder (removed at shutdown) when that path is too long for Unix sockets.")
     data_dir: str | None = Field(default=None, description="Embedded Ray's folder and token go here (the gateway sets its "
                                                            "data folder); None: a private temporary folder.")
+    warm_workers: bool = Field(
+        default=True, description="At start, ready one Ray worker per CPU (at most max_in_flight) with Numba, uproot and "
+                                  "awkward imported, so that the first range does not wait for a worker's start.")
     worker_writes: bool = Field(default=True, description="Tasks on the driver's node write the cache file; False: bytes always.")
     task_seconds: float | None = Field(
         default=300.0, gt=0, description="Wall seconds one materialization task may run on a Ray worker before it is "

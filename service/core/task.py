@@ -30,10 +30,52 @@ from vdata.data.plans import Plan, dry_run, materialize, plan
 from vdata.data.recipes import Recipe
 from vdata.provenance import describe, made
 
-__all__ = ["Hooks", "Target", "Written", "no_space", "over_time", "run_dry", "run_task", "write_temp"]
+__all__ = ["Hooks", "Steps", "Target", "Written", "no_space", "open_sources", "over_time", "run_dry", "run_task",
+           "warm_up", "write_temp"]
 
 _WORKER_CATALOGS: dict[str, Catalog] = {}
 _WORKER_PLANS: dict[str, Plan] = {}  # by recipe id, for the catalog version in _WORKER_CATALOGS
+_IMPORTED_AT = time.time()  # when this worker had imported this module (and with it Numba, uproot, awkward)
+_TASKS_RUN = 0  # tasks of any kind (warm-up included) this worker process ran: 0 at the first (a fresh worker)
+
+
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """When a task passed each step, in seconds since the epoch (``time.time``: comparable with the
+    driver's clock on one node): it started, had its plan (the catalog unpickled, the recipe
+    planned), had its table (the source read, the steps run) and had written or encoded it.
+    ``imported`` is when the worker had imported this module; ``fresh``: the worker's first task."""
+
+    imported: float
+    started: float
+    planned: float = 0.0
+    made: float = 0.0
+    written: float = 0.0
+    fresh: bool = False
+
+    @property
+    def seconds(self) -> float:
+        """The task's own time (0 for a task that failed before writing)."""
+        return max(self.written - self.started, 0.0)
+
+
+def warm_up() -> float:
+    """A no-op task that makes a Ray worker import what materializing needs (this module's
+    imports: Numba, uproot, awkward, pyarrow; Numba's and uproot's own lazy parts), so that the
+    first range does not pay for it. Returns when this worker had imported this module."""
+    import awkward  # noqa: F401 - imported for its side effect: the worker has it loaded
+    import numba  # noqa: F401
+    import uproot  # noqa: F401
+
+    _ran()
+    return _IMPORTED_AT
+
+
+def _ran() -> bool:
+    """Count a task of this worker; whether it was the worker's first (a fresh worker)."""
+    global _TASKS_RUN
+    _TASKS_RUN += 1
+    return _TASKS_RUN == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +142,25 @@ def write_temp(temp: str, table: pa.Table, fmt: str, provenance: str | None = No
         raise
 
 
+def open_sources(catalog_version: str, catalog_state: bytes, recipe_json: str) -> int:
+    """Make this worker ready for a recipe's first range: its catalog brought up to date, the
+    recipe planned, and the source file of the first range opened (for a remote file, the
+    round trips that read its header, streamers and tree metadata), so that the range's task
+    only reads baskets. No data are read. Returns the number of files it had to open (0: none,
+    or already open here)."""
+    _ran()
+    the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
+    recipe = the_plan.recipe
+    if recipe.is_generated or not the_plan.ranges or not the_plan.source_columns:
+        return 0
+    dataset = catalog.dataset(recipe.source["dataset"])
+    position, _, _ = dataset.locate(the_plan.ranges[0])
+    if position in dataset._handles:  # the dataset's open files (see Catalog.adopt_datasets)
+        return 0
+    dataset._tree(position)  # opens it, under the dataset's lock, as its first read would
+    return 1
+
+
 def _plan(catalog_version: str, catalog_state: bytes, recipe_json: str, check: bool = False) -> tuple[Plan, Catalog]:
     """The recipe's plan, unpickling the catalog once per version and planning once per recipe
     (``check``: plan it anew, for a recipe being checked rather than one checked already)."""
@@ -128,45 +189,48 @@ def run_task(
     hooks: Hooks | None,
     limits: Limits | None = None,
     attempt: str | None = None,
-) -> tuple[str, bytes | Written | tuple[str, str], int, float, dict[str, Any] | None]:
+) -> tuple[str, bytes | Written | tuple[str, str], int, Steps, dict[str, Any] | None]:
     """Materialize one range as the stored format ``fmt`` (:func:`~service.core.cache.stored_format`);
     write it to ``write_to`` if given, else encode it to bytes, within
     ``limits`` (see :mod:`service.core.task_limits`; ``attempt`` names the submission's marker file).
 
-    Returns (status, the bytes or the written file or (error class, message), events, seconds, the
-    range's provenance (:mod:`vdata.provenance`; None on an error)).
+    Returns (status, the bytes or the written file or (error class, message), events, the
+    :class:`Steps` it passed, the range's provenance (:mod:`vdata.provenance`; None on an error)).
     Errors meant for the user travel as values (no blind retries by Ray, no traceback)."""
-    start, started = time.perf_counter(), time.time()
+    started, fresh = time.time(), _ran()
+    failed = Steps(_IMPORTED_AT, started, fresh=fresh)
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)
-        return ("error", over_time(what, _range(index, recipe_json), _seconds(limits), "task_seconds_limit"),
-                0, time.perf_counter() - start, None)
+        return ("error", over_time(what, _range(index, recipe_json), _seconds(limits), "task_seconds_limit"), 0,
+                failed, None)
     if hooks is not None and hooks.start is not None:
         hooks.start(recipe_json, index)
     try:
         with TaskLimits(limits or Limits(), attempt) as guard:
             the_plan, catalog = _plan(catalog_version, catalog_state, recipe_json)
+            planned = time.time()
             table = materialize(the_plan, index, catalog, note=guard.note)
             record = describe(the_plan, index, catalog)
+            materialized = time.time()
             guard.note(f"writing range {index} of {the_plan.id} as {fmt}")
             if write_to is None:
                 result: bytes | Written = encode_table(table, *split_stored(fmt), provenance=record["id"])
             else:
                 result = write_temp(write_to, table, fmt, record["id"])
     except VdataError as exc:
-        return ("error", _error(exc, limits), 0, time.perf_counter() - start, None)
+        return ("error", _error(exc, limits), 0, failed, None)
     except MemoryError:
-        return ("error", _over_memory(_range(index, recipe_json), limits), 0, time.perf_counter() - start, None)
+        return ("error", _over_memory(_range(index, recipe_json), limits), 0, failed, None)
     except OSError as exc:
         if no_space(exc):
             return ("error", ("StorageFull", f"no space left to write {_range(index, recipe_json)} (the disk or quota of the cache "
-                              "folder is full): free space there or lower cache_budget_bytes"),
-                    0, time.perf_counter() - start, None)
+                              "folder is full): free space there or lower cache_budget_bytes"), 0, failed, None)
         raise
     if hooks is not None and hooks.written is not None:
         hooks.written(recipe_json, index)
-    seconds = time.perf_counter() - start
-    return ("ok", result, table.num_rows, seconds, made(record, started, seconds))
+    done = time.time()
+    steps = Steps(_IMPORTED_AT, started, planned, materialized, done, fresh)
+    return ("ok", result, table.num_rows, steps, made(record, started, done - started))
 
 
 def no_space(exc: OSError) -> bool:
@@ -181,6 +245,7 @@ def run_dry(
 ) -> tuple[str, str] | None:
     """The recipe check's dry run (:func:`vdata.data.plans.dry_run`) in this worker, within
     ``limits``: None if it passed, else (error class, message)."""
+    _ran()
     where = f"the dry run of {Recipe.from_json(recipe_json).id}"
     if attempt is not None and (what := timed_out(attempt)) is not None:
         marker_path(attempt).unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from concurrent.futures import Future
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,20 @@ def _range_url(rid: str, index: int, format: str, compression: str) -> httpx.URL
 def _file_bytes(body: pa.Buffer, format: str, compression: str) -> pa.Buffer:
     """What a range file holds: the body as it came, but Arrow as an IPC file, not a stream."""
     return arrow_file_bytes(body, compression) if format == "arrow" else body
+
+
+def _in_thread(fn: Callable[[int], pa.Table], index: int, stop: threading.Event) -> Future[pa.Table]:
+    """``fn(index)`` started now in a daemon thread (it stops early once ``stop`` is set)."""
+    future: Future[pa.Table] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(index))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"vdata-range-{index}", daemon=True).start()
+    return future
 
 
 class Client:
@@ -257,25 +272,44 @@ class Client:
         Up to ``prefetch`` ranges are fetched and decoded in background threads while the
         caller works on the current one (``0``: none, fetch on demand); memory holds at most
         ``prefetch + 1`` ranges. The recipe is submitted (if not an id) and its ranges listed
-        now; the data flows when iterated. Closing the iterator early (``break`` in a ``for``
-        loop, ``close()``, or dropping it) stops the background threads. ``compression``
-        (``"lz4"``, ``"zstd"``; Arrow only) makes the bodies smaller on the wire.
+        now; with ``prefetch`` > 0 the first range is asked for at once, beside the listing (its
+        first batch comes a round trip sooner), the rest flows when iterated. Closing the
+        iterator early (``break`` in a ``for`` loop, ``close()``, or dropping it) stops the
+        background threads. ``compression`` (``"lz4"``, ``"zstd"``; Arrow only) makes the bodies
+        smaller on the wire.
         """
         check_compression(compression, check_format(format))
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         rid = self._recipe_id(recipe_or_id)
-        return self._stream(rid, self.ranges(rid), format, compression, prefetch)
-
-    def _stream(self, rid: str, ranges: list[EventRange], format: str, compression: str,
-                prefetch: int) -> Generator[pa.RecordBatch, None, None]:
         stop = threading.Event()
+        load = self._loader(rid, format, compression, stop)
+        first = _in_thread(load, 0, stop) if prefetch else None
+        try:
+            ranges = self.ranges(rid)
+        except BaseException:
+            stop.set()
+            raise
+        if not ranges:
+            stop.set()  # no range 0: its request's answer (an error) is dropped
+        return self._stream(ranges, prefetch, stop, load, first)
 
-        def load(r: EventRange) -> pa.Table:
-            url = _range_url(rid, r.index, format, compression)
-            return self._range_table(url, f"{rid} range {r.index}", format, stop)
+    def _loader(self, rid: str, format: str, compression: str, stop: threading.Event) -> Callable[[int], pa.Table]:
+        def load(index: int) -> pa.Table:
+            return self._range_table(_range_url(rid, index, format, compression), f"{rid} range {index}", format, stop)
 
-        tables = ordered_prefetch(load, ranges, prefetch, stop)
+        return load
+
+    def _stream(self, ranges: list[EventRange], prefetch: int, stop: threading.Event, load: Callable[[int], pa.Table],
+                first: Future[pa.Table] | None) -> Generator[pa.RecordBatch, None, None]:
+        def table(r: EventRange) -> pa.Table:
+            nonlocal first
+            if first is None or r.index != 0:
+                return load(r.index)
+            taken, first = first, None  # held no longer than the pipeline holds it
+            return taken.result()
+
+        tables = ordered_prefetch(table, ranges, prefetch, stop)
         try:
             for table in tables:
                 yield from table.to_batches()

@@ -11,7 +11,8 @@ import json
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from transforms.errors import TransformsError, UnknownName
 from transforms.registry import Transform, get_transform
@@ -55,6 +56,26 @@ def dataset_fingerprint(ds: SourceDataset) -> str:
         "schema": ds.schema.serialize().to_pybytes().hex(),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _file_key(ds: SourceDataset, position: int) -> tuple[object, ...]:
+    f = ds.files[position]
+    return (f.path, ds.tree, f.entries, f.clusters, f.size, f.adler32, ds.schema.to_string())
+
+
+# The open files of a dataset are its own (``SourceDataset._handles``, opened under its lock); a
+# worker's catalog hands an open file to another dataset of the same file, read one task at a time.
+def _open_files(datasets: Iterable[SourceDataset]) -> dict[tuple[object, ...], tuple[Any, Any]]:
+    """(file, tree) handles of every file these datasets have open, by what identifies the file."""
+    return {_file_key(ds, position): handle for ds in datasets for position, handle in list(ds._handles.items())}
+
+
+def _share_open_files(ds: SourceDataset, opened: dict[tuple[object, ...], tuple[Any, Any]]) -> None:
+    """Let ``ds`` read through files already open (see :meth:`Catalog.adopt_datasets`)."""
+    for position in range(len(ds.files)):
+        handle = opened.get(_file_key(ds, position))
+        if handle is not None:
+            ds._handles.setdefault(position, handle)
 
 
 class Catalog:
@@ -121,11 +142,18 @@ class Catalog:
         A copy of the catalog (a Ray worker's, after any dataset was added) then keeps the files
         those datasets already opened instead of opening them again — for a remote file that
         is several round trips to read its header, streamers and tree metadata.
+        Where a dataset is new but one of ``other`` has the same file open (same path, tree,
+        entries, clusters and schema: a file registered again under another name, or shared by
+        two datasets), the new dataset reads through that open file too.
         """
         with self._lock:
             same = [name for name, fp in self._fingerprints.items() if other._fingerprints.get(name) == fp]
             for name in same:
                 self._datasets[name] = other._datasets[name]
+            opened = _open_files(other._datasets.values())
+            for name, ds in self._datasets.items():
+                if name not in same:
+                    _share_open_files(ds, opened)
         return same
 
     # -- transforms -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from service.core.engine import Engine, EngineConfig
 from service.errors import EngineError
 from vdata.formats import encode_table, read_table
 from service.core.jobs import JobStore
-from vdata.testing import KillOnce, assert_tables_equal
+from vdata.testing import KillOnce, RangeFileServer, assert_tables_equal, wait_until
 
 CONFIG = EngineConfig(max_in_flight=4, lookahead=3, max_retries=3)
 
@@ -68,6 +69,35 @@ def test_materializes_through_ray_and_caches(engine: Engine) -> None:
     counts = engine.metrics.counts
     assert counts["ranges:arrow"] >= 1 and not any(k.startswith("cache:") for k in counts)  # the gateway's
     assert counts["bytes:arrow"] >= entry.size
+
+
+def test_a_warm_pool_readies_workers_and_each_range_is_timed(engine: Engine) -> None:
+    assert engine.warmed.result(timeout=120) >= 1  # distinct Ray workers that imported what tasks need
+    recipe = zmumu(seed=12)
+    t0 = time.time()
+    engine.get(recipe, 1, "arrow", timeout=120)
+    wall = time.time() - t0
+    timing = next(t for t in engine.timings if t.key == CacheKey(recipe.id, 1, "arrow"))
+    parts = (timing.queued, timing.plan, timing.make, timing.write, timing.collect, timing.commit)
+    assert all(part >= 0 for part in parts) and timing.make > 0
+    assert t0 <= timing.submitted and timing.total <= wall
+    assert not timing.fresh  # made on a worker that had run a task before: the warm-up's
+
+
+def test_a_submitted_remote_recipe_has_its_file_opened_before_any_range_is_asked(
+    engine: Engine, shared_data: Path
+) -> None:
+    assert engine.warmed.result(timeout=120) >= 1
+    with RangeFileServer(shared_data) as site:
+        engine.catalog.add_dataset("remote:hzz", [f"{site.url}/uproot-HZZ.root"], "events")
+        recipe = Recipe.from_dict({"source": {"dataset": "remote:hzz"}, "columns": ["NMuon"], "range_events": 1000},
+                                  engine.catalog)
+        registered = site.requests
+        engine.check(engine.plan(recipe))  # what a submission does: no steps, no dry run
+        wait_until(lambda: site.requests > registered, timeout=60, message="the file opened in a worker")
+        entry = engine.get(recipe, 0, "arrow", timeout=120)
+        assert_tables_equal(read_table(entry.path, "arrow"), vdata.materialize(recipe, 0, engine.catalog))
+    assert engine.ready_workers(engine.plan(zmumu(seed=13))) == 0  # a generator opens no file
 
 
 def test_dataset_ranges_in_every_format(engine: Engine, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core._engine_state import EngineState, Running, settle
+from service.core._engine_state import EngineState, RangeTiming, Running, settle
+from service.core.task import Steps
 from service.core.cache import CacheEntry, CacheKey
 from service.errors import EngineError
 from vdata import Catalog, Recipe
@@ -214,3 +215,14 @@ def test_a_range_a_client_waits_for_is_submitted_before_ranges_made_ahead() -> N
     finish(state, "task-2")
     finish(state, "task-9")
     assert submit_all(state) == [key(0), key(1)]
+
+
+def test_a_range_timing_splits_submit_to_commit_into_its_steps() -> None:
+    steps = Steps(imported=101.5, started=102.0, planned=102.25, made=103.0, written=103.5, fresh=True)
+    timing = RangeTiming.of(key(0), submitted=100.0, steps=steps, returned=103.75, committed=104.0)
+    assert (timing.queued, timing.plan, timing.make, timing.write, timing.collect, timing.commit) == \
+        (2.0, 0.25, 0.75, 0.5, 0.25, 0.25)
+    assert timing.total == 4.0 and timing.imports == 1.5 and timing.submitted == 100.0
+    assert "fresh worker" in timing.describe() and "queued 2.000 s" in timing.describe()
+    warm = RangeTiming.of(key(0), 100.0, Steps(50.0, 100.5, 100.5, 101.0, 101.0), 101.0, 101.0)
+    assert warm.imports == 0.0 and not warm.fresh and "fresh" not in warm.describe()

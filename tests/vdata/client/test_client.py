@@ -310,6 +310,16 @@ def test_prefetch_overlaps_fetching_with_the_payload(client: Client, fake: FakeS
                        message=f"range {i + 1} fetched while the payload holds range {i}")
 
 
+def test_the_first_range_is_asked_for_beside_the_listing_and_only_once(client: Client, fake: FakeService) -> None:
+    """With prefetch, the first range's request leaves with the listing, before the payload
+    iterates (one round trip less before its first batch); it is not asked for again."""
+    batches = client.stream(RECIPE, prefetch=2)
+    wait_until(lambda: 0 in fake.served, timeout=30, message="range 0 answered before the first next()")
+    assert fake.range_requests == [(0, "arrow")]
+    assert_tables_equal(pa.Table.from_batches(list(batches)), fake.table)
+    assert sorted(fake.range_requests) == [(i, "arrow") for i in range(len(SIZES))]
+
+
 def test_without_prefetch_the_payload_waits_for_every_range(client: Client, fake: FakeService) -> None:
     """prefetch=0: a range is asked for only when the payload asks for it (no thread fetches ahead)."""
     for i, _ in enumerate(client.stream(RECIPE, prefetch=0)):
@@ -388,7 +398,7 @@ def test_busy_answers_are_retried(client: Client, fake: FakeService) -> None:
 
 def test_a_404_raises_service_error_with_the_detail_at_once(client: Client, fake: FakeService) -> None:
     with pytest.raises(ServiceError, match="no recipe 'vds-000000000000000000000000'") as info:
-        client.stream("vds-000000000000000000000000")
+        client.stream("vds-000000000000000000000000", prefetch=0)  # no range asked for beside the listing
     assert (info.value.status, info.value.error) == (404, "not_found")
     fake.statuses = [(404, "range 0 was deleted")]
     with pytest.raises(ServiceError, match="range 0 was deleted") as info:
