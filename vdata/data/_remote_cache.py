@@ -27,8 +27,8 @@ covers registration, the dry run and every worker's open as well.
   it waits for the rest in one order (so no two readers wait for each other) and reads them from
   the cache, or fetches what is still missing. A wait is bounded (``lock_timeout``): after it
   the reader fetches the range itself.
-- A cache that cannot be written (disk full, a locked index) makes reads slower, never wrong:
-  the bytes still come from the server.
+- A cache that cannot be written (disk full, an index locked past its timeout) makes reads
+  slower, never wrong: the bytes still come from the server.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import concurrent.futures
 import hashlib
 import logging
 import queue
-import sqlite3
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -45,8 +44,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import diskcache
-import filelock
 import uproot.source.chunk
 import uproot.source.coalesce
 import uproot.source.futures
@@ -60,7 +57,6 @@ log = logging.getLogger(__name__)
 HEADER_BYTES = 403  # uproot's first read of a file (begin_chunk_size): the ROOT file header
 STRIPES = 4096
 _TRAILER = struct.Struct("<QI")  # length, adler32 of the bytes before it
-_STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
 
 class ByteCache:
@@ -72,6 +68,14 @@ class ByteCache:
         self.budget = budget
         self.lock_timeout = lock_timeout
         (self.directory / "locks").mkdir(parents=True, exist_ok=True)
+        # here: only a node that caches remote bytes needs them (and SQLite, under diskcache)
+        import diskcache
+        import filelock
+
+        self._filelock = filelock
+
+        # what a full disk or an index locked past its timeout raise
+        self._errors: tuple[type[BaseException], ...] = (OSError, diskcache.Timeout)
         self._store = diskcache.Cache(str(self.directory / "store"), size_limit=budget,
                                       eviction_policy="least-recently-used")
 
@@ -83,7 +87,7 @@ class ByteCache:
     def get(self, key: str) -> bytes | None:
         try:
             value = self._store.get(key)
-        except _STORE_ERRORS as exc:
+        except self._errors as exc:
             log.warning("remote cache %s: cannot read an entry (%s)", self.directory, exc)
             return None
         if value is None:
@@ -96,11 +100,11 @@ class ByteCache:
     def put(self, key: str, data: bytes) -> None:
         try:
             self._store.set(key, data + _TRAILER.pack(len(data), adler32(data)))
-        except _STORE_ERRORS as exc:
+        except self._errors as exc:
             log.warning("remote cache %s: cannot keep %d bytes (%s)", self.directory, len(data), exc)
 
-    def _lock(self, stripe: int) -> filelock.FileLock:
-        return filelock.FileLock(self.directory / "locks" / f"{stripe:03x}.lock", thread_local=False)
+    def _lock(self, stripe: int) -> Any:
+        return self._filelock.FileLock(self.directory / "locks" / f"{stripe:03x}.lock", thread_local=False)
 
     def try_locks(self, stripes: set[int], stack: ExitStack) -> set[int]:
         """Take the stripes that are free now (released by ``stack``); the ones taken."""
@@ -109,7 +113,7 @@ class ByteCache:
             lock = self._lock(stripe)
             try:
                 lock.acquire(timeout=0)
-            except filelock.Timeout:
+            except self._filelock.Timeout:
                 continue
             stack.callback(lock.release)
             taken.add(stripe)
@@ -123,7 +127,7 @@ class ByteCache:
                 lock = self._lock(stripe)
                 try:
                     lock.acquire(timeout=self.lock_timeout)
-                except filelock.Timeout:
+                except self._filelock.Timeout:
                     continue
                 stack.callback(lock.release)
             yield

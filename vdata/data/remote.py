@@ -75,7 +75,8 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError,
 @dataclass(frozen=True, slots=True)
 class RemoteOptions:
     """Timeouts (seconds) for reading remote files, and the node's cache of their bytes: a folder
-    (``None``: no cache) and its budget in bytes; see the module docstring."""
+    (``None``: no cache; caching needs the ``remote-cache`` extra) and its budget
+    in bytes; see the module docstring."""
 
     connect_timeout: float = 10.0
     read_timeout: float = 30.0

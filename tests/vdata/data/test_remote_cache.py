@@ -6,7 +6,6 @@ two processes that ask for the same ranges at once make the server send them onc
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from vdata.testing import RangeFileServer, XRootDServer, assert_tables_equal
 
 ROOT = Path(__file__).resolve().parents[3]
 COLUMNS = ["nMuon", "Muon_pt", "Jet_pt", "MET_pt"]
+NANOAOD = "nanoAOD_2015_CMS_Open_Data_ttbar.root"  # 200 events, one cluster
 
 
 def read_all(url: str, remote: RemoteOptions, range_events: int = 2000) -> pa.Table:
@@ -53,24 +53,13 @@ def test_a_cached_read_equals_an_uncached_one_and_a_second_costs_the_header(site
         assert server.bytes_sent - uncached - cold == HEADER_BYTES  # the open's header: nothing else
 
 
-def test_root_urls_read_through_the_cache_too(site: Path, tmp_path: Path) -> None:
-    pytest.importorskip("XRootD")
-    from conftest import require_xrootd_server
-
-    require_xrootd_server()
-    folder = Path(shutil.copytree(site, Path("/tmp") / f"vdata-cache-{tmp_path.name}"))
-    try:
-        folder.chmod(0o755)  # xrootd runs as nobody
-        (folder / "events.root").chmod(0o644)
-        with XRootDServer(folder) as server:
-            url = f"{server.url}/events.root"
-            cached = RemoteOptions(cache_dir=str(tmp_path / "cache"))
-            local = read_all(str(site / "events.root"), RemoteOptions())
-            assert_tables_equal(read_all(url, cached), local, what="root:// cold cache")
-            assert_tables_equal(read_all(url, cached), local, what="root:// warm cache")
-        assert byte_cache(str(tmp_path / "cache"), cached.cache_bytes, 40.0).volume > 100_000
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def test_root_urls_read_through_the_cache_too(xrootd_server: XRootDServer, shared_data: Path, tmp_path: Path) -> None:
+    url = f"{xrootd_server.url}/{NANOAOD}"
+    cached = RemoteOptions(cache_dir=str(tmp_path / "cache"))
+    local = read_all(str(shared_data / NANOAOD), RemoteOptions(), range_events=50)
+    assert_tables_equal(read_all(url, cached, range_events=50), local, what="root:// cold cache")
+    assert byte_cache(str(tmp_path / "cache"), cached.cache_bytes, 40.0).volume > 100_000  # the baskets are kept
+    assert_tables_equal(read_all(url, cached, range_events=50), local, what="root:// warm cache")
 
 
 def test_a_rewritten_file_is_never_served_from_the_old_files_bytes(tmp_path: Path) -> None:
