@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     d_bytes, d_rows, d_s = counted(proxy, direct, url, step)
                     v_bytes, v_rows, v_s = counted(proxy, through_vdata, server.url, server.admin_token, url, step)
                     if d_rows != a.events or v_rows != a.events:
-                        raise RuntimeError(f"{proto} 1/{fraction}: rows direct {d_rows}, vdata {v_rows}, expected {a.events}")
+                        raise RuntimeError(f"{proto} 1/{fraction}: rows direct {d_rows}, vdata {v_rows}, "
+                                           f"expected {a.events}")
                     row = {"protocol": proto, "range": f"1/{fraction}", "range_events": step, "direct_bytes": d_bytes,
                            "vdata_bytes": v_bytes, "ratio": round(v_bytes / d_bytes, 3),
                            "direct_s": round(d_s, 2), "vdata_s": round(v_s, 2)}
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'protocol':8} {'range':6} {'direct MB':>10} {'vdata MB':>10} {'ratio':>6}")
     for r in results:
-        print(f"{r['protocol']:8} {r['range']:6} {r['direct_bytes'] / 1e6:10.2f} {r['vdata_bytes'] / 1e6:10.2f} {r['ratio']:6.2f}")
+        mb = r["direct_bytes"] / 1e6, r["vdata_bytes"] / 1e6
+        print(f"{r['protocol']:8} {r['range']:6} {mb[0]:10.2f} {mb[1]:10.2f} {r['ratio']:6.2f}")
     return report
 
 

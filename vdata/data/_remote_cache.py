@@ -158,7 +158,16 @@ def byte_cache(directory: str, budget: int, lock_timeout: float) -> ByteCache:
         return _caches[spec]
 
 
-_fetchers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="vdata-remote-cache")
+_fetchers: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _fetcher_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that wait for other readers' fetches and for the server (made on first use)."""
+    global _fetchers
+    with _caches_lock:
+        if _fetchers is None:
+            _fetchers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="vdata-remote-cache")
+        return _fetchers
 
 
 class CachedSource:
@@ -167,15 +176,23 @@ class CachedSource:
 
     ``vdata_cache``: (folder, budget in bytes, lock timeout in seconds), an option of ``uproot.open``."""
 
-    _file_path_orig: str
-
     def __init__(self, file_path: str, *, vdata_cache: tuple[str, int, float], **options: Any) -> None:
+        self._cache_spec = vdata_cache
         self._byte_cache = byte_cache(*vdata_cache)
         super().__init__(file_path, **options)  # type: ignore[call-arg]
-        self._url = file_path
         # the header identifies the file (module docstring): always from the server
         self._header = bytes(super().chunk(0, HEADER_BYTES).future.result())  # type: ignore[misc]
         self._identity = hashlib.sha256(file_path.encode() + b"\0" + self._header).hexdigest()[:32]
+
+    # uproot's fsspec sources pickle without their connections; this one without its cache
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.pop("_byte_cache", None)
+        return dict(state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]  (it replaces __dict__, then reopens)
+        self._byte_cache = byte_cache(*state["_cache_spec"])
 
     def _key(self, start: int, stop: int) -> str:
         return f"{self._identity}:{start}:{stop}"
@@ -187,10 +204,11 @@ class CachedSource:
             data = self._cached([(start, stop)])[0]
         return uproot.source.chunk.Chunk(self, start, stop, uproot.source.futures.TrivialFuture(data))
 
-    def chunks(self, ranges: list[tuple[int, int]], notifications: queue.Queue[Any]) -> list[uproot.source.chunk.Chunk]:
+    def chunks(self, ranges: list[tuple[int, int]],
+               notifications: queue.Queue[Any]) -> list[uproot.source.chunk.Chunk]:
         found = [self._byte_cache.get(self._key(start, stop)) for start, stop in ranges]
         missing = [r for r, data in zip(ranges, found) if data is None]
-        fetched = _fetchers.submit(self._cached, missing) if missing else None
+        fetched = _fetcher_pool().submit(self._cached, missing) if missing else None
         out, position = [], 0
         for (start, stop), data in zip(ranges, found):
             if data is not None:
@@ -206,11 +224,12 @@ class CachedSource:
     def _cached(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of ``ranges``, from the cache or, once per node, from the server."""
         keys = [self._key(start, stop) for start, stop in ranges]
+        unique = list(dict.fromkeys(keys))
         got: dict[str, bytes] = {}
         with ExitStack() as stack:  # first the stripes nobody holds: fetched together
-            taken = self._byte_cache.try_locks({stripe_of(k) for k in keys}, stack)
-            self._fill([k for k in keys if stripe_of(k) in taken], ranges, keys, got)
-        rest = [k for k in keys if k not in got]
+            taken = self._byte_cache.try_locks({stripe_of(k) for k in unique}, stack)
+            self._fill([k for k in unique if stripe_of(k) in taken], ranges, keys, got)
+        rest = [k for k in unique if k not in got]
         if rest:  # then those another reader holds: most are in the cache once it lets go
             with self._byte_cache.locks({stripe_of(k) for k in rest}):
                 self._fill(rest, ranges, keys, got)

@@ -145,3 +145,18 @@ def test_two_processes_asking_for_the_same_ranges_at_once_fetch_them_once(site: 
         assert [child.returncode for child in children] == [0, 0]
         assert results[0] == results[1] and results[0].startswith("10000 ")
         assert server.bytes_sent - alone == alone + HEADER_BYTES  # everything once, the header twice
+
+
+def test_a_pickled_cached_source_reads_through_the_same_cache(site: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from vdata.data import _uproot
+
+    with RangeFileServer(site) as server:
+        url = f"{server.url}/events.root"
+        source = _uproot.open_file(url, RemoteOptions(cache_dir=str(tmp_path / "cache"))).file.source
+        before = source.chunk(1000, 3000).raw_data.tobytes()
+        sent = server.bytes_sent
+        copy = pickle.loads(pickle.dumps(source))
+        assert copy.chunk(1000, 3000).raw_data.tobytes() == before
+        assert server.bytes_sent == sent  # the same open file (its header travels): the range came from the cache
