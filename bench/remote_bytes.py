@@ -7,8 +7,9 @@ delay, no rate cap). For each protocol and for ranges of 1/1, 1/2 and 1/5 of a c
 
 - **direct**: ``uproot.open(url)`` and ``iterate`` over the same 4 columns in steps of the range size;
 - **vdata**: a fresh gateway-side name for the file (a hard link: the node's remote byte cache
-  and the range cache are cold), registration, the recipe (check and dry run), then ``Client.stream``
-  of every range, through a real gateway (uvicorn, Ray with 2 CPUs) with its default settings.
+  and the range cache are cold), registration, the recipe (the same columns and one define, so
+  the recipe check's dry run reads the first range), then ``Client.stream`` of every range,
+  through a real gateway (uvicorn, Ray with 2 CPUs) with its default settings.
 
 Registration and submission are counted: they read the site too. The goal is vdata <= 1.1x direct.
 
@@ -55,7 +56,9 @@ def through_vdata(gateway: str, token: str, url: str, step: int) -> int:
     with Client(gateway, token) as client:
         name = f"bytes:{uuid.uuid4().hex[:8]}"
         client.add_dataset(name, [url], TREE)
-        info = client.submit({"source": {"dataset": name}, "columns": COLUMNS, "range_events": step})
+        # one define: its recipe check runs a dry run on the first range in a Ray worker
+        info = client.submit({"source": {"dataset": name}, "steps": [{"define": {"ptsum": "sum(Muon_pt)"}}],
+                              "columns": [*COLUMNS, "ptsum"], "range_events": step})
         return sum(batch.num_rows for batch in client.stream(info.id, format="arrow", prefetch=4))
 
 
