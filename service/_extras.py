@@ -27,6 +27,7 @@ INSTALL = "pip install 'vdata[server]'"
 SERVER_PACKAGES = {
     "ray": "ray",
     "filelock": "filelock",
+    "diskcache": "diskcache",  # the remote byte cache of the Ray workers (vdata/data/_remote_cache.py)
     "psutil": "psutil",
     "psycopg": "psycopg",
     "psycopg_pool": "psycopg-pool",
@@ -40,7 +41,7 @@ SERVER_PACKAGES = {
     "fsspec_xrootd": "fsspec-xrootd",
 }
 # What each subpackage imports of it (a Ray worker node runs service.core, not the gateway).
-CORE = ("ray", "filelock", "psutil", "psycopg", "psycopg_pool")
+CORE = ("ray", "filelock", "diskcache", "psutil", "psycopg", "psycopg_pool")
 HTTP = ("fastapi", "uvicorn", "pydantic", "pydantic_settings", "prometheus_client")
 
 __all__ = ["CORE", "HTTP", "INSTALL", "SERVER_PACKAGES", "missing", "require_server"]

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     allowed_url_prefixes: list[str] = Field(default_factory=list, description="Remote dataset URLs (http, https, root) must start with one of these. HTTP redirects are never followed (502), so no http(s) URL leads outside them; XRootD redirects (EOS, redirectors) are followed.")
     remote_connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Connecting to a remote source's server (502 naming the URL after). XRootD: a request may take connect + read timeout in all, rounded up to whole seconds.")
     remote_read_timeout_seconds: float = Field(default=30.0, gt=0, description="Longest wait for a remote source's answer or its next bytes (502 naming the URL after).")
+    remote_cache_dir: Path | None = Field(
+        default=None, description="Each node's cache of remote sources' byte ranges (file header, metadata, baskets), so "
+                                  "sibling ranges of a ROOT cluster, registration and the recipe check read each once per "
+                                  "node (default <data_dir>/remote-cache; a path every Ray node can write, on its own disk).")
+    remote_cache_bytes: int = Field(default=4 * 1024**3, ge=0, description="Budget of the remote byte cache, least recently used out first (0: no cache).")
     max_dataset_paths: int = Field(default=1000, ge=1, description="Most paths (files) of one dataset (400 above); a path may appear once.")
 
     # limits

@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -55,8 +56,10 @@ def _keep_signal_handlers() -> Iterator[None]:
 def core_config(settings: Settings) -> CoreConfig:
     """The core's configuration from the gateway's settings."""
     engine = settings.engine.model_copy(update={"data_dir": str(settings.data_dir)})
+    remote_cache = settings.remote_cache_dir or settings.data_dir / "remote-cache"
     remote = RemoteOptions(connect_timeout=settings.remote_connect_timeout_seconds,
-                           read_timeout=settings.remote_read_timeout_seconds)
+                           read_timeout=settings.remote_read_timeout_seconds,
+                           cache_dir=str(Path(remote_cache).resolve()), cache_bytes=settings.remote_cache_bytes)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
                       database_url=settings.database_url, remote=remote, cache_dir=settings.cache_dir,
                       cache_debris_seconds=settings.cache_debris_seconds, claim_seconds=settings.claim_seconds,

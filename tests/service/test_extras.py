@@ -22,7 +22,7 @@ PYPROJECT = tomllib.loads((PROJECT / "pyproject.toml").read_text())
 # What `pip install vdata` (no extras) does not bring: the [server] extra's packages and what
 # only they bring (starlette comes with fastapi). Not pydantic: typer (the CLI) depends on it.
 SERVER_ONLY = ("ray", "fastapi", "starlette", "uvicorn", "pydantic_settings", "prometheus_client",
-               "matplotlib", "psutil", "filelock", "psycopg", "psycopg_pool", "XRootD", "fsspec_xrootd")
+               "matplotlib", "psutil", "filelock", "diskcache", "psycopg", "psycopg_pool", "XRootD", "fsspec_xrootd")
 
 WITHOUT_SERVER = f"""
 import importlib.abc, sys
@@ -150,14 +150,17 @@ def third_party_imports(package: str) -> set[str]:
 BASE = requirement_names(PYPROJECT["project"]["dependencies"])
 SERVER = requirement_names(PYPROJECT["project"]["optional-dependencies"].get("server", []))
 XROOTD = requirement_names(PYPROJECT["project"]["optional-dependencies"].get("xrootd", []))
+REMOTE_CACHE = requirement_names(PYPROJECT["project"]["optional-dependencies"].get("remote-cache", []))
 # Packages the service imports that come with one it declares.
 BROUGHT = {"starlette": "fastapi", "anyio": "fastapi"}
 
 
 def test_the_base_install_declares_what_vdata_and_transforms_import() -> None:
-    """Only the XRootD client is optional (the xrootd extra, imported for root:// reads alone)."""
-    assert third_party_imports("vdata") | third_party_imports("transforms") <= BASE | XROOTD
+    """Only the XRootD client (the xrootd extra, imported for root:// reads alone) and the remote
+    byte cache (the remote-cache extra, imported when a cache folder is set) are optional."""
+    assert third_party_imports("vdata") | third_party_imports("transforms") <= BASE | XROOTD | REMOTE_CACHE
     assert XROOTD and not XROOTD & BASE and XROOTD <= SERVER  # Ray workers read root:// sources
+    assert REMOTE_CACHE and not REMOTE_CACHE & BASE and REMOTE_CACHE <= SERVER  # ... through the cache
     assert not SERVER & BASE
 
 

@@ -185,31 +185,68 @@ def _read(tree: Any, names: list[str], start: int | None, stop: int | None) -> a
 
 
 def survey(tree: Any, path: str) -> ColumnSurvey:
-    """Find which columns of a tree read, with an empty read (no baskets are fetched)."""
+    """Find which columns of a tree read, and their Arrow types.
+
+    A TTree column of numbers, jagged numbers or strings (:func:`_is_plain`) gets its type from
+    its interpretation: no basket is read, which for a remote file is most of what registering it
+    would otherwise fetch (the first basket of every column). Other columns (objects, and RNTuple
+    fields) are read empty, which fetches their first basket: some fail only then."""
     candidates, groups = _candidates(tree)
-    unreadable: dict[str, str] = {}
+    plain = set() if is_rntuple(tree) else {name for name in candidates if _is_plain(tree, name)}
+    readable, unreadable = _read_empty(tree, path, [c for c in candidates if c not in plain])
+    schema = {**_arrow_fields(_empty_of(tree, [c for c in candidates if c in plain])), **_arrow_fields(readable)}
+    columns = [c for c in candidates if c in schema]
+    named = set(columns) | set(unreadable) | set(groups)
+    paths = {a: c for a, c in aliases(tree).items() if c in named and a not in named}
+    return ColumnSurvey(columns, pa.schema([schema[c] for c in columns]), unreadable, groups, paths)
+
+
+_PLAIN = (uproot.interpretation.numerical.AsDtype, uproot.interpretation.jagged.AsJagged,
+          uproot.interpretation.strings.AsStrings)
+
+
+def _is_plain(tree: Any, name: str) -> bool:
+    """A column whose bytes are numbers (offsets and numbers, strings): nothing in them can fail to read."""
     try:
-        empty = _read(tree, candidates, 0, 0)
+        return isinstance(tree[name].interpretation, _PLAIN)
+    except INTERPRETATION_ERRORS:
+        return False
+
+
+def _empty_of(tree: Any, names: list[str]) -> ak.Array:
+    """What reading no entries of ``names`` gives, from their interpretations alone."""
+    forms = [tree[name].interpretation.awkward_form(tree.file) for name in names]
+    return ak.Array(ak.forms.RecordForm(forms, names).length_zero_array())
+
+
+def _arrow_fields(arrays: ak.Array) -> dict[str, pa.Field]:
+    if not arrays.fields:
+        return {}
+    return {field.name: field for field in to_arrow(arrays).schema}
+
+
+def _read_empty(tree: Any, path: str, candidates: list[str]) -> tuple[ak.Array, dict[str, str]]:
+    """An empty read of ``candidates`` (their first baskets are fetched), and the columns that fail."""
+    unreadable: dict[str, str] = {}
+    if not candidates:
+        return ak.Array(ak.forms.RecordForm([], []).length_zero_array()), unreadable
+    try:
+        return _read(tree, candidates, 0, 0), unreadable
     except NETWORK_ERRORS as exc:
         raise _remote_error(path, exc) from exc
     except INTERPRETATION_ERRORS:
-        # isolate the columns uproot cannot interpret, one by one
-        good = []
-        for name in candidates:
-            try:
-                _read(tree, [name], 0, 0)
-                good.append(name)
-            except NETWORK_ERRORS as exc:
-                raise _remote_error(path, exc) from exc
-            except INTERPRETATION_ERRORS:
-                unreadable[name] = root_type(tree, name)
-        candidates = good
-        empty = _read(tree, candidates, 0, 0)
-    table = to_arrow(empty)
-    columns = [c for c in candidates if c in table.column_names]
-    named = set(columns) | set(unreadable) | set(groups)
-    paths = {a: c for a, c in aliases(tree).items() if c in named and a not in named}
-    return ColumnSurvey(columns, table.select(columns).schema, unreadable, groups, paths)
+        pass
+    # isolate the columns uproot cannot interpret, one by one
+    good = []
+    for name in candidates:
+        try:
+            _read(tree, [name], 0, 0)
+            good.append(name)
+        except NETWORK_ERRORS as exc:
+            raise _remote_error(path, exc) from exc
+        except INTERPRETATION_ERRORS:
+            unreadable[name] = root_type(tree, name)
+    return _read(tree, good, 0, 0), unreadable
 
 
 def read_window(

@@ -29,6 +29,11 @@ minutes (``StreamErrorWindow``): a source that restarts is readable again at onc
 The XRootD client follows an XRootD redirect (federations and redirectors rely on them); the
 ``allowed_url_prefixes`` check is on the URL registered.
 
+With ``cache_dir`` set (the service sets it: ``remote_cache_dir``), every byte range uproot
+reads of an http(s) or root:// file goes through the node's cache of remote bytes
+(:mod:`vdata.data._remote_cache`): sibling ranges of one ROOT cluster, registration, the recipe
+check's dry run and every worker's open read each range from the server once per node.
+
 Every network failure (connection refused, DNS, HTTP 4xx/5xx, XRootD errors, truncated bodies,
 timeouts, the refusals above) becomes a :class:`~vdata.errors.RemoteReadError` naming the URL, through
 :func:`network_error` — the service answers it with 502. The options travel with each
@@ -41,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +55,7 @@ import fsspec.asyn
 import fsspec.implementations.cached
 import uproot.source.fsspec
 
+from vdata.data._remote_cache import CachedSource
 from vdata.errors import RemoteReadError
 
 __all__ = ["NETWORK_ERRORS", "RemoteOptions", "is_not_found", "network_error", "require_xrootd"]
@@ -67,16 +74,34 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError,
 
 @dataclass(frozen=True, slots=True)
 class RemoteOptions:
-    """Timeouts (seconds) for reading remote files; see the module docstring."""
+    """Timeouts (seconds) for reading remote files, and the node's cache of their bytes: a folder
+    (``None``: no cache; caching needs the ``remote-cache`` extra) and its budget
+    in bytes; see the module docstring."""
 
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    cache_dir: str | None = None
+    cache_bytes: int = 4 * 1024**3
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"RemoteOptions.{name} must be a positive number of seconds, got {value!r}")
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
+            raise ValueError(f"RemoteOptions.cache_bytes must be a number of bytes >= 0, got {self.cache_bytes!r}")
+
+    @property
+    def cached(self) -> bool:
+        """Remote reads go through the node's byte cache (:mod:`vdata.data._remote_cache`)."""
+        return self.cache_dir is not None and self.cache_bytes > 0
+
+    def _cache_option(self) -> dict[str, Any]:
+        # a reader waits for another's fetch at most as long as that fetch may take
+        spec = (self.cache_dir, self.cache_bytes, self.connect_timeout + self.read_timeout)
+        return {"vdata_cache": spec} if self.cached else {}
 
     @property
     def xrootd_timeout(self) -> int:
@@ -88,12 +113,14 @@ class RemoteOptions:
         if path.startswith(XROOTD_SCHEME):
             require_xrootd()
             # timeout: passed by fsspec to XRootDFileSystem, which gives it to every request
-            return {"handler": _XRootDSource, "timeout": self.xrootd_timeout}
+            handler = _CachedXRootDSource if self.cached else _XRootDSource
+            return {"handler": handler, "timeout": self.xrootd_timeout, **self._cache_option()}
         if not path.startswith(HTTP_SCHEMES):
             return {}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
         return {
-            "handler": _HTTPSource,
+            "handler": _CachedHTTPSource if self.cached else _HTTPSource,
+            **self._cache_option(),
             # passed by fsspec to every request of the file
             "allow_redirects": False,
             # passed by fsspec to its aiohttp.ClientSession
@@ -204,6 +231,14 @@ class _XRootDSource(uproot.source.fsspec.FSSpecSource):
     def _open(self) -> None:
         super()._open()
         self._fs = _FreshHandles(self._fs)
+
+
+class _CachedHTTPSource(CachedSource, _HTTPSource):
+    """:class:`_HTTPSource` through the node's byte cache."""
+
+
+class _CachedXRootDSource(CachedSource, _XRootDSource):
+    """:class:`_XRootDSource` through the node's byte cache."""
 
 
 async def _check_response(response: aiohttp.ClientResponse) -> None:
