@@ -197,8 +197,9 @@ class AccelRedirectResponse(Response):
     :data:`ACCEL_GRACE_SECONDS` longer: nginx opens it within milliseconds, and once it is open an
     eviction's unlink no longer matters. Should nginx still come late, it answers 404 and the
     client asks again. Meanwhile the adler32 is checked here, in a worker thread: a damaged file
-    reaches the client once (which rejects it by ``X-Vdata-Adler32``) and is dropped, so the next
-    request materializes the range again.
+    reaches the client (which rejects it by ``X-Vdata-Adler32``) and is dropped once the grace is
+    over (dropped at once, nginx could find it gone: a 404 instead of the bytes the client
+    rejects and asks again for), so a request after that materializes the range again.
     """
 
     def __init__(self, opened: _Open, prefix: str, on_done: Callable[[int, bool], None]) -> None:
@@ -222,21 +223,25 @@ class AccelRedirectResponse(Response):
                     finally:
                         self.on_done(self.opened.entry.size if sent else 0, damaged)
                     await anyio.sleep(ACCEL_GRACE_SECONDS - (anyio.current_time() - started))
+                    if damaged:  # dropped only now: nginx may not have opened the file yet (it would 404)
+                        await anyio.to_thread.run_sync(self._drop)
                 finally:
                     await anyio.to_thread.run_sync(self.opened.stack.close)
 
     def _check(self) -> bool:
-        """Read the open file through, and drop the entry if its adler32 does not match; True if it did not."""
+        """Read the open file through; True if its adler32 does not match the recorded one."""
         entry, checksum = self.opened.entry, 1
         buffer = memoryview(bytearray(CHUNK_BYTES))  # one buffer, reused: nothing else holds it
         while n := self.opened.file.readinto(buffer):
             checksum = adler32(buffer[:n], checksum)
         if checksum == entry.adler32:
             return False
-        if self.opened.cache.drop_if_damaged(entry.key):
-            log.error("cache file %s (%s) was damaged (adler32 %s, %s recorded); handed to nginx, then dropped",
-                      entry.path, entry.key, adler32_hex(checksum), adler32_hex(entry.adler32))
+        log.error("cache file %s (%s) is damaged (adler32 %s, %s recorded); handed to nginx, dropped after %g s",
+                  entry.path, entry.key, adler32_hex(checksum), adler32_hex(entry.adler32), ACCEL_GRACE_SECONDS)
         return True
+
+    def _drop(self) -> None:
+        self.opened.cache.drop_if_damaged(self.opened.entry.key)
 
 
 def _read_ahead(core: Core, plan: Plan, index: int, fmt: str, n: int) -> None:
