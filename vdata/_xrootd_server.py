@@ -32,6 +32,7 @@ from typing import Self
 
 __all__ = ["XROOTD_BINARY", "XRootDServer"]
 
+SETPRIV = "/usr/bin/setpriv"  # util-linux: xrootd as another user, started by vfork (see start)
 XROOTD_BINARY = shutil.which("xrootd") or "/usr/bin/xrootd"
 
 _CONFIG = """\
@@ -81,7 +82,11 @@ class XRootDServer:
         config.write_text(_CONFIG.format(root=self.root, port=self.port, run=self._run))
         argv = [XROOTD_BINARY, "-c", str(config), "-I", "v4", "-n", f"vdata{self.port}",
                 "-l", str(self._run / "xrootd.log"), "-s", str(self._run / "xrootd.pid")]
-        self.proc = subprocess.Popen(argv, user=user, cwd=self._run, stdin=subprocess.DEVNULL,
+        if user is not None:
+            # setpriv, not Popen(user=...): that makes Python fork() instead of vfork(), which runs
+            # the XRootD client's fork handlers in this (reading) process: a deadlock seen here
+            argv = [SETPRIV, f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", *argv]
+        self.proc = subprocess.Popen(argv, cwd=self._run, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_listening(deadline=time.monotonic() + 30)

@@ -140,6 +140,11 @@ def require_xrootd() -> None:
     XRootD.client.EnvPutInt("TimeoutResolution", 1)
     XRootD.client.EnvPutInt("ConnectionRetry", 1)
     XRootD.client.EnvPutInt("StreamErrorWindow", 0)
+    # No fork handler: XRootD's locks each of its objects before a fork() of this process, and a
+    # client thread that holds one while its Python callback waits for the GIL (held by the thread
+    # that forks) deadlocks the fork (seen: a subprocess started while a read was in flight). A
+    # forked child here execs at once or does not read root:// (Ray starts workers afresh).
+    XRootD.client.EnvPutInt("RunForkHandler", 0)
 
 
 def _installed(name: str) -> bool:
