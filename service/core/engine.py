@@ -315,6 +315,8 @@ class Engine:
         for ref in refs:
             try:
                 ray.get(ref)
+            except SystemExit:  # Ray's driver shut down meanwhile (the engine stopped): nothing to wait for
+                return
             except Exception as exc:  # noqa: BLE001 - the range's own task opens the file, and says what failed
                 log.info("a Ray worker could not open the source of %s ahead of its first range: %s", recipe_id,
                          _short(exc))
@@ -324,6 +326,8 @@ class Engine:
         for ref in refs:
             try:
                 pids.add(ray.get(ref)[0])
+            except SystemExit:  # Ray's driver shut down meanwhile (the engine stopped before the pool was warm)
+                break
             except Exception as exc:  # noqa: BLE001 - a worker not warmed only costs the first range time
                 log.info("a Ray worker's warm-up failed (the first ranges may wait for a worker start): %s",
                          _short(exc))
