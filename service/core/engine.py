@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray._private import auto_init_hook
 
 from service.core._engine_state import WAIT, EngineState, RangeTiming, Running, settle
 from service.core.task import (Hooks, Steps, Target, Written, no_space, open_sources, over_time, run_dry, run_task,
@@ -75,6 +76,13 @@ from vdata.data.plans import Plan, plan
 from vdata.data.recipes import Recipe
 
 __all__ = ["Engine", "EngineConfig"]
+
+
+# Ray's auto-init: a ray.get after ray.shutdown() (a background thread of an engine that just
+# stopped) would start a fresh local Ray in this process, none of vdata's settings (loopback,
+# token), and the process exits when that stray Ray is stopped under it (seen: a test process
+# gone with "not properly terminated"). vdata starts Ray only in Engine.start.
+auto_init_hook.enable_auto_connect = False
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +322,8 @@ class Engine:
     def _opened(self, recipe_id: str, refs: list[Any]) -> None:
         for ref in refs:
             try:
+                if not ray.is_initialized():
+                    return  # the engine stopped meanwhile
                 ray.get(ref)
             except SystemExit:  # Ray's driver shut down meanwhile (the engine stopped): nothing to wait for
                 return
@@ -325,6 +335,8 @@ class Engine:
         pids: set[int] = set()
         for ref in refs:
             try:
+                if not ray.is_initialized():
+                    break  # the engine stopped before the pool was warm
                 pids.add(ray.get(ref)[0])
             except SystemExit:  # Ray's driver shut down meanwhile (the engine stopped before the pool was warm)
                 break
