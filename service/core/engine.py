@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,7 @@ class Engine:
         self._dry_task: Any = None  # the dry run's Ray task, once started
         self._calls: dict[Callable[..., Any], Any] = {}  # plain functions run by submit_call, as Ray tasks
         self._open_task: Any = None  # the task that opens a recipe's sources in a worker, once started
+        self._waiters: list[threading.Thread] = []  # threads waiting for warm-up/open results (joined at shutdown)
         self.dashboard_url: str | None = None  # Ray's dashboard of the embedded Ray, when it runs one
         self._node_id = ""
         self.metrics: _Metrics | None = None
@@ -294,7 +295,7 @@ class Engine:
             return
         task = ray.remote(num_cpus=1, max_retries=0)(_warm_up_task)
         refs = [task.options(name="vdata-warm-up").remote() for _ in range(self._pool_size())]
-        threading.Thread(target=self._warmed, args=(refs,), name="vdata-engine-warm-up", daemon=True).start()
+        self._background(self._warmed, refs, name="vdata-engine-warm-up")
 
     def _pool_size(self) -> int:
         """How many workers the warm pool has: one per CPU of the cluster, at most ``max_in_flight``."""
@@ -316,34 +317,44 @@ class Engine:
         recipe_json = recipe.to_json()
         refs = [self._open_task.options(name="vdata-open-sources").remote(version, state, recipe_json)
                 for _ in range(self._pool_size())]
-        threading.Thread(target=self._opened, args=(the_plan.id, refs), name="vdata-engine-open", daemon=True).start()
+        self._background(self._opened, the_plan.id, refs, name="vdata-engine-open")
         return len(refs)
 
     def _opened(self, recipe_id: str, refs: list[Any]) -> None:
-        for ref in refs:
-            try:
-                if not ray.is_initialized():
-                    return  # the engine stopped meanwhile
-                ray.get(ref)
-            except SystemExit:  # Ray's driver shut down meanwhile (the engine stopped): nothing to wait for
-                return
-            except Exception as exc:  # noqa: BLE001 - the range's own task opens the file, and says what failed
+        for error in self._results(refs):
+            if isinstance(error, Exception):  # the range's own task opens the file, and says what failed
                 log.info("a Ray worker could not open the source of %s ahead of its first range: %s", recipe_id,
-                         _short(exc))
+                         _short(error))
 
     def _warmed(self, refs: list[Any]) -> None:
         pids: set[int] = set()
-        for ref in refs:
-            try:
-                if not ray.is_initialized():
-                    break  # the engine stopped before the pool was warm
-                pids.add(ray.get(ref)[0])
-            except SystemExit:  # Ray's driver shut down meanwhile (the engine stopped before the pool was warm)
-                break
-            except Exception as exc:  # noqa: BLE001 - a worker not warmed only costs the first range time
+        for result in self._results(refs):
+            if isinstance(result, Exception):  # a worker not warmed only costs the first range time
                 log.info("a Ray worker's warm-up failed (the first ranges may wait for a worker start): %s",
-                         _short(exc))
+                         _short(result))
+            else:
+                pids.add(result[0])
         self.warmed.set_result(len(pids))
+
+    def _results(self, refs: list[Any]) -> Iterator[Any]:
+        """Each ref's value (or its exception) as it comes, until the engine stops: in short
+        ray.wait rounds, never blocked in ray.get when :meth:`shutdown` stops Ray (Ray's driver
+        ended the process when shut down under a thread blocked in a get)."""
+        pending = list(refs)
+        while pending and not self._stop.is_set():
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in done:
+                try:
+                    yield ray.get(ref)  # ready: returns at once
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    yield exc
+
+    def _background(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        """A thread that waits for Ray results; :meth:`shutdown` joins it before stopping Ray."""
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            self._waiters = [t for t in self._waiters if t.is_alive()] + [thread]
+        thread.start()
 
     def _announce_dashboard(self, address: str | None, private: PrivateRay) -> None:
         """Log where the embedded Ray's dashboard answers and how to get its token (the
@@ -384,6 +395,10 @@ class Engine:
         self._wake.set()
         if self._collector is not None:
             self._collector.join(timeout=10)
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for thread in waiters:
+            thread.join(timeout=5)
         self._writers.shutdown(wait=True)
         if self.claims is not None:
             self.claims.stop()  # releases what this gateway still holds: another takes it at once
