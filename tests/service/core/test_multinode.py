@@ -22,7 +22,7 @@ import pytest
 import vdata
 from service.core.cache import CacheKey, RangeCache
 from service.core.db import Database
-from service.core.engine import Engine, EngineConfig
+from service.core.engine import _KV_PREFIX, Engine, EngineConfig
 from vdata import Catalog, Recipe
 from vdata.data.plans import plan
 from vdata.formats import encode_table
@@ -142,6 +142,9 @@ def test_a_node_killed_mid_job_costs_a_bounded_stall_and_each_range_is_made_once
                        message="ranges made on both nodes")
             node = next(n for n in cluster.worker_nodes)  # type: ignore[attr-defined]
             victim_id = node.node_id
+            # and until a range runs there now (its task's note in Ray's key-value store), or on a
+            # loaded machine the node may be between ranges when it dies: no range to lose
+            wait_until(lambda: _running_on(victim_id), timeout=60, interval=0.05, message="a range running on the victim")
             killed = time.monotonic()
             cluster.remove_node(node, allow_graceful=False)  # type: ignore[attr-defined]
             warned = wait_until(lambda: _warnings(caplog), timeout=120,
@@ -164,6 +167,14 @@ def test_a_node_killed_mid_job_costs_a_bounded_stall_and_each_range_is_made_once
     assert all(row is not None for row in rows) and len({row.path for row in rows if row}) == count
     assert stall < NODE_FAILURE_SECONDS * 3 + 30  # bounded by the setting (generous: two shared cores)
     assert warned
+
+
+def _running_on(node_id: str) -> bool:
+    """Whether a range task runs on ``node_id`` now: the engine's note of it in Ray's key-value store."""
+    from ray.experimental import internal_kv
+
+    keys = internal_kv._internal_kv_list(_KV_PREFIX)
+    return any((k.decode() if isinstance(k, bytes) else k).endswith(f"/{node_id}") for k in keys)
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
