@@ -5,9 +5,6 @@ awkward's option types (``ak.firsts``, ``ak.pad_none``) or plain Python loops.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import awkward as ak
 import numpy as np
 import pyarrow as pa
@@ -30,15 +27,6 @@ COLUMNS = {
     "n": Column(np.array([0, 7, 0, -2]), None, np.array([False, True, False, True])),
 }
 N = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = getattr(request.config, "cache", None)
-    path = cache.mkdir("vdata-kernels") if cache is not None else tmp_path_factory.mktemp("kernels")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VDATA_KERNEL_CACHE", str(path))
-        yield path
 
 
 def values(text: str) -> list[object]:
