@@ -119,7 +119,7 @@ class EngineState:
         """The future of ``key``: the one already shared, else a new one whose range is queued.
 
         ``why`` says who wants it: :data:`WAIT` (a client waits for it) or the policy that
-        makes it ahead of need ("lookahead", "stage", "readahead"); it names the task on Ray's
+        makes it ahead of need ("lookahead", "stage", "readahead", "submit"); it names the task on Ray's
         dashboard. A range queued ahead and then asked for by a client becomes :data:`WAIT`
         (one already submitted keeps its name)."""
         future = self.join(key, why)

@@ -308,11 +308,9 @@ class Engine:
         (after its dry run), before anyone asks for a range. Not waited for; nothing is read
         but the file's metadata. Returns how many tasks were submitted (0: nothing to open)."""
         recipe = the_plan.recipe
-        if not self.config.warm_workers or recipe.is_generated or not the_plan.ranges or self._open_task is None \
-                or self._away is not None:
-            return 0
-        if not any(f.remote for f in self.catalog.dataset(recipe.source["dataset"]).files):
-            return 0  # a local file opens in a millisecond
+        if not self.config.warm_workers or not the_plan.ranges or self._open_task is None or self._away is not None \
+                or not self._remote_source(the_plan):
+            return 0  # a generator opens nothing, a local file opens in a millisecond
         version, state = self._catalog_state()
         recipe_json = recipe.to_json()
         refs = [self._open_task.options(name="vdata-open-sources").remote(version, state, recipe_json)
@@ -444,7 +442,24 @@ class Engine:
         recipe that passed has its remote source opened in the warm pool (:meth:`ready_workers`)."""
         if the_plan.ops:  # no steps: nothing a dry run could find that reading a range would not
             self._dry_run(the_plan)
+        self.stage_first(the_plan)
         self.ready_workers(the_plan)
+
+    def stage_first(self, the_plan: Plan) -> int:
+        """Start making the first ``stage_on_submit`` ranges of a recipe that reads a remote
+        file, as Arrow (what ``Client.stream`` asks for), when it is submitted: its first range
+        is then on its way while the payload connects and lists the ranges, instead of starting
+        with the payload's request and paying the round trips to the site after it. Local files
+        and generators make a range in milliseconds: nothing is started for them. Returns how
+        many ranges were started (0: none, or all cached or in flight)."""
+        count = min(self.config.stage_on_submit, len(the_plan.ranges))
+        if count == 0 or self._dry_task is None or self._away is not None or not self._remote_source(the_plan):
+            return 0
+        return self.prefetch(the_plan.recipe, list(range(count)), "arrow", why="submit")
+
+    def _remote_source(self, the_plan: Plan) -> bool:
+        recipe = the_plan.recipe
+        return not recipe.is_generated and any(f.remote for f in self.catalog.dataset(recipe.source["dataset"]).files)
 
     def _dry_run(self, the_plan: Plan) -> None:
         if self._dry_task is None:

@@ -43,6 +43,10 @@ class EngineConfig(BaseModel):
     warm_workers: bool = Field(
         default=True, description="At start, ready one Ray worker per CPU (at most max_in_flight) with Numba, uproot and "
                                   "awkward imported, so that the first range does not wait for a worker's start.")
+    stage_on_submit: int = Field(
+        default=1, ge=0, description="Ranges at the start of a recipe that reads a remote file (http(s)://, root://) "
+                                     "made as Arrow when the recipe is submitted, before anyone asks: the first batch "
+                                     "of a stream then does not wait for the round trips to the site (0: off).")
     worker_writes: bool = Field(default=True, description="Tasks on the driver's node write the cache file; False: bytes always.")
     task_seconds: float | None = Field(
         default=300.0, gt=0, description="Wall seconds one materialization task may run on a Ray worker before it is "

@@ -6,7 +6,7 @@ is ``_materialize_task``. Ray also accepts ``_labels`` for a task, but 2.60 show
 (not in the state API's ``TaskState``, not on the dashboard), so the name carries it all.
 
 A range's task is ``vdata:<why>:<recipe id[:12]>:r<index>:<format>:<source>``: ``why`` first
-(``wait``: a client waits for it; ``lookahead``, ``stage``, ``readahead``: made ahead of
+(``wait``: a client waits for it; ``lookahead``, ``stage``, ``readahead``, ``submit``: made ahead of
 need), so a sort by name groups them, and the source last, as a dataset's name may hold
 colons. A recipe check's dry run is ``vdata:check:<recipe id[:12]>:<source>``. No Ray here.
 """

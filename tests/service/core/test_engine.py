@@ -95,9 +95,17 @@ def test_a_submitted_remote_recipe_has_its_file_opened_before_any_range_is_asked
         registered = site.requests
         engine.check(engine.plan(recipe))  # what a submission does: no steps, no dry run
         wait_until(lambda: site.requests > registered, timeout=60, message="the file opened in a worker")
+        # ... and its first range (stage_on_submit = 1) made as Arrow before anyone asks
+        wait_until(lambda: engine.cache.contains(CacheKey(recipe.id, 0, "arrow")), timeout=120,
+                   message="range 0 made at submission")
+        submitted = engine.submitted
         entry = engine.get(recipe, 0, "arrow", timeout=120)
+        assert engine.submitted == submitted  # a cache hit
         assert_tables_equal(read_table(entry.path, "arrow"), vdata.materialize(recipe, 0, engine.catalog))
-    assert engine.ready_workers(engine.plan(zmumu(seed=13))) == 0  # a generator opens no file
+        assert not engine.cache.contains(CacheKey(recipe.id, 1, "arrow"))  # only the first
+        assert engine.stage_first(engine.plan(recipe)) == 0  # cached: nothing started again
+    generated = engine.plan(zmumu(seed=13))
+    assert engine.ready_workers(generated) == 0 and engine.stage_first(generated) == 0  # made in milliseconds
 
 
 def test_dataset_ranges_in_every_format(engine: Engine, tmp_path: Path) -> None:
