@@ -120,6 +120,20 @@ def format_for_path(path: str | os.PathLike[str], format: str | None = None) -> 
     return format
 
 
+BATCH_BYTES = 1 << 20
+MIN_BATCH_ROWS = 1024
+
+
+def batch_rows(table: pa.Table) -> int:
+    """Rows per record batch of an Arrow stream the service sends: about :data:`BATCH_BYTES` of
+    data, at least :data:`MIN_BATCH_ROWS` rows. A client can hand a range's first batch to its
+    payload when that batch has arrived (``Client.stream``), instead of after the whole range:
+    on a 200 Mbit/s link 1 MiB is 0.04 s, a 50,000-event NanoAOD-like range 0.14 s."""
+    if table.num_rows == 0 or table.nbytes <= BATCH_BYTES:
+        return max(table.num_rows, 1)
+    return max(MIN_BATCH_ROWS, BATCH_BYTES * table.num_rows // table.nbytes)
+
+
 def _ipc_options(compression: str) -> pa.ipc.IpcWriteOptions:
     check_compression(compression)
     return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
@@ -152,7 +166,7 @@ def write_encoded(table: pa.Table, path: str | os.PathLike[str], format: str, co
     if format == "arrow":
         with pa.OSFile(str(path), "wb") as sink, \
                 pa.ipc.new_stream(sink, table.schema, options=_ipc_options(compression)) as writer:
-            writer.write_table(table)
+            writer.write_table(table, max_chunksize=batch_rows(table))
     elif format == "parquet":
         _write_parquet(table, str(path), provenance)
     else:
@@ -168,7 +182,7 @@ def encode_table(table: pa.Table, format: str, compression: str = "none", proven
     if format == "arrow":
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema, options=_ipc_options(compression)) as writer:
-            writer.write_table(table)
+            writer.write_table(table, max_chunksize=batch_rows(table))
         return sink.getvalue().to_pybytes()
     if format == "parquet":
         sink = pa.BufferOutputStream()

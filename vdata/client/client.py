@@ -46,6 +46,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from vdata.client._early import EarlyRange
 from vdata.client._http import (
     EVENTS_HEADER,
     ChecksumMismatch,
@@ -122,8 +123,10 @@ def _file_bytes(body: pa.Buffer, format: str, compression: str) -> pa.Buffer:
     return arrow_file_bytes(body, compression) if format == "arrow" else body
 
 
-def _in_thread(fn: Callable[[int], pa.Table], index: int, stop: threading.Event) -> Future[pa.Table]:
-    """``fn(index)`` started now in a daemon thread (it stops early once ``stop`` is set)."""
+def _in_thread(fn: Callable[[int], pa.Table], index: int, stop: threading.Event,
+               threads: list[threading.Thread] | None = None) -> Future[pa.Table]:
+    """``fn(index)`` started now in a daemon thread (it stops early once ``stop`` is set);
+    the thread is added to ``threads``, for whoever joins them."""
     future: Future[pa.Table] = Future()
 
     def run() -> None:
@@ -132,8 +135,52 @@ def _in_thread(fn: Callable[[int], pa.Table], index: int, stop: threading.Event)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
             future.set_exception(exc)
 
-    threading.Thread(target=run, name=f"vdata-range-{index}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"vdata-prefetch-range-{index}", daemon=True)
+    thread.start()
+    if threads is not None:
+        threads.append(thread)
     return future
+
+
+class _Ahead:
+    """The ranges after range 0 of a stream, up to ``prefetch`` of them, asked for once range
+    0's body is in (its first batches then have the link to themselves) and the listing says
+    how many there are; ``futures`` holds them until the pipeline takes them (the window it
+    would have opened itself once range 0 was in hand)."""
+
+    def __init__(self, load: Callable[[int], pa.Table], prefetch: int, stop: threading.Event) -> None:
+        self.futures: dict[int, Future[pa.Table]] = {}
+        self._load = load
+        self._prefetch = prefetch
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._in = False
+        self._ranges: int | None = None
+        self._started = False
+        self.threads: list[threading.Thread] = []  # joined by close()
+
+    def close(self) -> None:
+        """Join the threads (``stop`` set: each ends after its current request); drop the futures."""
+        self._stop.set()
+        for thread in self.threads:
+            thread.join()
+        self.futures.clear()
+
+    def body_in(self) -> None:
+        with self._lock:
+            self._in = True
+            self._start()
+
+    def listed(self, ranges: int) -> None:
+        with self._lock:
+            self._ranges = ranges
+            self._start()
+
+    def _start(self) -> None:
+        if self._in and self._ranges is not None and not self._started:
+            self._started = True
+            for index in range(1, min(self._prefetch + 1, self._ranges)):
+                self.futures[index] = _in_thread(self._load, index, self._stop, self.threads)
 
 
 class Client:
@@ -273,10 +320,12 @@ class Client:
         caller works on the current one (``0``: none, fetch on demand); memory holds at most
         ``prefetch + 1`` ranges. The recipe is submitted (if not an id) and its ranges listed
         now; with ``prefetch`` > 0 the first range is asked for at once, beside the listing (its
-        first batch comes a round trip sooner), the rest flows when iterated. Closing the
-        iterator early (``break`` in a ``for`` loop, ``close()``, or dropping it) stops the
-        background threads. ``compression`` (``"lz4"``, ``"zstd"``; Arrow only) makes the bodies
-        smaller on the wire.
+        first batch comes a round trip sooner), the rest flows when iterated. In Arrow, the
+        first range's record batches are handed out as they arrive (:mod:`vdata.client._early`:
+        still checked against the range's adler32, each event once), the following ranges
+        whole, once checked. Closing the iterator early (``break`` in a ``for`` loop,
+        ``close()``, or dropping it) stops the background threads. ``compression`` (``"lz4"``,
+        ``"zstd"``; Arrow only) makes the bodies smaller on the wire.
         """
         check_compression(compression, check_format(format))
         if prefetch < 0:
@@ -284,7 +333,13 @@ class Client:
         rid = self._recipe_id(recipe_or_id)
         stop = threading.Event()
         load = self._loader(rid, format, compression, stop)
-        first = _in_thread(load, 0, stop) if prefetch else None
+        ahead = _Ahead(load, prefetch, stop)
+        first: EarlyRange | Future[pa.Table] | None = None
+        if prefetch and format == "arrow":
+            first = EarlyRange(self._http, _range_url(rid, 0, format, compression), f"{rid} range 0", stop,
+                               fetch_whole=lambda: load(0), on_complete=ahead.body_in)
+        elif prefetch:
+            first = _in_thread(load, 0, stop, ahead.threads)
         try:
             ranges = self.ranges(rid)
         except BaseException:
@@ -292,7 +347,8 @@ class Client:
             raise
         if not ranges:
             stop.set()  # no range 0: its request's answer (an error) is dropped
-        return self._stream(ranges, prefetch, stop, load, first)
+        ahead.listed(len(ranges))
+        return self._stream(ranges, prefetch, stop, load, first, ahead)
 
     def _loader(self, rid: str, format: str, compression: str, stop: threading.Event) -> Callable[[int], pa.Table]:
         def load(index: int) -> pa.Table:
@@ -301,20 +357,30 @@ class Client:
         return load
 
     def _stream(self, ranges: list[EventRange], prefetch: int, stop: threading.Event, load: Callable[[int], pa.Table],
-                first: Future[pa.Table] | None) -> Generator[pa.RecordBatch, None, None]:
-        def table(r: EventRange) -> pa.Table:
-            nonlocal first
-            if first is None or r.index != 0:
-                return load(r.index)
-            taken, first = first, None  # held no longer than the pipeline holds it
-            return taken.result()
+                first: EarlyRange | Future[pa.Table] | None, ahead: _Ahead) -> Generator[pa.RecordBatch, None, None]:
+        if isinstance(first, Future):
+            ahead.futures[0] = first
 
-        tables = ordered_prefetch(table, ranges, prefetch, stop)
+        def table(r: EventRange) -> pa.Table:
+            taken = ahead.futures.pop(r.index, None)  # held no longer than the pipeline holds it
+            return load(r.index) if taken is None else taken.result()
+
         try:
-            for table in tables:
-                yield from table.to_batches()
+            rest = ranges
+            if isinstance(first, EarlyRange):
+                if ranges:
+                    yield from first
+                rest = ranges[1:]
+            tables = ordered_prefetch(table, rest, prefetch, stop)
+            try:
+                for whole in tables:
+                    yield from whole.to_batches()
+            finally:
+                tables.close()
         finally:
-            tables.close()
+            if isinstance(first, EarlyRange):
+                first.close()
+            ahead.close()
 
     def fetch(self, recipe_or_id: RecipeLike, out_dir: str | os.PathLike[str], format: str = "root", *,
               compression: str = "none", prefetch: int = 4, progress: bool | None = None) -> list[Path]:

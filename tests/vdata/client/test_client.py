@@ -79,6 +79,9 @@ class FakeService:
         self.delay = 0.0
         self.corrupt = self.drop = self.garbage = 0
         self.chunked = False  # send bodies without a Content-Length, in pieces
+        self.first_body: bytes | None = None  # range 0's Arrow body instead of the usual one
+        self.hold: threading.Event | None = None  # range 0: send half its body, the rest once set
+        self.replace: list[bytes] = []  # range 0: send these bodies (one per request) under its real headers
         self.statuses: list[tuple[int, str]] = []  # error answers for the next range requests
         self.recipes: set[str] = set()
         self.range_requests: list[tuple[int, str]] = []  # when each arrived
@@ -96,11 +99,26 @@ class FakeService:
 
     def range_body(self, index: int, fmt: str, compression: str = "none") -> Response:
         body = self.bodies[fmt][index] if compression == "none" else encode_table(self.slices[index], fmt, compression)
+        if index == 0 and fmt == "arrow" and compression == "none" and self.first_body is not None:
+            body = self.first_body
         headers = {"X-Vdata-Adler32": f"{zlib.adler32(body) & 0xFFFFFFFF:08x}",
                    "X-Vdata-Events": str(self.slices[index].num_rows)}
         if self.statuses:
             status, detail = self.statuses.pop(0)
             return error(status, "unavailable" if status in (429, 503) else "not_found", detail, **{"Retry-After": "0"})
+        if index == 0 and self.replace:
+            body = self.replace.pop(0)
+        if index == 0 and self.hold is not None:
+            hold, half = self.hold, len(body) // 2
+
+            async def held() -> Any:
+                yield body[:half]
+                while not hold.is_set():
+                    await asyncio.sleep(0.01)
+                yield body[half:]
+
+            return StreamingResponse(held(), media_type=MEDIA_TYPES[fmt],
+                                     headers={**headers, "Content-Length": str(len(body))})
         if self.garbage:  # intact bytes, per the checksum, that are not the format
             self.garbage -= 1
             body = b"not a table"
@@ -315,9 +333,61 @@ def test_the_first_range_is_asked_for_beside_the_listing_and_only_once(client: C
     iterates (one round trip less before its first batch); it is not asked for again."""
     batches = client.stream(RECIPE, prefetch=2)
     wait_until(lambda: 0 in fake.served, timeout=30, message="range 0 answered before the first next()")
-    assert fake.range_requests == [(0, "arrow")]
+    assert fake.range_requests[0] == (0, "arrow")
+    # once range 0's body is in, the window ahead opens (ranges 1 and 2), before the payload iterates
+    wait_until(lambda: len(fake.range_requests) == 3, timeout=30, message="the window's ranges asked for")
+    assert sorted(fake.range_requests) == [(i, "arrow") for i in range(3)]
     assert_tables_equal(pa.Table.from_batches(list(batches)), fake.table)
     assert sorted(fake.range_requests) == [(i, "arrow") for i in range(len(SIZES))]
+
+
+def batched(table: pa.Table, batches: int) -> bytes:
+    """An Arrow IPC stream of ``table`` in ``batches`` record batches (as the service sends a large range)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=-(-table.num_rows // batches))
+    return sink.getvalue().to_pybytes()
+
+
+def test_the_first_range_is_handed_out_batch_by_batch_as_it_arrives(client: Client, fake: FakeService) -> None:
+    """Range 0 in four record batches, its body held after the first half: the payload gets
+    the first batch while the rest has not been sent; then every event once, in order."""
+    fake.first_body = batched(fake.slices[0], 4)
+    fake.hold = threading.Event()
+    batches = client.stream(RECIPE, prefetch=2)
+    first = next(batches)
+    assert first.num_rows == SIZES[0] // 4 and not fake.hold.is_set()
+    assert fake.range_requests == [(0, "arrow")]  # range 1 waits for range 0's body: the link is its
+    fake.hold.set()
+    assert_tables_equal(pa.Table.from_batches([first, *batches]), fake.table)
+    assert sorted(fake.range_requests) == [(i, "arrow") for i in range(len(SIZES))]  # range 0 once
+
+
+def test_a_first_range_broken_off_after_batches_were_handed_out_goes_on_where_it_stopped(
+    client: Client, fake: FakeService
+) -> None:
+    """The body breaks off half way: the range is fetched again whole and checked, the batches
+    already handed out equal its first rows, and the rest follows: each event once."""
+    fake.first_body = batched(fake.slices[0], 4)
+    fake.drop = 1
+    assert_tables_equal(pa.Table.from_batches(list(client.stream(RECIPE, prefetch=2))), fake.table)
+    assert fake.range_requests.count((0, "arrow")) == 2
+
+
+def test_first_batches_handed_out_that_the_checked_range_contradicts_fail_the_stream(
+    client: Client, fake: FakeService
+) -> None:
+    """Range 0's first body decodes, but into other values (its adler32 gives it away at the end):
+    the payload has seen them, so the stream fails rather than hand out the right ones after."""
+    wrong = fake.slices[0].set_column(0, fake.table.schema.field(0), pa.array(
+        pa.compute.add(fake.slices[0].column(0), 1)))
+    fake.replace = [batched(wrong, 4)]
+    batches = client.stream(RECIPE, prefetch=2)
+    seen = [next(batches)]
+    with pytest.raises(ServiceError, match=r"range 0: its first 500 events were handed out .* differ") as info:
+        seen.extend(batches)
+    assert info.value.error == "bad_response"
+    assert sum(b.num_rows for b in seen) == SIZES[0]  # range 0's wrong batches, nothing after
 
 
 def test_without_prefetch_the_payload_waits_for_every_range(client: Client, fake: FakeService) -> None:
@@ -361,7 +431,8 @@ def test_a_body_without_a_length_is_read_and_checked_too(client: Client, fake: F
 
 def test_the_bodies_held_are_bounded_by_the_window_not_by_the_ranges(client: Client, fake: FakeService) -> None:
     """The range bodies live in Arrow's memory pool (the tables point into them, no copy), so
-    the pool tells what the stream keeps: at most the range in hand and ``prefetch`` ahead."""
+    the pool tells what the stream keeps: at most the range in hand and ``prefetch`` ahead.
+    (Range 0 is decoded batch by batch as it arrives, into buffers of its own: not counted.)"""
     prefetch = 2
     largest = max(len(b) for b in fake.bodies["arrow"])
     gc.collect()
@@ -374,7 +445,7 @@ def test_the_bodies_held_are_bounded_by_the_window_not_by_the_ranges(client: Cli
     batches = client.stream(RECIPE, prefetch=prefetch)
     for i, batch in enumerate(batches):
         # a slow payload: it holds range i until the ranges ahead are read in (the worst case)
-        window = sum(len(b) for b in fake.bodies["arrow"][i:i + prefetch + 1])
+        window = sum(len(b) for b in fake.bodies["arrow"][max(i, 1):i + prefetch + 1])
         wait_until(lambda: in_memory() >= window, timeout=30, message=f"ranges {i}-{i + prefetch} ({window} bytes) read in")
         held.append(in_memory())
     assert len(held) == len(SIZES) > prefetch + 1
