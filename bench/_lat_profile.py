@@ -18,7 +18,8 @@ the payload's side asks through a second shaped proxy of the same delay, with pl
     transfer  first byte -> the whole first range at the payload (= its first batch)
 
 ``--client`` times only the first batch of ``Client.stream`` (a new client, as a payload has:
-its listing and range 0 asked together). ``--fresh`` starts a service for each run without the engine's warm pool (``warm_workers=False``,
+its listing and range 0 asked together). Each run reads a file the service never met (the
+file under a new name at the site: no remote byte cache, no open file in a worker). ``--fresh`` starts a service for each run without the engine's warm pool (``warm_workers=False``,
 no task run before): the first range meets fresh Ray workers. Otherwise one service per delay,
 its warm pool ready, runs ``--repeats`` cold ranges. Also timed: ``uproot.open`` of the file
 through the site proxy from this process (the open the worker repeats).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -125,8 +127,16 @@ def profile_rtt(file: Path, rtt_ms: float, args: argparse.Namespace, work: Path)
                 with BackgroundServer(settings, core) as server, \
                         ShapedProxy("127.0.0.1", server.port, rtt, rate, "gateway") as gateway:
                     for rep in range(1 if args.fresh else args.repeats):
-                        row = one_range(core, server, gateway.url, site_url, f"profile:{rtt_ms:g}:{start}:{rep}",
-                                        args.range_events, args.client)
+                        # a file the service never met: a new name at the site (a hard link), so
+                        # neither the remote byte cache nor a worker's open file has seen it
+                        alias = file.with_name(f"{file.stem}-profile-{rtt_ms:g}-{start}-{rep}{file.suffix}")
+                        alias.unlink(missing_ok=True)
+                        os.link(file, alias)
+                        try:
+                            row = one_range(core, server, gateway.url, f"{site.url}/{alias.name}",
+                                            f"profile:{rtt_ms:g}:{start}:{rep}", args.range_events, args.client)
+                        finally:
+                            alias.unlink(missing_ok=True)
                         row.update(rtt_ms=rtt_ms, warmed=warmed, open=opened)
                         rows.append(row)
                         if args.client:

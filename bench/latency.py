@@ -34,8 +34,10 @@ Modes
   starts then; a first batch not yet there by then is waited for inside it. This is the
   event-streaming idea itself: deliver the input ahead of need.
 
-Each vdata run is **cold for the cache**: it registers the file under a new dataset name, so the
-recipe id (and every cache key) is new and the service has to read the site again; the Ray
+Each vdata run is **cold**: it registers the file under a name the site serves it by only for
+that run (a hard link) and a new dataset name, so the recipe id and every cache key are new,
+neither the node's remote byte cache nor a worker's open file has seen it, and the service
+reads the site again as for a file it never met; the Ray
 workers are warm (a warm-up recipe runs first after each service start), as in a running service.
 With ``--cold-workers`` no warm-up recipe runs: the workers are only those of the engine's warm pool
 (started and imported at the service's start, no file opened; ``--no-warm-pool``: fresh workers).
@@ -315,7 +317,12 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     if mode in VDATA_MODES:  # registration and submission: outside the payload's clock, unshaped
         admin = Client(remote.info["gateway_direct"], remote.info["token"])
         name = f"latency:{nonce}:{mode.replace('+', '-')}:{rtt:g}:{us:g}:{rep}"
-        admin.add_dataset(name, [remote.info["xrootd_url" if site == "xrootd" else "file_url"]], TREE)
+        url = remote.info["xrootd_url" if site == "xrootd" else "file_url"]
+        alias = file.with_name(f"{file.stem}-{nonce}-{mode.replace('+', '-')}-{rtt:g}-{us:g}-{rep}{file.suffix}")
+        alias.unlink(missing_ok=True)
+        os.link(file, alias)  # a file the service has never seen: new URL, new dataset, nothing cached
+        extra["alias"] = alias
+        admin.add_dataset(name, [url.removesuffix(file.name) + alias.name], TREE)
         info = admin.submit({"source": {"dataset": name}, "columns": COLUMNS, "range_events": range_events})
         extra.update(recipe=info.id, ranges=info.num_ranges)
         if mode != base:  # the workload system stages the first ranges when it assigns the work
@@ -340,6 +347,7 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     after = remote.stats()
     if admin is not None:
         admin.close()
+        Path(extra.pop("alias")).unlink(missing_ok=True)
     prefix = "xsite" if mode == "direct-xrootd" or (mode in VDATA_MODES and site == "xrootd") else "site"
     site = (after[f"{prefix}_up"] - before[f"{prefix}_up"]) + (after[f"{prefix}_down"] - before[f"{prefix}_down"])
     link = (after["gw_up"] - before["gw_up"]) + (after["gw_down"] - before["gw_down"])

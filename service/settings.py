@@ -84,6 +84,11 @@ class Settings(BaseSettings):
                                   "sibling ranges of a ROOT cluster, registration and the recipe check read each once per "
                                   "node (default <data_dir>/remote-cache; a path every Ray node can write, on its own disk).")
     remote_cache_bytes: int = Field(default=4 * 1024**3, ge=0, description="Budget of the remote byte cache, least recently used out first (0: no cache).")
+    remote_cache_fresh_seconds: float = Field(
+        default=60.0, ge=0, description="A remote file's header (its identity: a rewritten file has another) read by a "
+                                        "node this recently is trusted without asking the server again, so a worker's "
+                                        "open right after registration costs no round trip; older, it is read again at "
+                                        "the next open (0: at every open).")
     max_dataset_paths: int = Field(default=1000, ge=1, description="Most paths (files) of one dataset (400 above); a path may appear once.")
 
     # limits

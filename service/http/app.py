@@ -59,7 +59,8 @@ def core_config(settings: Settings) -> CoreConfig:
     remote_cache = settings.remote_cache_dir or settings.data_dir / "remote-cache"
     remote = RemoteOptions(connect_timeout=settings.remote_connect_timeout_seconds,
                            read_timeout=settings.remote_read_timeout_seconds,
-                           cache_dir=str(Path(remote_cache).resolve()), cache_bytes=settings.remote_cache_bytes)
+                           cache_dir=str(Path(remote_cache).resolve()), cache_bytes=settings.remote_cache_bytes,
+                           cache_fresh_seconds=settings.remote_cache_fresh_seconds)
     return CoreConfig(data_dir=settings.data_dir, engine=engine, cache_budget_bytes=settings.cache_budget_bytes,
                       database_url=settings.database_url, remote=remote, cache_dir=settings.cache_dir,
                       cache_debris_seconds=settings.cache_debris_seconds, claim_seconds=settings.claim_seconds,

@@ -14,9 +14,13 @@ covers registration, the dry run and every worker's open as well.
   into one network request *after* this layer), so sibling ranges ask for the same keys; fixed
   aligned blocks would also fetch neighbouring baskets of columns nobody asked for.
 - **Identity**: the first 403 bytes of the file (the ROOT file header: the file's end, its seek
-  pointers and the UUID every ROOT writer gives a new file), read from the server at every open
+  pointers and the UUID every ROOT writer gives a new file), read from the server at an open
   (uproot reads them first anyway). A rewritten file has another header, so it never meets the
-  old file's bytes. (A remote file's adler32 is not known at registration: computing it would
+  old file's bytes. A header read on this node less than ``fresh_seconds`` ago (kept in the
+  cache with the time it was read) is trusted without asking again, as an HTTP cache trusts a
+  response within its max-age: the workers' opens right after a registration, a submission's
+  first range, cost no round trip. A file rewritten in place within that window may be read
+  as the old one until it passes (HEP files are written once; 0 asks at every open). (A remote file's adler32 is not known at registration: computing it would
   cost the very bytes the cache saves.)
 - **Entries**: in :mod:`diskcache` (SQLite index plus files, safe across processes; atomic: a
   value is visible only once written), least-recently-used eviction under a byte budget. Each
@@ -39,6 +43,7 @@ import logging
 import queue
 import struct
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 HEADER_BYTES = 403  # uproot's first read of a file (begin_chunk_size): the ROOT file header
 STRIPES = 4096
 _TRAILER = struct.Struct("<QI")  # length, adler32 of the bytes before it
+_READ_AT = struct.Struct("<d")  # when a header kept in the cache was read from the server
 
 
 class ByteCache:
@@ -174,15 +180,27 @@ class CachedSource:
     """Mixin over an uproot fsspec source (vdata/data/remote.py's): ranges come from the node's
     :class:`ByteCache` where they are, from the server (and into the cache) where they are not.
 
-    ``vdata_cache``: (folder, budget in bytes, lock timeout in seconds), an option of ``uproot.open``."""
+    ``vdata_cache``: (folder, budget in bytes, lock timeout in seconds, seconds a header read on
+    the node is trusted), an option of ``uproot.open``."""
 
-    def __init__(self, file_path: str, *, vdata_cache: tuple[str, int, float], **options: Any) -> None:
+    def __init__(self, file_path: str, *, vdata_cache: tuple[str, int, float, float], **options: Any) -> None:
         self._cache_spec = vdata_cache
-        self._byte_cache = byte_cache(*vdata_cache)
+        self._byte_cache = byte_cache(*vdata_cache[:3])
         super().__init__(file_path, **options)  # type: ignore[call-arg]
-        # the header identifies the file (module docstring): always from the server
-        self._header = bytes(super().chunk(0, HEADER_BYTES).future.result())  # type: ignore[misc]
+        # the header identifies the file (module docstring): from the server unless read lately
+        self._header = self._recent_header(file_path, vdata_cache[3])
         self._identity = hashlib.sha256(file_path.encode() + b"\0" + self._header).hexdigest()[:32]
+
+    def _recent_header(self, file_path: str, fresh_seconds: float) -> bytes:
+        key = "header:" + hashlib.sha256(file_path.encode()).hexdigest()[:32]
+        record = self._byte_cache.get(key) if fresh_seconds > 0 else None
+        if record is not None and len(record) > _READ_AT.size:
+            (read_at,) = _READ_AT.unpack_from(record)
+            if 0 <= time.time() - read_at < fresh_seconds:
+                return record[_READ_AT.size:]
+        header = bytes(super().chunk(0, HEADER_BYTES).future.result())  # type: ignore[misc]
+        self._byte_cache.put(key, _READ_AT.pack(time.time()) + header)
+        return header
 
     # uproot's fsspec sources pickle without their connections; this one without its cache
     def __getstate__(self) -> dict[str, Any]:
@@ -192,7 +210,7 @@ class CachedSource:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  (it replaces __dict__, then reopens)
-        self._byte_cache = byte_cache(*state["_cache_spec"])
+        self._byte_cache = byte_cache(*state["_cache_spec"][:3])
 
     def _key(self, start: int, stop: int) -> str:
         return f"{self._identity}:{start}:{stop}"

@@ -75,13 +75,15 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError,
 @dataclass(frozen=True, slots=True)
 class RemoteOptions:
     """Timeouts (seconds) for reading remote files, and the node's cache of their bytes: a folder
-    (``None``: no cache; caching needs the ``remote-cache`` extra) and its budget
-    in bytes; see the module docstring."""
+    (``None``: no cache; caching needs the ``remote-cache`` extra), its budget in bytes, and how
+    long a file's header read on the node is trusted without asking the server; see the module
+    docstring."""
 
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     cache_dir: str | None = None
     cache_bytes: int = 4 * 1024**3
+    cache_fresh_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout"):
@@ -92,6 +94,8 @@ class RemoteOptions:
             object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
         if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
             raise ValueError(f"RemoteOptions.cache_bytes must be a number of bytes >= 0, got {self.cache_bytes!r}")
+        if not isinstance(self.cache_fresh_seconds, (int, float)) or not self.cache_fresh_seconds >= 0:
+            raise ValueError(f"RemoteOptions.cache_fresh_seconds must be >= 0 seconds, got {self.cache_fresh_seconds!r}")
 
     @property
     def cached(self) -> bool:
@@ -100,7 +104,7 @@ class RemoteOptions:
 
     def _cache_option(self) -> dict[str, Any]:
         # a reader waits for another's fetch at most as long as that fetch may take
-        spec = (self.cache_dir, self.cache_bytes, self.connect_timeout + self.read_timeout)
+        spec = (self.cache_dir, self.cache_bytes, self.connect_timeout + self.read_timeout, self.cache_fresh_seconds)
         return {"vdata_cache": spec} if self.cached else {}
 
     @property
