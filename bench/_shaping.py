@@ -140,6 +140,8 @@ class ShapedProxy:
                                  self._pump(t_reader, c_writer, self._down, False))
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:  # the proxy stops: the connection ends here (asyncio's server
+            pass  # callback would otherwise print a CancelledError for each connection still open)
         finally:
             for w in (c_writer, t_writer):
                 if w is not None:
