@@ -29,8 +29,9 @@ watched until its cache row appears, or taken over if that gateway dies. ``claim
 (tests of one engine) skips this.
 
 A first range should not wait for a worker: at start the engine readies a warm pool (one worker
-per CPU, its imports done), a submitted recipe has its remote source opened there
-(:meth:`Engine.ready_workers`), and each range's steps are timed (:attr:`Engine.timings`).
+per CPU, its imports done), a submitted recipe over a remote source has its first range started
+at once (:meth:`Engine.stage_first`) and its file opened there (:meth:`Engine.ready_workers`),
+and each range's steps are timed (:attr:`Engine.timings`).
 
 The decisions (single flight, what to submit next, which plans to keep) are methods of
 :class:`~service.core._engine_state.EngineState`, which knows nothing of Ray; this module
@@ -439,7 +440,8 @@ class Engine:
     def check(self, the_plan: Plan) -> None:
         """The recipe check's dry run (:func:`vdata.data.plans.dry_run`), in a Ray worker under
         the dry-run limits; raises what it found (a RecipeError, a TaskLimitExceeded, ...). A
-        recipe that passed has its remote source opened in the warm pool (:meth:`ready_workers`)."""
+        recipe that passed over a remote source has its first range started (:meth:`stage_first`)
+        and its file opened in the warm pool (:meth:`ready_workers`)."""
         if the_plan.ops:  # no steps: nothing a dry run could find that reading a range would not
             self._dry_run(the_plan)
         self.stage_first(the_plan)
