@@ -83,9 +83,11 @@ _STREAM_MULTIJET = 2
 
 @njit(cache=True, error_model="numpy")
 def _zmumu_kernel(key, first, n, mass, width, mass_min, mass_max, pt_mean, rapidity_sigma, smearing,
-                  pt_min, eta_max, offsets, pt, eta, phi, charge):  # fmt: skip
-    """Muons of events [first, first + n) inside the acceptance (pT > pt_min, |eta| < eta_max,
-    judged on the stored float32 values), pT-ordered; ``offsets[i + 1]`` ends event i's."""
+                  pt_min, eta_max, pt, eta, phi, charge, keep):  # fmt: skip
+    """Both muons of each event [first, first + n), pT-ordered, in slots 2i and 2i + 1, and
+    whether each is inside the acceptance (pT > pt_min, |eta| < eta_max, judged on the stored
+    float32 values). No branch on the data and a fixed slot per event keep the loop
+    vectorizable; :func:`_zmumu` drops the muons outside."""
     m2 = mass * mass
     mg = mass * width
     a_lo = math.atan((mass_min * mass_min - m2) / mg)
@@ -128,14 +130,27 @@ def _zmumu_kernel(key, first, n, mass, width, mass_min, mass_max, pt_mean, rapid
         pt2 = t2 * max(1e-3, 1.0 + smearing * normal(base, 9))
         if pt2 > pt1:
             pt1, pt2, eta1, eta2, phi1, phi2, q = pt2, pt1, eta2, eta1, phi2, phi1, -q
-        j = offsets[i]
-        if np.float32(pt1) > pt_min and abs(np.float32(eta1)) < eta_max:
-            pt[j], eta[j], phi[j], charge[j] = pt1, eta1, phi1, q
+        j = 2 * i
+        pt[j], eta[j], phi[j], charge[j] = pt1, eta1, phi1, q
+        pt[j + 1], eta[j + 1], phi[j + 1], charge[j + 1] = pt2, eta2, phi2, -q
+        keep[j] = (pt[j] > pt_min) & (abs(eta[j]) < eta_max)
+        keep[j + 1] = (pt[j + 1] > pt_min) & (abs(eta[j + 1]) < eta_max)
+
+
+@njit(cache=True)
+def _drop_outside(keep, pt, eta, phi, charge):  # fmt: skip
+    """Move the kept muons to the front (in place, in order); the offsets of each event's."""
+    n = len(keep) // 2
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    j = 0
+    for i in range(2 * n):
+        if keep[i]:
+            pt[j], eta[j], phi[j], charge[j] = pt[i], eta[i], phi[i], charge[i]
             j += 1
-        if np.float32(pt2) > pt_min and abs(np.float32(eta2)) < eta_max:
-            pt[j], eta[j], phi[j], charge[j] = pt2, eta2, phi2, -q
-            j += 1
-        offsets[i + 1] = j
+        if i % 2 == 1:
+            offsets[i // 2 + 1] = j
+    return offsets
 
 
 @njit(cache=True, inline="always")
@@ -206,10 +221,11 @@ def _zmumu(seed: int, first: int, n: int, p: dict[str, Any]) -> dict[str, Column
     key = np.uint64(stream_key(np.uint64(seed), np.uint64(_STREAM_ZMUMU)))
     pt, eta, phi = (np.empty(2 * n, dtype=np.float32) for _ in range(3))
     charge = np.empty(2 * n, dtype=np.int32)
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    keep = np.empty(2 * n, dtype=np.bool_)
     _zmumu_kernel(key, first, n, p["mass"], p["width"], p["mass_min"], p["mass_max"], p["pt_mean"],
                   p["rapidity_sigma"], p["smearing"], p["muon_pt_min"], p["muon_eta_max"],
-                  offsets, pt, eta, phi, charge)  # fmt: skip
+                  pt, eta, phi, charge, keep)  # fmt: skip
+    offsets = _drop_outside(keep, pt, eta, phi, charge)
     total = int(offsets[-1])
     pt, eta, phi, charge = (a[:total].copy() for a in (pt, eta, phi, charge))
     muons = {
