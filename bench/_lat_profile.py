@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -103,6 +102,7 @@ def open_seconds(url: str) -> float:
 
 
 def profile_rtt(file: Path, rtt_ms: float, args: argparse.Namespace, work: Path) -> list[dict[str, float]]:
+    from _lat_remote import unseen
     from _shaping import ShapedProxy
     from service.http.app import build_core
     from service.http.server import BackgroundServer
@@ -127,16 +127,9 @@ def profile_rtt(file: Path, rtt_ms: float, args: argparse.Namespace, work: Path)
                 with BackgroundServer(settings, core) as server, \
                         ShapedProxy("127.0.0.1", server.port, rtt, rate, "gateway") as gateway:
                     for rep in range(1 if args.fresh else args.repeats):
-                        # a file the service never met: a new name at the site (a hard link), so
-                        # neither the remote byte cache nor a worker's open file has seen it
-                        alias = file.with_name(f"{file.stem}-profile-{rtt_ms:g}-{start}-{rep}{file.suffix}")
-                        alias.unlink(missing_ok=True)
-                        os.link(file, alias)
-                        try:
+                        with unseen(file, f"profile-{rtt_ms:g}-{start}-{rep}") as alias:
                             row = one_range(core, server, gateway.url, f"{site.url}/{alias.name}",
                                             f"profile:{rtt_ms:g}:{start}:{rep}", args.range_events, args.client)
-                        finally:
-                            alias.unlink(missing_ok=True)
                         row.update(rtt_ms=rtt_ms, warmed=warmed, open=opened)
                         rows.append(row)
                         if args.client:

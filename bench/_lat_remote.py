@@ -14,7 +14,8 @@ import os
 import select
 import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 __all__ = ["Remote", "serve_main"]
+
+
+@contextmanager
+def unseen(file: Path, tag: str) -> Iterator[Path]:
+    """``file`` under a name the site serves it by for one run only (a hard link beside it,
+    removed after): a file the service never met, so no cached range, remote byte or open file
+    of it is there. The site's servers serve the whole folder."""
+    alias = file.with_name(f"{file.stem}-{tag}{file.suffix}")
+    alias.unlink(missing_ok=True)
+    os.link(file, alias)
+    try:
+        yield alias
+    finally:
+        alias.unlink(missing_ok=True)
 
 
 def serve_main(argv: list[str]) -> None:

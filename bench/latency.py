@@ -88,6 +88,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lat_remote import Remote  # after the path set-up
+from _lat_remote import Remote, unseen  # after the path set-up
 
 TREE = "Events"
 COLUMNS = ["nMuon", "Muon_pt", "Muon_eta", "Jet_pt"]
@@ -319,15 +320,13 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     payload = Payload(us, iters_per_s)
     extra: dict[str, Any] = {}
     admin = None
+    links = ExitStack()  # the file's name for this run (vdata modes), removed once it is over
     base = mode.split("+")[0]
     if mode in VDATA_MODES:  # registration and submission: outside the payload's clock, unshaped
         admin = Client(remote.info["gateway_direct"], remote.info["token"])
         name = f"latency:{nonce}:{mode.replace('+', '-')}:{rtt:g}:{us:g}:{rep}"
         url = remote.info["xrootd_url" if site == "xrootd" else "file_url"]
-        alias = file.with_name(f"{file.stem}-{nonce}-{mode.replace('+', '-')}-{rtt:g}-{us:g}-{rep}{file.suffix}")
-        alias.unlink(missing_ok=True)
-        os.link(file, alias)  # a file the service has never seen: new URL, new dataset, nothing cached
-        extra["alias"] = alias
+        alias = links.enter_context(unseen(file, f"{nonce}-{mode.replace('+', '-')}-{rtt:g}-{us:g}-{rep}"))
         admin.add_dataset(name, [url.removesuffix(file.name) + alias.name], TREE)
         info = admin.submit({"source": {"dataset": name}, "columns": COLUMNS, "range_events": range_events})
         extra.update(recipe=info.id, ranges=info.num_ranges)
@@ -356,7 +355,7 @@ def one_run(mode: str, rtt: float, us: float, rep: int, remote: Remote, file: Pa
     after = remote.stats()
     if admin is not None:
         admin.close()
-        Path(extra.pop("alias")).unlink(missing_ok=True)
+        links.close()
     prefix = "xsite" if mode == "direct-xrootd" or (mode in VDATA_MODES and site == "xrootd") else "site"
     site = (after[f"{prefix}_up"] - before[f"{prefix}_up"]) + (after[f"{prefix}_down"] - before[f"{prefix}_down"])
     link = (after["gw_up"] - before["gw_up"]) + (after["gw_down"] - before["gw_down"])

@@ -4,8 +4,6 @@ exactly once (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: its write lock).""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +11,8 @@ from service.core.db import Database
 from service.core.job_thread import JobThread
 from service.core.jobs import FINISHED, JobStore
 from vdata.ranges import EventRange
+
+from children import run_together
 
 PROJECT = Path(__file__).resolve().parents[3]
 RANGES = 400
@@ -84,22 +84,7 @@ print(json.dumps(mine), flush=True)
 def test_two_gateway_processes_never_lease_one_range_twice(db: Database) -> None:
     job = JobStore(db).create_job("r", ranges(RANGES))
     env = {"PYTHONPATH": str(PROJECT), "PATH": "/usr/bin:/bin"}
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, db.url, job, f"p{i}"], cwd=PROJECT, env=env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in (0, 1)]
-    try:
-        for child in children:
-            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        outputs = [child.communicate(timeout=240)[0] for child in children]
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert [child.returncode for child in children] == [0, 0]
+    outputs = run_together([[CHILD, db.url, job, f"p{i}"] for i in (0, 1)], PROJECT, 240, env=env)
     got = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     assert sorted(got[0] + got[1]) == list(range(RANGES))  # every range leased exactly once
     rows = JobStore(db).ranges(job)

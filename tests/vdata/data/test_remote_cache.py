@@ -7,8 +7,6 @@ two processes that ask for the same ranges at once make the server send them onc
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -21,6 +19,8 @@ from vdata.data._remote_cache import HEADER_BYTES, byte_cache
 from vdata.data.remote import RemoteOptions
 from vdata.data.synthetic import write_nanoaod_like
 from vdata.testing import RangeFileServer, XRootDServer, assert_tables_equal
+
+from children import run_together
 
 ROOT = Path(__file__).resolve().parents[3]
 COLUMNS = ["nMuon", "Muon_pt", "Jet_pt", "MET_pt"]
@@ -137,22 +137,7 @@ def test_two_processes_asking_for_the_same_ranges_at_once_fetch_them_once(site: 
         url = f"{server.url}/events.root"
         read_all(url, RemoteOptions(cache_dir=str(tmp_path / "alone")), range_events=2500)
         alone = server.bytes_sent  # one reader, cold cache
-        children = [subprocess.Popen([sys.executable, "-c", CHILD, url, str(tmp_path / "shared")], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-        try:
-            for child in children:
-                assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-            for child in children:
-                assert child.stdin is not None
-                child.stdin.write("go\n")
-                child.stdin.flush()
-            results = [child.communicate(timeout=300)[0].strip() for child in children]
-        finally:
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-        assert [child.returncode for child in children] == [0, 0]
+        results = [out.strip() for out in run_together([[CHILD, url, str(tmp_path / "shared")]] * 2, ROOT, 300)]
         assert results[0] == results[1] and results[0].startswith("10000 ")
         # everything once; the header once or twice (the second reader may find it read a moment ago)
         assert server.bytes_sent - alone in (alone, alone + HEADER_BYTES)
